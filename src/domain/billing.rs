@@ -1,0 +1,330 @@
+//! Running a customer's billing steps: from usage aggregates to a [`Bill`].
+//!
+//! The steps are those of the customer's [`BillingProfile`], in its order:
+//! - `price`: each meter's family quantity (the sum of its accounts' quantities) is
+//!   priced as one, so tiers and allowances are pooled across the family;
+//! - `round`: each pooled line is rounded to the minor unit with the partition's
+//!   [`Rounding`], then allocated back to the accounts in proportion to their
+//!   quantity. Each share is rounded toward zero and the remainder (always ≥ 0 and less
+//!   than one minor unit per account) goes to the account with the largest quantity,
+//!   the lowest account id among equals; the shares add up exactly to the line;
+//! - `discounts`: each discount, in the order granted, takes `percent` of the current
+//!   net of every charge in its scope (meters, or everything), rounded per charge;
+//! - `credits`: credits usable in the period, soonest-expiring first (no expiry last),
+//!   then the narrowest scope, then the oldest grant, then by id, each pay what they can
+//!   of the charges in scope in catalog order (the commitment true-up last); a credit
+//!   never takes a charge below zero;
+//! - `commitment`: when the net usage charges are below the minimum commitment, the
+//!   shortfall becomes a charge of its own;
+//! - `tax`: the customer's rate on the net of every charge, rounded once.
+//!
+//! Every step after `round` works in whole minor units, so each line can be re-derived
+//! from the lines above it, and the total is exactly the sum of the rounded lines.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+
+use super::catalog::{Catalog, MeterId};
+use super::customer::{AccountId, Customer};
+use super::invoice::{
+    AccountBill, AccountLine, Bill, CommitmentLine, CreditLine, DiscountLine, MeterLine, TaxLine,
+};
+use super::money::Rounding;
+use super::period::Period;
+use super::profile::{BillingProfile, BillingStep};
+use super::usage::AccountUsage;
+
+/// What every bill of a partition and period is computed against.
+#[derive(Clone, Copy, Debug)]
+pub struct BillingContext<'a> {
+    pub catalog: &'a Catalog,
+    pub rounding: Rounding,
+    pub period: Period,
+}
+
+/// A meter's usage pooled across the family.
+struct Pool {
+    meter: MeterId,
+    /// Quantity per catalog version.
+    spans: Vec<Decimal>,
+    /// `(index into the sorted accounts, quantity)` of each account with usage.
+    members: Vec<(usize, Decimal)>,
+    total: Decimal,
+}
+
+/// A charge that discounts and credits can reduce: a meter line or the commitment true-up.
+struct Charge {
+    /// `None` for the commitment true-up.
+    meter: Option<Arc<str>>,
+    net: Decimal,
+}
+
+/// Prices `customer`'s bill for `ctx.period` from its accounts' usage, running the steps
+/// of `profile`. `usage` gives each account that has usage; accounts may come in any order.
+pub fn bill_customer<'u>(
+    ctx: &BillingContext<'_>,
+    customer: &Customer,
+    profile: &BillingProfile,
+    usage: impl IntoIterator<Item = (&'u AccountId, &'u AccountUsage)>,
+) -> Bill {
+    let rounding = ctx.rounding;
+    let zero = rounding.round(Decimal::ZERO);
+    let mut accounts: Vec<(&AccountId, &AccountUsage)> =
+        usage.into_iter().filter(|(_, u)| !u.is_empty()).collect();
+    accounts.sort_unstable_by(|a, b| a.0.cmp(b.0));
+
+    let mut bill = Bill {
+        customer: customer.id.clone(),
+        period: ctx.period,
+        currency: rounding.currency,
+        accounts: Vec::new(),
+        lines: Vec::new(),
+        discounts: Vec::new(),
+        credits: Vec::new(),
+        commitment: None,
+        tax: TaxLine {
+            rate: customer.tax_rate,
+            base: zero,
+            amount: zero,
+        },
+        subtotal: zero,
+        total: zero,
+    };
+    let mut pools: Vec<Pool> = Vec::new();
+    let mut charges: Vec<Charge> = Vec::new();
+
+    for step in &profile.steps {
+        match step {
+            BillingStep::Price => {
+                pools = pool(&accounts);
+                bill.lines = pools.iter().map(|p| price_pool(ctx, p)).collect();
+            }
+            BillingStep::Round => {
+                bill.accounts = allocate(rounding, &accounts, &pools, &mut bill.lines);
+                charges = bill
+                    .lines
+                    .iter()
+                    .map(|l| Charge {
+                        meter: Some(l.meter.clone()),
+                        net: l.amount,
+                    })
+                    .collect();
+            }
+            BillingStep::Discounts => {
+                for d in &customer.discounts {
+                    let fraction = d.percent / Decimal::ONE_HUNDRED;
+                    let mut amount = zero;
+                    for c in charges.iter_mut().filter(|c| in_scope(&d.meters, &c.meter)) {
+                        let part = rounding.round(c.net * fraction);
+                        c.net -= part;
+                        amount += part;
+                    }
+                    bill.discounts.push(DiscountLine {
+                        id: d.id.clone(),
+                        percent: d.percent,
+                        meters: d.meters.clone(),
+                        amount,
+                    });
+                }
+            }
+            BillingStep::Credits => {
+                let first_day = ctx.period.first_day();
+                let mut usable: Vec<_> = customer
+                    .credits
+                    .iter()
+                    .filter(|c| c.usable_from(first_day))
+                    .collect();
+                usable.sort_by(|a, b| {
+                    (a.expires.is_none(), a.expires, a.scope_width(), a.granted, &a.id).cmp(&(
+                        b.expires.is_none(),
+                        b.expires,
+                        b.scope_width(),
+                        b.granted,
+                        &b.id,
+                    ))
+                });
+                for credit in usable {
+                    let mut balance = credit.amount;
+                    let mut amount = zero;
+                    for c in charges.iter_mut().filter(|c| in_scope(&credit.meters, &c.meter)) {
+                        let take = balance.min(c.net);
+                        c.net -= take;
+                        balance -= take;
+                        amount += take;
+                    }
+                    if !amount.is_zero() {
+                        bill.credits.push(CreditLine {
+                            id: credit.id.clone(),
+                            amount: rounding.round(amount),
+                            remaining: rounding.round(balance),
+                        });
+                    }
+                }
+            }
+            BillingStep::Commitment => {
+                let minimum = customer
+                    .commitment
+                    .or(profile.minimum_commitment)
+                    .unwrap_or_default();
+                let spend: Decimal = charges.iter().filter(|c| c.meter.is_some()).map(|c| c.net).sum();
+                if spend < minimum {
+                    let amount = rounding.round(minimum - spend);
+                    charges.push(Charge {
+                        meter: None,
+                        net: amount,
+                    });
+                    bill.commitment = Some(CommitmentLine {
+                        minimum: rounding.round(minimum),
+                        spend: rounding.round(spend),
+                        amount,
+                    });
+                }
+            }
+            BillingStep::Tax => {
+                let base = rounding.round(charges.iter().map(|c| c.net).sum());
+                bill.tax = TaxLine {
+                    rate: customer.tax_rate,
+                    base,
+                    amount: rounding.round(base * customer.tax_rate),
+                };
+            }
+        }
+    }
+
+    bill.subtotal = rounding.round(bill.lines.iter().map(|l| l.amount).sum());
+    let commitment = bill.commitment.as_ref().map_or(Decimal::ZERO, |c| c.amount);
+    bill.total = rounding
+        .round(bill.subtotal - bill.discounts_total() - bill.credits_total() + commitment + bill.tax.amount);
+    debug_assert_eq!(
+        bill.total,
+        charges.iter().map(|c| c.net).sum::<Decimal>() + bill.tax.amount,
+        "the total is the net of the charges plus tax"
+    );
+    debug_assert_eq!(bill.check(), Ok(()));
+    bill
+}
+
+fn in_scope(scope: &Option<Vec<String>>, meter: &Option<Arc<str>>) -> bool {
+    match (scope, meter) {
+        (None, _) => true,
+        (Some(meters), Some(m)) => meters.iter().any(|s| **s == **m),
+        (Some(_), None) => false,
+    }
+}
+
+/// Gathers each meter's usage across the family, in catalog (meter id) order.
+fn pool(accounts: &[(&AccountId, &AccountUsage)]) -> Vec<Pool> {
+    let mut index: HashMap<MeterId, usize> = HashMap::new();
+    let mut pools: Vec<Pool> = Vec::new();
+    for (i, (_, usage)) in accounts.iter().enumerate() {
+        for (meter, aggregate) in usage.meters() {
+            let p = *index.entry(*meter).or_insert_with(|| {
+                pools.push(Pool {
+                    meter: *meter,
+                    spans: Vec::new(),
+                    members: Vec::new(),
+                    total: Decimal::ZERO,
+                });
+                pools.len() - 1
+            });
+            let pool = &mut pools[p];
+            aggregate.add_spans_into(&mut pool.spans);
+            let quantity = aggregate.quantity();
+            pool.members.push((i, quantity));
+            pool.total += quantity;
+        }
+    }
+    pools.sort_unstable_by_key(|p| p.meter);
+    pools
+}
+
+/// Prices one pooled meter, each catalog version's span at its own positions.
+fn price_pool(ctx: &BillingContext<'_>, pool: &Pool) -> MeterLine {
+    let meter = ctx.catalog.meter(pool.meter);
+    let mut tiers = Vec::new();
+    let mut amount = Decimal::ZERO;
+    let mut position = Decimal::ZERO;
+    for (version, &quantity) in pool.spans.iter().enumerate() {
+        if quantity.is_zero() {
+            continue;
+        }
+        let version = version as u16;
+        let plan = ctx
+            .catalog
+            .plan(version, pool.meter)
+            .expect("usage is only accepted for a meter priced in the version in force");
+        amount += plan.charge_range(position, position + quantity, pool.total, version, &mut tiers);
+        position += quantity;
+    }
+    debug_assert_eq!(position, pool.total, "spans add up to the family's quantity");
+    MeterLine {
+        meter: meter.name.clone(),
+        quantity: pool.total,
+        amount,
+        tiers,
+    }
+}
+
+/// Rounds each meter line and allocates it to the accounts in proportion to quantity.
+fn allocate(
+    rounding: Rounding,
+    accounts: &[(&AccountId, &AccountUsage)],
+    pools: &[Pool],
+    lines: &mut [MeterLine],
+) -> Vec<AccountBill> {
+    let zero = rounding.round(Decimal::ZERO);
+    let mut bills: Vec<AccountBill> = accounts
+        .iter()
+        .map(|(id, _)| AccountBill {
+            account: (*id).clone(),
+            lines: Vec::new(),
+            total: zero,
+        })
+        .collect();
+    let toward_zero = Rounding::new(rounding.currency, super::money::RoundingMode::Down);
+    for (pool, line) in pools.iter().zip(lines.iter_mut()) {
+        line.amount = rounding.round(line.amount);
+        let per_unit = if pool.total.is_zero() {
+            Decimal::ZERO
+        } else {
+            line.amount / pool.total
+        };
+        let mut allocated = Decimal::ZERO;
+        let mut largest = 0;
+        for (k, &(i, quantity)) in pool.members.iter().enumerate() {
+            let share = if pool.total.is_zero() {
+                zero
+            } else {
+                toward_zero.round(quantity * per_unit)
+            };
+            allocated += share;
+            // Members come in account order, so the first of equals is the lowest id.
+            if quantity > pool.members[largest].1 {
+                largest = k;
+            }
+            bills[i].lines.push(AccountLine {
+                meter: line.meter.clone(),
+                quantity,
+                amount: share,
+            });
+        }
+        let remainder = line.amount - allocated;
+        debug_assert!(
+            remainder >= Decimal::ZERO,
+            "shares rounded toward zero never exceed the line"
+        );
+        let (i, _) = pool.members[largest];
+        let share = bills[i].lines.last_mut().expect("pushed above");
+        share.amount = rounding.round(share.amount + remainder);
+    }
+    for b in &mut bills {
+        b.total = rounding.round(b.lines.iter().map(|l| l.amount).sum());
+    }
+    bills
+}
+
+#[cfg(test)]
+#[path = "billing_tests.rs"]
+mod tests;

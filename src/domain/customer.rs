@@ -1,0 +1,328 @@
+//! Customers: a payer account and its linked accounts, with what is agreed per customer
+//! (billing profile, tax rate, commitment, discounts, credits, budget).
+
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::money::Currency;
+use super::usage::{FieldError, MAX_ID_LEN};
+
+/// An account id. Shared, because bills and directories repeat it.
+pub type AccountId = Arc<str>;
+
+/// Most accounts in one customer.
+pub const MAX_ACCOUNTS_PER_CUSTOMER: usize = 10_000;
+
+/// A customer as created through the API or configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerSpec {
+    pub id: String,
+    pub payer: String,
+    #[serde(default)]
+    pub accounts: Vec<String>,
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    #[serde(default)]
+    pub tax_rate: Decimal,
+    /// Overrides the profile's minimum commitment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commitment: Option<Decimal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discounts: Vec<Discount>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credits: Vec<Credit>,
+}
+
+fn default_profile() -> String {
+    "standard".into()
+}
+
+/// A monthly budget with alert thresholds in percent of the amount.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub amount: Decimal,
+    pub thresholds: Vec<u32>,
+}
+
+/// A percentage discount on some meters (`meters` absent: on the whole bill).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Discount {
+    pub id: String,
+    pub percent: Decimal,
+    #[serde(default)]
+    pub meters: Option<Vec<String>>,
+}
+
+/// A prepaid credit: a balance that pays for charges until it runs out or expires.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credit {
+    pub id: String,
+    /// The balance left, in the partition's currency.
+    pub amount: Decimal,
+    /// The last day the credit may be used: it applies to periods that begin on or before it.
+    #[serde(default)]
+    pub expires: Option<NaiveDate>,
+    /// Meters it pays for (absent: any charge).
+    #[serde(default)]
+    pub meters: Option<Vec<String>>,
+    /// Order of granting within the customer: lower is older.
+    #[serde(default)]
+    pub granted: u64,
+}
+
+/// A checked customer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Customer {
+    pub id: String,
+    pub payer: AccountId,
+    /// Every account of the customer, the payer included, sorted and unique.
+    pub accounts: Vec<AccountId>,
+    pub profile: String,
+    pub tax_rate: Decimal,
+    pub commitment: Option<Decimal>,
+    pub budget: Option<Budget>,
+    pub discounts: Vec<Discount>,
+    pub credits: Vec<Credit>,
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.is_empty() || value.len() > MAX_ID_LEN || value.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            format!("must be 1 to {MAX_ID_LEN} bytes without control characters (got {value:?})"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_money(field: &str, amount: Decimal, currency: Currency) -> Result<(), FieldError> {
+    if amount.is_sign_negative() && !amount.is_zero() {
+        return Err(FieldError::new(
+            field,
+            format!("must not be negative (got {amount})"),
+        ));
+    }
+    if !currency.is_whole_minor_units(amount) {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{amount} is not a whole number of {currency} minor units ({} decimal places)",
+                currency.minor_units()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Discount {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_name("id", &self.id)?;
+        if self.percent <= Decimal::ZERO || self.percent > Decimal::ONE_HUNDRED {
+            return Err(FieldError::new(
+                "percent",
+                format!("must be more than 0 and at most 100 (got {})", self.percent),
+            ));
+        }
+        check_scope(&self.meters)
+    }
+}
+
+impl Credit {
+    pub fn validate(&self, currency: Currency) -> Result<(), FieldError> {
+        check_name("id", &self.id)?;
+        check_money("amount", self.amount, currency)?;
+        if self.amount.is_zero() {
+            return Err(FieldError::new("amount", "must be positive"));
+        }
+        check_scope(&self.meters)
+    }
+
+    /// Whether the credit may pay for the period starting `first_day`.
+    pub fn usable_from(&self, first_day: NaiveDate) -> bool {
+        self.expires.is_none_or(|e| e >= first_day)
+    }
+
+    /// Number of meters in scope; `usize::MAX` for any meter.
+    pub fn scope_width(&self) -> usize {
+        self.meters.as_ref().map_or(usize::MAX, Vec::len)
+    }
+}
+
+fn check_scope(meters: &Option<Vec<String>>) -> Result<(), FieldError> {
+    if let Some(m) = meters {
+        if m.is_empty() {
+            return Err(FieldError::new(
+                "meters",
+                "must name at least one meter (leave it out to cover every meter)",
+            ));
+        }
+        for (i, name) in m.iter().enumerate() {
+            check_name(&format!("meters[{i}]"), name)?;
+        }
+    }
+    Ok(())
+}
+
+impl Customer {
+    /// Checks a customer's fields. Accounts are sorted and deduplicated, and the payer
+    /// is added to them if it is not listed (a payer is an account of its own customer).
+    /// Whether the profile and meters exist is for the caller, who knows them.
+    pub fn from_spec(spec: CustomerSpec, currency: Currency) -> Result<Customer, FieldError> {
+        check_name("id", &spec.id)?;
+        check_name("payer", &spec.payer)?;
+        check_name("profile", &spec.profile)?;
+        let mut accounts = spec.accounts;
+        for (i, a) in accounts.iter().enumerate() {
+            check_name(&format!("accounts[{i}]"), a)?;
+        }
+        accounts.push(spec.payer.clone());
+        accounts.sort_unstable();
+        accounts.dedup();
+        if accounts.len() > MAX_ACCOUNTS_PER_CUSTOMER {
+            return Err(FieldError::new(
+                "accounts",
+                format!(
+                    "has {} accounts; the limit is {MAX_ACCOUNTS_PER_CUSTOMER}",
+                    accounts.len()
+                ),
+            ));
+        }
+        if spec.tax_rate.is_sign_negative() && !spec.tax_rate.is_zero() || spec.tax_rate > Decimal::ONE {
+            return Err(FieldError::new(
+                "tax_rate",
+                format!(
+                    "must be a fraction from 0 to 1, e.g. 0.2 for 20% (got {})",
+                    spec.tax_rate
+                ),
+            ));
+        }
+        if let Some(c) = spec.commitment {
+            check_money("commitment", c, currency)?;
+        }
+        if let Some(b) = &spec.budget {
+            check_money("budget.amount", b.amount, currency)?;
+            if b.amount.is_zero() {
+                return Err(FieldError::new("budget.amount", "must be positive"));
+            }
+            if b.thresholds.is_empty() || b.thresholds.iter().any(|&t| t == 0 || t > 1000) {
+                return Err(FieldError::new(
+                    "budget.thresholds",
+                    "must list percentages from 1 to 1000, e.g. [50, 80, 100]",
+                ));
+            }
+            if b.thresholds.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(FieldError::new(
+                    "budget.thresholds",
+                    "must be strictly increasing",
+                ));
+            }
+        }
+        for (i, d) in spec.discounts.iter().enumerate() {
+            d.validate()
+                .map_err(|e| FieldError::new(format!("discounts[{i}].{}", e.field), e.message))?;
+        }
+        for (i, c) in spec.credits.iter().enumerate() {
+            c.validate(currency)
+                .map_err(|e| FieldError::new(format!("credits[{i}].{}", e.field), e.message))?;
+        }
+        let payer: AccountId = spec.payer.into();
+        Ok(Customer {
+            id: spec.id,
+            accounts: accounts
+                .into_iter()
+                .map(|a| if *a == *payer { payer.clone() } else { a.into() })
+                .collect(),
+            payer,
+            profile: spec.profile,
+            tax_rate: spec.tax_rate,
+            commitment: spec.commitment,
+            budget: spec.budget,
+            discounts: spec.discounts,
+            credits: spec.credits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal_macros::dec;
+
+    fn spec() -> CustomerSpec {
+        serde_json::from_str(
+            r#"{"id": "acme", "payer": "111111111111", "accounts": ["222222222222", "111111111111"],
+                "profile": "standard", "tax_rate": "0.0",
+                "budget": {"amount": "5000.00", "thresholds": [50, 80, 100]}}"#,
+        )
+        .unwrap()
+    }
+
+    fn usd() -> Currency {
+        Currency::from_code("USD").unwrap()
+    }
+
+    #[test]
+    fn payer_is_an_account_and_accounts_are_sorted() {
+        let mut s = spec();
+        s.accounts = vec!["333".into(), "222".into()];
+        let c = Customer::from_spec(s, usd()).unwrap();
+        let ids: Vec<&str> = c.accounts.iter().map(|a| &**a).collect();
+        assert_eq!(ids, ["111111111111", "222", "333"]);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut s = spec();
+        s.tax_rate = dec!(20);
+        assert_eq!(Customer::from_spec(s, usd()).unwrap_err().field, "tax_rate");
+        let mut s = spec();
+        s.credits.push(Credit {
+            id: "promo".into(),
+            amount: dec!(10.005),
+            expires: None,
+            meters: None,
+            granted: 0,
+        });
+        let e = Customer::from_spec(s, usd()).unwrap_err();
+        assert_eq!(e.field, "credits[0].amount");
+        assert!(e.message.contains("minor units"));
+        let mut s = spec();
+        s.discounts.push(Discount {
+            id: "edp".into(),
+            percent: dec!(0),
+            meters: None,
+        });
+        assert_eq!(
+            Customer::from_spec(s, usd()).unwrap_err().field,
+            "discounts[0].percent"
+        );
+        let mut s = spec();
+        s.budget.as_mut().unwrap().thresholds = vec![80, 50];
+        assert_eq!(
+            Customer::from_spec(s, usd()).unwrap_err().field,
+            "budget.thresholds"
+        );
+    }
+
+    #[test]
+    fn credit_usable_until_its_expiry() {
+        let c = Credit {
+            id: "promo".into(),
+            amount: dec!(10),
+            expires: Some("2026-11-30".parse().unwrap()),
+            meters: None,
+            granted: 0,
+        };
+        assert!(c.usable_from("2026-11-01".parse().unwrap()));
+        assert!(!c.usable_from("2026-12-01".parse().unwrap()));
+    }
+}

@@ -1,0 +1,27 @@
+//! The billing rules, pure and deterministic.
+//!
+//! This module owns money and rounding, periods, meters and their aggregation, price
+//! plans, the catalog and its versions, customers, billing profiles and steps, and the
+//! bill model. It must never see actix, tokio, I/O, a clock or randomness: every
+//! function here is a plain function of its arguments, so every rule can be tested as
+//! one, and the engine that calls it can be replayed.
+
+pub mod billing;
+pub mod catalog;
+pub mod customer;
+pub mod invoice;
+pub mod meter;
+pub mod money;
+pub mod period;
+pub mod price;
+pub mod profile;
+pub mod usage;
+
+pub use billing::{bill_customer, BillingContext};
+pub use catalog::{Catalog, CatalogVersionSpec, MeterId};
+pub use customer::{AccountId, Customer, CustomerSpec};
+pub use invoice::{Bill, Invoice};
+pub use money::{Currency, Rounding, RoundingMode};
+pub use period::Period;
+pub use profile::{BillingProfile, BillingStep, ProfileSpec};
+pub use usage::{AccountUsage, FieldError, UsageEvent};

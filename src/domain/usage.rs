@@ -1,0 +1,339 @@
+//! Usage events, their validation, and an account's usage for the open period.
+//!
+//! [`UsageEvent::validate`] turns what a client sent into a checked event or a list of
+//! errors that each name the field and the problem. [`AccountUsage`] folds checked
+//! events into per-meter aggregates, applying each event id at most once.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::catalog::MeterId;
+use super::meter::{Aggregation, MeterAggregate, Overflow, Reading};
+
+/// Longest accepted event id, account id or meter name, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// Most dimensions on one event.
+pub const MAX_DIMENSIONS: usize = 16;
+/// Longest dimension name or value, in bytes.
+pub const MAX_DIMENSION_LEN: usize = 256;
+/// Largest accepted quantity: 10^15 units in one event.
+pub const MAX_QUANTITY: Decimal = Decimal::from_parts(0xA4C6_8000, 0x3_8D7E, 0, false, 0);
+/// Most digits after the decimal point in a quantity.
+pub const MAX_QUANTITY_SCALE: u32 = 12;
+
+/// A checked usage event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageEvent {
+    pub id: String,
+    pub account: String,
+    pub meter: String,
+    pub quantity: Decimal,
+    pub time: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dimensions: BTreeMap<String, String>,
+}
+
+/// A quantity as the client wrote it: a JSON number's literal text, or a string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RawQuantity {
+    Number(String),
+    Text(String),
+    /// Anything else (`true`, an object, …), named for the error message.
+    Other(&'static str),
+}
+
+/// A usage event as received, before validation. Every field is optional so that a
+/// missing one is reported by name rather than as a parse failure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawUsageEvent {
+    pub id: Option<String>,
+    pub account: Option<String>,
+    pub meter: Option<String>,
+    pub quantity: Option<RawQuantity>,
+    pub time: Option<String>,
+    pub dimensions: Option<BTreeMap<String, String>>,
+}
+
+/// One problem with one field of one event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses a quantity exactly (`0.1` is one tenth) and checks it is finite, non-negative,
+/// at most [`MAX_QUANTITY`] and has at most [`MAX_QUANTITY_SCALE`] decimal places.
+pub fn parse_quantity(raw: &RawQuantity) -> Result<Decimal, String> {
+    let text = match raw {
+        RawQuantity::Number(t) | RawQuantity::Text(t) => t.trim(),
+        RawQuantity::Other(kind) => {
+            return Err(format!("must be a number or a string of digits, not {kind}"))
+        }
+    };
+    let lower = text.to_ascii_lowercase();
+    if ["nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"].contains(&lower.as_str()) {
+        return Err(format!("must be a finite number (got {text:?})"));
+    }
+    let value = text
+        .parse::<Decimal>()
+        .or_else(|_| Decimal::from_scientific(text))
+        .map_err(|_| format!("{text:?} is not a decimal number"))?;
+    if value.is_sign_negative() && !value.is_zero() {
+        return Err(format!("must not be negative (got {text})"));
+    }
+    if value > MAX_QUANTITY {
+        return Err(format!("must be at most {MAX_QUANTITY} (got {text})"));
+    }
+    let value = value.normalize();
+    if value.scale() > MAX_QUANTITY_SCALE {
+        return Err(format!(
+            "has more than {MAX_QUANTITY_SCALE} decimal places (got {text})"
+        ));
+    }
+    Ok(value)
+}
+
+fn check_id(field: &str, value: Option<String>, errors: &mut Vec<FieldError>) -> String {
+    match value {
+        None => errors.push(FieldError::new(field, "is required")),
+        Some(v) if v.is_empty() => errors.push(FieldError::new(field, "must not be empty")),
+        Some(v) if v.len() > MAX_ID_LEN => errors.push(FieldError::new(
+            field,
+            format!("is {} bytes long; the limit is {MAX_ID_LEN}", v.len()),
+        )),
+        Some(v) if v.chars().any(char::is_control) => {
+            errors.push(FieldError::new(field, "must not contain control characters"))
+        }
+        Some(v) => return v,
+    }
+    String::new()
+}
+
+impl UsageEvent {
+    /// Checks every field of `raw`; on failure returns all the problems found.
+    pub fn validate(raw: RawUsageEvent) -> Result<UsageEvent, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let id = check_id("id", raw.id, &mut errors);
+        let account = check_id("account", raw.account, &mut errors);
+        let meter = check_id("meter", raw.meter, &mut errors);
+        let quantity = match raw.quantity {
+            None => {
+                errors.push(FieldError::new("quantity", "is required"));
+                Decimal::ZERO
+            }
+            Some(q) => parse_quantity(&q).unwrap_or_else(|m| {
+                errors.push(FieldError::new("quantity", m));
+                Decimal::ZERO
+            }),
+        };
+        let time = match raw.time {
+            None => {
+                errors.push(FieldError::new("time", "is required"));
+                DateTime::<Utc>::UNIX_EPOCH
+            }
+            Some(t) => DateTime::parse_from_rfc3339(&t)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_else(|e| {
+                    errors.push(FieldError::new(
+                        "time",
+                        format!("{t:?} is not an RFC 3339 time such as 2026-11-03T10:00:00Z ({e})"),
+                    ));
+                    DateTime::<Utc>::UNIX_EPOCH
+                }),
+        };
+        let dimensions = raw.dimensions.unwrap_or_default();
+        if dimensions.len() > MAX_DIMENSIONS {
+            errors.push(FieldError::new(
+                "dimensions",
+                format!("has {} entries; the limit is {MAX_DIMENSIONS}", dimensions.len()),
+            ));
+        }
+        for (k, v) in &dimensions {
+            if k.is_empty() || k.len() > MAX_DIMENSION_LEN || v.len() > MAX_DIMENSION_LEN {
+                errors.push(FieldError::new(
+                    format!("dimensions.{k}"),
+                    format!("names and values must be 1 to {MAX_DIMENSION_LEN} bytes long"),
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(UsageEvent {
+                id,
+                account,
+                meter,
+                quantity,
+                time,
+                dimensions,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// A stable 128-bit fingerprint of an event id (xxh3), the key of deduplication.
+pub fn event_fingerprint(id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+}
+
+/// A stable 64-bit fingerprint of a string (xxh3): dimension values and tie-breaks.
+pub fn fingerprint64(s: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(s.as_bytes())
+}
+
+/// What applying an event did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The event changed the aggregate.
+    New,
+    /// An event with this id was already applied this period; nothing changed.
+    Duplicate,
+}
+
+/// One account's usage in the open period: an aggregate per meter, and the fingerprints
+/// of the event ids already applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountUsage {
+    /// Sorted by meter id.
+    meters: Vec<(MeterId, MeterAggregate)>,
+    seen: HashSet<u128>,
+}
+
+impl AccountUsage {
+    /// Applies `reading` of `meter` for the event with fingerprint `event`, unless that
+    /// event was applied before. The id is marked seen only if the aggregate changed,
+    /// so "seen" and "applied" never disagree.
+    pub fn apply(
+        &mut self,
+        event: u128,
+        meter: MeterId,
+        aggregation: &Aggregation,
+        reading: &Reading,
+    ) -> Result<Applied, Overflow> {
+        if self.seen.contains(&event) {
+            return Ok(Applied::Duplicate);
+        }
+        match self.meters.binary_search_by_key(&meter, |m| m.0) {
+            Ok(i) => self.meters[i].1.apply(aggregation, reading)?,
+            Err(i) => self
+                .meters
+                .insert(i, (meter, MeterAggregate::new(aggregation, reading))),
+        }
+        self.seen.insert(event);
+        Ok(Applied::New)
+    }
+
+    /// The aggregates, ascending by meter id.
+    pub fn meters(&self) -> &[(MeterId, MeterAggregate)] {
+        &self.meters
+    }
+
+    /// How many distinct events were applied.
+    pub fn events(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.meters.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal_macros::dec;
+
+    fn raw() -> RawUsageEvent {
+        RawUsageEvent {
+            id: Some("evt-1".into()),
+            account: Some("222222222222".into()),
+            meter: Some("data_transfer_out.gb".into()),
+            quantity: Some(RawQuantity::Text("4096".into())),
+            time: Some("2026-11-03T10:00:00Z".into()),
+            dimensions: None,
+        }
+    }
+
+    fn errors_of(r: RawUsageEvent) -> Vec<String> {
+        UsageEvent::validate(r)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn valid_event() {
+        let e = UsageEvent::validate(raw()).unwrap();
+        assert_eq!(e.quantity, dec!(4096));
+        assert_eq!(e.time.to_rfc3339(), "2026-11-03T10:00:00+00:00");
+    }
+
+    #[test]
+    fn quantities_parse_exactly() {
+        // 0.1 stays one tenth: no binary float on the way.
+        let q = parse_quantity(&RawQuantity::Number("0.1".into())).unwrap();
+        assert_eq!(q, dec!(0.1));
+        assert_eq!(
+            parse_quantity(&RawQuantity::Number("1e3".into())).unwrap(),
+            dec!(1000)
+        );
+        assert_eq!(parse_quantity(&RawQuantity::Text("0".into())).unwrap(), dec!(0));
+    }
+
+    #[test]
+    fn bad_quantities_are_named() {
+        for (q, needle) in [
+            (RawQuantity::Number("-1".into()), "must not be negative"),
+            (RawQuantity::Text("NaN".into()), "finite"),
+            (RawQuantity::Text("inf".into()), "finite"),
+            (RawQuantity::Text("ten".into()), "not a decimal number"),
+            (RawQuantity::Other("a boolean"), "not a boolean"),
+            (RawQuantity::Text("1000000000000001".into()), "at most"),
+            (RawQuantity::Text("0.0000000000001".into()), "decimal places"),
+        ] {
+            let mut r = raw();
+            r.quantity = Some(q);
+            let errs = errors_of(r);
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(
+                errs[0].starts_with("quantity: ") && errs[0].contains(needle),
+                "{errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_and_bad_fields_are_all_reported() {
+        let r = RawUsageEvent {
+            time: Some("yesterday".into()),
+            ..RawUsageEvent::default()
+        };
+        let errs = errors_of(r);
+        assert_eq!(
+            errs.iter()
+                .map(|e| e.split(':').next().unwrap())
+                .collect::<Vec<_>>(),
+            ["id", "account", "meter", "quantity", "time"]
+        );
+        assert!(errs[4].contains("RFC 3339"));
+    }
+
+    #[test]
+    fn max_quantity_constant_is_ten_to_the_fifteenth() {
+        assert_eq!(MAX_QUANTITY, dec!(1000000000000000));
+    }
+}

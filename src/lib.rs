@@ -1,0 +1,8 @@
+//! Tallyman: an actor-based, in-memory usage-billing engine.
+//!
+//! Layers, with arrows pointing one way: `api → engine → {domain, actors}`.
+//! [`domain`] holds the billing rules as pure functions; the actor runtime lives in the
+//! `tallyman-actors` crate and knows nothing of billing; [`config`] reads settings.
+
+pub mod config;
+pub mod domain;
