@@ -1,1 +1,341 @@
+//! Settings: the embedded defaults, an optional file, and `TALLY_*` environment variables.
+//!
+//! Layers, later ones overriding earlier ones: `config/default.toml`,
+//! `config/catalog.toml` and `config/customers.toml` (all three compiled into the
+//! binary), then the file given with `--config`, then environment variables such as
+//! `TALLY_SERVER__LISTEN=0.0.0.0:8080` (`__` separates nested keys). Tables merge key by
+//! key; arrays, such as `partitions`, are replaced whole.
+//!
+//! [`Settings::load`] reads the layers; [`Settings::validate`] turns them into checked
+//! domain objects or refuses them with an error that names the key and what is wrong.
+//! This module reads files and the environment but starts nothing.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    BillingProfile, Catalog, CatalogVersionSpec, Currency, Customer, CustomerSpec, ProfileSpec, Rounding,
+    RoundingMode,
+};
+
+/// The embedded default settings.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+/// The embedded sample catalogs.
+pub const CATALOG_TOML: &str = include_str!("../config/catalog.toml");
+/// The embedded sample customers.
+pub const CUSTOMERS_TOML: &str = include_str!("../config/customers.toml");
+
+/// Everything `tallyd` can be told, as read from the layers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    /// Billing profiles by name.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, ProfileSpec>,
+    /// Catalogs by name: each a list of versions.
+    #[serde(default)]
+    pub catalogs: BTreeMap<String, Vec<CatalogVersionSpec>>,
+    /// Named sets of customers that partitions can load at start.
+    #[serde(default)]
+    pub customer_sets: BTreeMap<String, Vec<CustomerSpec>>,
+    #[serde(default)]
+    pub partitions: Vec<PartitionSettings>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address the HTTP API listens on.
+    pub listen: String,
+    /// Folder for journals, snapshots and invoices.
+    pub data_dir: PathBuf,
+    /// HTTP worker threads; 0 means one per core.
+    #[serde(default)]
+    pub http_workers: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionSettings {
+    pub id: String,
+    /// ISO 4217 code, e.g. `USD`.
+    pub currency: String,
+    #[serde(default)]
+    pub rounding: RoundingMode,
+    /// Name of an entry of `catalogs`.
+    pub catalog: String,
+    /// Name of an entry of `customer_sets` to load at start, if any.
+    #[serde(default)]
+    pub customers: Option<String>,
+}
+
+/// A setting refused: the key at fault and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Read(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A partition ready to run: its currency, rounding, catalog and initial customers.
+#[derive(Clone, Debug)]
+pub struct PartitionConfig {
+    pub id: String,
+    pub rounding: Rounding,
+    pub catalog_name: String,
+    pub catalog: Catalog,
+    pub customers: Vec<Customer>,
+}
+
+/// Checked settings.
+#[derive(Clone, Debug)]
+pub struct Validated {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub http_workers: usize,
+    pub profiles: BTreeMap<String, BillingProfile>,
+    pub partitions: Vec<PartitionConfig>,
+}
+
+/// Longest partition id, in bytes.
+const MAX_PARTITION_ID: usize = 64;
+
+impl Settings {
+    /// Reads the embedded defaults, then `file` if given, then `TALLY_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, Environment::with_prefix("TALLY"))
+    }
+
+    fn load_with_env(file: Option<&Path>, env: Environment) -> Result<Settings, ConfigError> {
+        let mut builder = Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .add_source(File::from_str(CATALOG_TOML, FileFormat::Toml))
+            .add_source(File::from_str(CUSTOMERS_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(invalid("--config", format!("{} is not a readable file", path.display())));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        let env = env.prefix_separator("_").separator("__").try_parsing(true);
+        let settings = builder.add_source(env).build()?.try_deserialize()?;
+        Ok(settings)
+    }
+
+    /// Checks every setting and builds the domain objects they describe.
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
+        let listen: SocketAddr = self.server.listen.parse().map_err(|e| {
+            invalid(
+                "server.listen",
+                format!("{:?} is not an address such as 127.0.0.1:8080 ({e})", self.server.listen),
+            )
+        })?;
+        if self.server.data_dir.as_os_str().is_empty() {
+            return Err(invalid("server.data_dir", "must not be empty"));
+        }
+        let mut profiles = BTreeMap::new();
+        for (name, spec) in &self.profiles {
+            let profile = BillingProfile::new(name, spec.clone())
+                .map_err(|e| invalid(format!("profiles.{name}.{}", e.field), e.message))?;
+            profiles.insert(name.clone(), profile);
+        }
+        if self.partitions.is_empty() {
+            return Err(invalid("partitions", "at least one partition is needed"));
+        }
+        let mut partitions: Vec<PartitionConfig> = Vec::new();
+        for (i, p) in self.partitions.iter().enumerate() {
+            let key = |field: &str| format!("partitions[{i}].{field}");
+            if p.id.is_empty()
+                || p.id.len() > MAX_PARTITION_ID
+                || !p.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    key("id"),
+                    format!("{:?} must be 1 to {MAX_PARTITION_ID} letters, digits, '-' or '_'", p.id),
+                ));
+            }
+            if partitions.iter().any(|q| q.id == p.id) {
+                return Err(invalid(key("id"), format!("partition {:?} is defined twice", p.id)));
+            }
+            let currency: Currency = p.currency.parse().map_err(|e: String| invalid(key("currency"), e))?;
+            let versions = self.catalogs.get(&p.catalog).ok_or_else(|| {
+                let known: Vec<&str> = self.catalogs.keys().map(String::as_str).collect();
+                invalid(
+                    key("catalog"),
+                    format!("no catalog named {:?}; defined: {}", p.catalog, known.join(", ")),
+                )
+            })?;
+            let mut catalog = Catalog::new();
+            for (v, spec) in versions.iter().enumerate() {
+                catalog
+                    .publish(spec)
+                    .map_err(|e| invalid(format!("catalogs.{}[{v}].{}", p.catalog, e.field), e.message))?;
+            }
+            if catalog.version_count() == 0 {
+                return Err(invalid(format!("catalogs.{}", p.catalog), "has no version"));
+            }
+            let mut customers = Vec::new();
+            if let Some(set) = &p.customers {
+                let specs = self.customer_sets.get(set).ok_or_else(|| {
+                    invalid(key("customers"), format!("no customer set named {set:?}"))
+                })?;
+                customers = self.customers(set, specs, currency, &catalog, &profiles)?;
+            }
+            partitions.push(PartitionConfig {
+                id: p.id.clone(),
+                rounding: Rounding::new(currency, p.rounding),
+                catalog_name: p.catalog.clone(),
+                catalog,
+                customers,
+            });
+        }
+        Ok(Validated {
+            listen,
+            data_dir: self.server.data_dir.clone(),
+            http_workers: self.server.http_workers,
+            profiles,
+            partitions,
+        })
+    }
+
+    fn customers(
+        &self,
+        set: &str,
+        specs: &[CustomerSpec],
+        currency: Currency,
+        catalog: &Catalog,
+        profiles: &BTreeMap<String, BillingProfile>,
+    ) -> Result<Vec<Customer>, ConfigError> {
+        let mut customers: Vec<Customer> = Vec::with_capacity(specs.len());
+        let mut owner: BTreeMap<String, String> = BTreeMap::new();
+        for (c, spec) in specs.iter().enumerate() {
+            let key = |field: &str| format!("customer_sets.{set}[{c}].{field}");
+            let customer =
+                Customer::from_spec(spec.clone(), currency).map_err(|e| invalid(key(&e.field), e.message))?;
+            if !profiles.contains_key(&customer.profile) {
+                let known: Vec<&str> = profiles.keys().map(String::as_str).collect();
+                return Err(invalid(
+                    key("profile"),
+                    format!("no profile named {:?}; defined: {}", customer.profile, known.join(", ")),
+                ));
+            }
+            if customers.iter().any(|o| o.id == customer.id) {
+                return Err(invalid(key("id"), format!("customer {:?} is defined twice", customer.id)));
+            }
+            for account in &customer.accounts {
+                if let Some(other) = owner.insert(account.to_string(), customer.id.clone()) {
+                    return Err(invalid(
+                        key("accounts"),
+                        format!("account {account:?} already belongs to customer {other:?}"),
+                    ));
+                }
+            }
+            let scopes = customer
+                .discounts
+                .iter()
+                .map(|d| ("discounts", &d.meters))
+                .chain(customer.credits.iter().map(|c| ("credits", &c.meters)));
+            for (what, scope) in scopes {
+                for meter in scope.iter().flatten() {
+                    if catalog.meter_id(meter).is_none() {
+                        return Err(invalid(key(what), format!("unknown meter {meter:?}")));
+                    }
+                }
+            }
+            customers.push(customer);
+        }
+        Ok(customers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn no_env() -> Environment {
+        Environment::with_prefix("TALLY_TEST_UNSET_PREFIX")
+    }
+
+    fn load(extra: &str) -> Result<Validated, ConfigError> {
+        let mut f = tempfile();
+        f.1.write_all(extra.as_bytes()).unwrap();
+        Settings::load_with_env(Some(&f.0), no_env())?.validate()
+    }
+
+    fn tempfile() -> (PathBuf, std::fs::File) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "tallyman-config-test-{}-{}.toml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = std::fs::File::create(&path).unwrap();
+        (path, file)
+    }
+
+    fn message(r: Result<Validated, ConfigError>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let v = Settings::load_with_env(None, no_env()).unwrap().validate().unwrap();
+        assert_eq!(v.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(v.partitions.len(), 2);
+        let currencies: Vec<&str> = v.partitions.iter().map(|p| p.rounding.currency.code()).collect();
+        assert_eq!(currencies, ["USD", "CNY"]);
+        assert!(v.profiles.contains_key("standard") && v.profiles.contains_key("enterprise"));
+        assert!(v.partitions.iter().all(|p| !p.customers.is_empty()));
+    }
+
+    #[test]
+    fn a_file_overrides_the_defaults() {
+        let v = load("[server]\nlisten = \"127.0.0.1:9999\"\n").unwrap();
+        assert_eq!(v.listen.port(), 9999);
+        assert_eq!(v.partitions.len(), 2, "untouched keys keep their defaults");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = Environment::default()
+            .prefix("TALLY")
+            .source(Some([("TALLY_SERVER__LISTEN".to_string(), "127.0.0.1:7000".to_string())].into()));
+        let s = Settings::load_with_env(None, env).unwrap();
+        assert_eq!(s.server.listen, "127.0.0.1:7000");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let m = message(load("[server]\nlisten = \"localhost\"\n"));
+        assert!(m.contains("`server.listen`"), "{m}");
+        let m = message(load(
+            "[[partitions]]\nid = \"eu\"\ncurrency = \"EUX\"\ncatalog = \"cloud-usd\"\n",
+        ));
+        assert!(m.contains("`partitions[0].currency`") && m.contains("unknown currency"), "{m}");
+        let m = message(load("[[partitions]]\nid = \"eu\"\ncurrency = \"EUR\"\ncatalog = \"nope\"\n"));
+        assert!(m.contains("`partitions[0].catalog`"), "{m}");
+        let m = message(load("[profiles.broken]\nsteps = [\"tax\"]\n"));
+        assert!(m.contains("`profiles.broken.steps`"), "{m}");
+        let m = message(load(
+            "[[catalogs.bad]]\neffective_from = \"2026-11-01\"\n[[catalogs.bad.meters]]\nname = \"x\"\naggregation = \"sum\"\nprice = { model = \"graduated\", tiers = [{ up_to = \"10\", unit_price = \"1\" }] }\n[[partitions]]\nid = \"p\"\ncurrency = \"USD\"\ncatalog = \"bad\"\n",
+        ));
+        assert!(m.contains("`catalogs.bad[0].meters[0].price.tiers[0].up_to`"), "{m}");
+        let m = message(load("[servr]\nlisten = \"127.0.0.1:1\"\n"));
+        assert!(m.contains("servr"), "{m}");
+    }
+}

@@ -2,7 +2,10 @@
 //!
 //! Layers, with arrows pointing one way: `api → engine → {domain, actors}`.
 //! [`domain`] holds the billing rules as pure functions; the actor runtime lives in the
-//! `tallyman-actors` crate and knows nothing of billing; [`config`] reads settings.
+//! `tallyman-actors` crate and knows nothing of billing; [`engine`] joins the two;
+//! [`api`] is the HTTP face; [`config`] reads settings.
 
+pub mod api;
 pub mod config;
 pub mod domain;
+pub mod engine;

@@ -21,7 +21,6 @@
 //! Every step after `round` works in whole minor units, so each line can be re-derived
 //! from the lines above it, and the total is exactly the sum of the rounded lines.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
@@ -216,19 +215,24 @@ fn in_scope(scope: &Option<Vec<String>>, meter: &Option<Arc<str>>) -> bool {
 
 /// Gathers each meter's usage across the family, in catalog (meter id) order.
 fn pool(accounts: &[(&AccountId, &AccountUsage)]) -> Vec<Pool> {
-    let mut index: HashMap<MeterId, usize> = HashMap::new();
     let mut pools: Vec<Pool> = Vec::new();
     for (i, (_, usage)) in accounts.iter().enumerate() {
         for (meter, aggregate) in usage.meters() {
-            let p = *index.entry(*meter).or_insert_with(|| {
-                pools.push(Pool {
-                    meter: *meter,
-                    spans: Vec::new(),
-                    members: Vec::new(),
-                    total: Decimal::ZERO,
-                });
-                pools.len() - 1
-            });
+            let p = match pools.binary_search_by_key(meter, |p| p.meter) {
+                Ok(p) => p,
+                Err(p) => {
+                    pools.insert(
+                        p,
+                        Pool {
+                            meter: *meter,
+                            spans: Vec::new(),
+                            members: Vec::with_capacity(accounts.len()),
+                            total: Decimal::ZERO,
+                        },
+                    );
+                    p
+                }
+            };
             let pool = &mut pools[p];
             aggregate.add_spans_into(&mut pool.spans);
             let quantity = aggregate.quantity();
@@ -236,7 +240,6 @@ fn pool(accounts: &[(&AccountId, &AccountUsage)]) -> Vec<Pool> {
             pool.total += quantity;
         }
     }
-    pools.sort_unstable_by_key(|p| p.meter);
     pools
 }
 
@@ -277,52 +280,105 @@ fn allocate(
     let zero = rounding.round(Decimal::ZERO);
     let mut bills: Vec<AccountBill> = accounts
         .iter()
-        .map(|(id, _)| AccountBill {
+        .map(|(id, usage)| AccountBill {
             account: (*id).clone(),
-            lines: Vec::new(),
+            lines: Vec::with_capacity(usage.meters().len()),
             total: zero,
         })
         .collect();
-    let toward_zero = Rounding::new(rounding.currency, super::money::RoundingMode::Down);
+    let mut shares = Vec::new();
     for (pool, line) in pools.iter().zip(lines.iter_mut()) {
         line.amount = rounding.round(line.amount);
-        let per_unit = if pool.total.is_zero() {
-            Decimal::ZERO
-        } else {
-            line.amount / pool.total
-        };
-        let mut allocated = Decimal::ZERO;
-        let mut largest = 0;
-        for (k, &(i, quantity)) in pool.members.iter().enumerate() {
-            let share = if pool.total.is_zero() {
-                zero
-            } else {
-                toward_zero.round(quantity * per_unit)
-            };
-            allocated += share;
-            // Members come in account order, so the first of equals is the lowest id.
-            if quantity > pool.members[largest].1 {
-                largest = k;
-            }
+        let Allocation { remainder, largest } =
+            proportional_shares(rounding, line.amount, &pool.members, &mut shares);
+        for (&(i, quantity), &share) in pool.members.iter().zip(&shares) {
             bills[i].lines.push(AccountLine {
                 meter: line.meter.clone(),
                 quantity,
                 amount: share,
             });
         }
-        let remainder = line.amount - allocated;
-        debug_assert!(
-            remainder >= Decimal::ZERO,
-            "shares rounded toward zero never exceed the line"
-        );
-        let (i, _) = pool.members[largest];
-        let share = bills[i].lines.last_mut().expect("pushed above");
-        share.amount = rounding.round(share.amount + remainder);
+        debug_assert!(remainder >= Decimal::ZERO, "shares rounded toward zero never exceed the line");
+        if !remainder.is_zero() {
+            let share = bills[pool.members[largest].0].lines.last_mut().expect("pushed above");
+            share.amount += remainder;
+        }
     }
     for b in &mut bills {
-        b.total = rounding.round(b.lines.iter().map(|l| l.amount).sum());
+        b.total = b.lines.iter().fold(zero, |sum, l| sum + l.amount);
     }
     bills
+}
+
+/// What [`proportional_shares`] leaves to settle.
+struct Allocation {
+    /// The amount minus the sum of the shares: at least 0, less than one minor unit per member.
+    remainder: Decimal,
+    /// The member with the largest quantity, the first of equals: it takes the remainder.
+    largest: usize,
+}
+
+/// Each member's share of `amount` (whole minor units, ≥ 0): `amount × quantity / total`
+/// rounded toward zero to the minor unit. Exact integer arithmetic when the numbers fit
+/// in 128 bits (always, for realistic bills); decimal arithmetic otherwise.
+fn proportional_shares(
+    rounding: Rounding,
+    amount: Decimal,
+    members: &[(usize, Decimal)],
+    out: &mut Vec<Decimal>,
+) -> Allocation {
+    out.clear();
+    let minor = rounding.currency.minor_units();
+    if let [(_, _)] = members {
+        out.push(amount);
+        return Allocation {
+            remainder: Decimal::ZERO,
+            largest: 0,
+        };
+    }
+    let scale = members.iter().map(|m| m.1.scale()).max().unwrap_or(0);
+    let mantissa = |q: Decimal| -> Option<i128> { q.mantissa().checked_mul(10i128.checked_pow(scale - q.scale())?) };
+    let exact = (|| {
+        let a = amount.mantissa();
+        let (mut total, mut largest, mut max) = (0i128, 0, -1i128);
+        for (k, &(_, q)) in members.iter().enumerate() {
+            let m = mantissa(q)?;
+            total = total.checked_add(m)?;
+            if m > max {
+                (largest, max) = (k, m);
+            }
+        }
+        if total == 0 {
+            return None;
+        }
+        let mut allocated = 0i128;
+        for &(_, q) in members {
+            let share = a.checked_mul(mantissa(q)?)? / total;
+            allocated += share;
+            out.push(Decimal::from_i128_with_scale(share, minor));
+        }
+        Some(Allocation {
+            remainder: Decimal::from_i128_with_scale(a - allocated, minor),
+            largest,
+        })
+    })();
+    exact.unwrap_or_else(|| {
+        out.clear();
+        let total: Decimal = members.iter().map(|m| m.1).sum();
+        let toward_zero = Rounding::new(rounding.currency, super::money::RoundingMode::Down);
+        let mut largest = 0;
+        for (k, &(_, q)) in members.iter().enumerate() {
+            let share = if total.is_zero() { Decimal::ZERO } else { amount * q / total };
+            out.push(toward_zero.round(share));
+            if q > members[largest].1 {
+                largest = k;
+            }
+        }
+        Allocation {
+            remainder: amount - out.iter().sum::<Decimal>(),
+            largest,
+        }
+    })
 }
 
 #[cfg(test)]

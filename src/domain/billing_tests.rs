@@ -475,3 +475,22 @@ fn a_customer_without_usage_owes_nothing_on_standard() {
     assert!(bill.lines.is_empty() && bill.accounts.is_empty());
     assert_eq!(bill.total.to_string(), "0.00");
 }
+
+#[test]
+fn proportional_shares_exact_and_fallback_paths() {
+    // 0.10 split 1 : 2 → 10 × 1/3 = 3.33… → 0.03 and 10 × 2/3 = 6.66… → 0.06 (toward zero).
+    let mut out = Vec::new();
+    let a = proportional_shares(usd(), dec!(0.10), &[(0, dec!(1)), (1, dec!(2.0))], &mut out);
+    assert_eq!(out, [dec!(0.03), dec!(0.06)]);
+    assert_eq!((a.remainder, a.largest), (dec!(0.01), 1));
+    // Quantities whose mantissas overflow 128 bits once multiplied take the decimal path:
+    // 1,000,000,000,000.00 split in two equal huge halves → 500,000,000,000.00 each.
+    let huge = dec!(999999999999999.999999999999);
+    let a = proportional_shares(usd(), dec!(1000000000000.00), &[(0, huge), (1, huge)], &mut out);
+    assert_eq!(out, [dec!(500000000000.00), dec!(500000000000.00)]);
+    assert_eq!((a.remainder, a.largest), (dec!(0), 0));
+    // All-zero quantities share nothing (the remainder rule then gives it all to the first).
+    let a = proportional_shares(usd(), dec!(5.00), &[(0, dec!(0)), (1, dec!(0))], &mut out);
+    assert_eq!(out, [dec!(0.00), dec!(0.00)]);
+    assert_eq!((a.remainder, a.largest), (dec!(5.00), 0));
+}

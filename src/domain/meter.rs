@@ -199,7 +199,8 @@ impl MeterAggregate {
     /// The period's quantity: what the invoice line shows.
     pub fn quantity(&self) -> Decimal {
         match self {
-            MeterAggregate::Additive(spans) => spans.as_slice().iter().map(|s| s.1).sum(),
+            MeterAggregate::Additive(Spans::One((_, q))) => *q,
+            MeterAggregate::Additive(Spans::Many(spans)) => spans.iter().map(|s| s.1).sum(),
             MeterAggregate::Extreme { quantity, .. } => *quantity,
             MeterAggregate::Distinct(seen) => Decimal::from(seen.len()),
         }

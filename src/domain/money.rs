@@ -141,6 +141,17 @@ pub enum RoundingMode {
 }
 
 impl RoundingMode {
+    /// The name used in configuration: `half_even`, `half_up`, `half_down`, `down`, `up`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RoundingMode::HalfEven => "half_even",
+            RoundingMode::HalfUp => "half_up",
+            RoundingMode::HalfDown => "half_down",
+            RoundingMode::Down => "down",
+            RoundingMode::Up => "up",
+        }
+    }
+
     fn strategy(self) -> RoundingStrategy {
         match self {
             RoundingMode::HalfEven => RoundingStrategy::MidpointNearestEven,
@@ -171,6 +182,9 @@ impl Rounding {
     /// rely on that to keep every net line non-negative after rounding.
     pub fn round(&self, amount: Decimal) -> Decimal {
         let dp = self.currency.minor_units();
+        if amount.scale() == dp {
+            return amount;
+        }
         let mut rounded = amount.round_dp_with_strategy(dp, self.mode.strategy());
         rounded.rescale(dp);
         rounded

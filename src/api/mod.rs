@@ -1,0 +1,40 @@
+//! The HTTP face of `tallyd` (actix-web): routes, JSON shapes and errors.
+//!
+//! It talks to the [`crate::engine`] only; it never touches the domain's state itself.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde_json::json;
+
+use crate::engine::Engine;
+
+/// Registers the routes on an actix-web app.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health)).route("/ready", web::get().to(ready));
+}
+
+/// Liveness: the process answers.
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Readiness: the engine has loaded its partitions and accepts traffic.
+async fn ready(engine: web::Data<Engine>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"ready": true, "partitions": engine.partition_summaries().len()}))
+}
+
+/// Binds `listen` and serves until SIGINT or SIGTERM, then drains and returns.
+pub async fn serve(engine: Arc<Engine>, listen: SocketAddr, workers: usize) -> std::io::Result<()> {
+    let data = web::Data::from(engine);
+    let mut server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes));
+    if workers > 0 {
+        server = server.workers(workers);
+    }
+    let server = server.bind(listen)?;
+    for addr in server.addrs() {
+        tracing::info!(%addr, "listening on {addr}");
+    }
+    server.run().await
+}
