@@ -104,13 +104,16 @@ fn families(count: usize, catalog: &Catalog) -> Vec<Family> {
                                 account: account.to_string(),
                                 meter: name.clone(),
                                 quantity: Decimal::new(rng.range(1, 5_000_000) as i64, 2),
-                                time: format!("2026-11-{:02}T10:00:00Z", rng.range(1, 30)).parse().unwrap(),
+                                time: format!("2026-11-{:02}T10:00:00Z", rng.range(1, 30))
+                                    .parse()
+                                    .unwrap(),
                                 dimensions: [("user".to_string(), format!("u{}", rng.range(0, 200)))].into(),
                             };
                             let (id, reading) = catalog.resolve(&e, e.time.date_naive()).unwrap();
                             assert_eq!(id, *meter);
                             let aggregation = &catalog.meter(id).aggregation;
-                            u.apply(event_fingerprint(&e.id), id, aggregation, &reading).unwrap();
+                            u.apply(event_fingerprint(&e.id), id, aggregation, &reading)
+                                .unwrap();
                         }
                     }
                     (account.clone(), u)
@@ -164,17 +167,24 @@ fn pricing(c: &mut Criterion) {
     let mut group = c.benchmark_group("pricing");
     group.sample_size(20);
     group.throughput(Throughput::Elements(accounts as u64));
-    group.bench_function(format!("{} customers, {accounts} accounts", families.len()), |b| {
-        b.iter(|| {
-            let mut total = Decimal::ZERO;
-            for f in &families {
-                let profile = if f.customer.profile == "enterprise" { &enterprise } else { &standard };
-                let bill = bill_customer(&ctx, &f.customer, profile, f.usage.iter().map(|(a, u)| (a, u)));
-                total += bill.total;
-            }
-            total
-        })
-    });
+    group.bench_function(
+        format!("{} customers, {accounts} accounts", families.len()),
+        |b| {
+            b.iter(|| {
+                let mut total = Decimal::ZERO;
+                for f in &families {
+                    let profile = if f.customer.profile == "enterprise" {
+                        &enterprise
+                    } else {
+                        &standard
+                    };
+                    let bill = bill_customer(&ctx, &f.customer, profile, f.usage.iter().map(|(a, u)| (a, u)));
+                    total += bill.total;
+                }
+                total
+            })
+        },
+    );
     group.finish();
 }
 

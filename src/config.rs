@@ -126,7 +126,10 @@ impl Settings {
             .add_source(File::from_str(CUSTOMERS_TOML, FileFormat::Toml));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(invalid("--config", format!("{} is not a readable file", path.display())));
+                return Err(invalid(
+                    "--config",
+                    format!("{} is not a readable file", path.display()),
+                ));
             }
             builder = builder.add_source(File::from(path).format(FileFormat::Toml));
         }
@@ -140,7 +143,10 @@ impl Settings {
         let listen: SocketAddr = self.server.listen.parse().map_err(|e| {
             invalid(
                 "server.listen",
-                format!("{:?} is not an address such as 127.0.0.1:8080 ({e})", self.server.listen),
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:8080 ({e})",
+                    self.server.listen
+                ),
             )
         })?;
         if self.server.data_dir.as_os_str().is_empty() {
@@ -160,17 +166,29 @@ impl Settings {
             let key = |field: &str| format!("partitions[{i}].{field}");
             if p.id.is_empty()
                 || p.id.len() > MAX_PARTITION_ID
-                || !p.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                || !p
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
                 return Err(invalid(
                     key("id"),
-                    format!("{:?} must be 1 to {MAX_PARTITION_ID} letters, digits, '-' or '_'", p.id),
+                    format!(
+                        "{:?} must be 1 to {MAX_PARTITION_ID} letters, digits, '-' or '_'",
+                        p.id
+                    ),
                 ));
             }
             if partitions.iter().any(|q| q.id == p.id) {
-                return Err(invalid(key("id"), format!("partition {:?} is defined twice", p.id)));
+                return Err(invalid(
+                    key("id"),
+                    format!("partition {:?} is defined twice", p.id),
+                ));
             }
-            let currency: Currency = p.currency.parse().map_err(|e: String| invalid(key("currency"), e))?;
+            let currency: Currency = p
+                .currency
+                .parse()
+                .map_err(|e: String| invalid(key("currency"), e))?;
             let versions = self.catalogs.get(&p.catalog).ok_or_else(|| {
                 let known: Vec<&str> = self.catalogs.keys().map(String::as_str).collect();
                 invalid(
@@ -189,9 +207,10 @@ impl Settings {
             }
             let mut customers = Vec::new();
             if let Some(set) = &p.customers {
-                let specs = self.customer_sets.get(set).ok_or_else(|| {
-                    invalid(key("customers"), format!("no customer set named {set:?}"))
-                })?;
+                let specs = self
+                    .customer_sets
+                    .get(set)
+                    .ok_or_else(|| invalid(key("customers"), format!("no customer set named {set:?}")))?;
                 customers = self.customers(set, specs, currency, &catalog, &profiles)?;
             }
             partitions.push(PartitionConfig {
@@ -229,11 +248,18 @@ impl Settings {
                 let known: Vec<&str> = profiles.keys().map(String::as_str).collect();
                 return Err(invalid(
                     key("profile"),
-                    format!("no profile named {:?}; defined: {}", customer.profile, known.join(", ")),
+                    format!(
+                        "no profile named {:?}; defined: {}",
+                        customer.profile,
+                        known.join(", ")
+                    ),
                 ));
             }
             if customers.iter().any(|o| o.id == customer.id) {
-                return Err(invalid(key("id"), format!("customer {:?} is defined twice", customer.id)));
+                return Err(invalid(
+                    key("id"),
+                    format!("customer {:?} is defined twice", customer.id),
+                ));
             }
             for account in &customer.accounts {
                 if let Some(other) = owner.insert(account.to_string(), customer.id.clone()) {
@@ -294,7 +320,10 @@ mod tests {
 
     #[test]
     fn embedded_defaults_are_valid() {
-        let v = Settings::load_with_env(None, no_env()).unwrap().validate().unwrap();
+        let v = Settings::load_with_env(None, no_env())
+            .unwrap()
+            .validate()
+            .unwrap();
         assert_eq!(v.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(v.partitions.len(), 2);
         let currencies: Vec<&str> = v.partitions.iter().map(|p| p.rounding.currency.code()).collect();
@@ -312,9 +341,9 @@ mod tests {
 
     #[test]
     fn environment_overrides_the_file() {
-        let env = Environment::default()
-            .prefix("TALLY")
-            .source(Some([("TALLY_SERVER__LISTEN".to_string(), "127.0.0.1:7000".to_string())].into()));
+        let env = Environment::default().prefix("TALLY").source(Some(
+            [("TALLY_SERVER__LISTEN".to_string(), "127.0.0.1:7000".to_string())].into(),
+        ));
         let s = Settings::load_with_env(None, env).unwrap();
         assert_eq!(s.server.listen, "127.0.0.1:7000");
     }
@@ -326,15 +355,23 @@ mod tests {
         let m = message(load(
             "[[partitions]]\nid = \"eu\"\ncurrency = \"EUX\"\ncatalog = \"cloud-usd\"\n",
         ));
-        assert!(m.contains("`partitions[0].currency`") && m.contains("unknown currency"), "{m}");
-        let m = message(load("[[partitions]]\nid = \"eu\"\ncurrency = \"EUR\"\ncatalog = \"nope\"\n"));
+        assert!(
+            m.contains("`partitions[0].currency`") && m.contains("unknown currency"),
+            "{m}"
+        );
+        let m = message(load(
+            "[[partitions]]\nid = \"eu\"\ncurrency = \"EUR\"\ncatalog = \"nope\"\n",
+        ));
         assert!(m.contains("`partitions[0].catalog`"), "{m}");
         let m = message(load("[profiles.broken]\nsteps = [\"tax\"]\n"));
         assert!(m.contains("`profiles.broken.steps`"), "{m}");
         let m = message(load(
             "[[catalogs.bad]]\neffective_from = \"2026-11-01\"\n[[catalogs.bad.meters]]\nname = \"x\"\naggregation = \"sum\"\nprice = { model = \"graduated\", tiers = [{ up_to = \"10\", unit_price = \"1\" }] }\n[[partitions]]\nid = \"p\"\ncurrency = \"USD\"\ncatalog = \"bad\"\n",
         ));
-        assert!(m.contains("`catalogs.bad[0].meters[0].price.tiers[0].up_to`"), "{m}");
+        assert!(
+            m.contains("`catalogs.bad[0].meters[0].price.tiers[0].up_to`"),
+            "{m}"
+        );
         let m = message(load("[servr]\nlisten = \"127.0.0.1:1\"\n"));
         assert!(m.contains("servr"), "{m}");
     }

@@ -126,9 +126,16 @@ fn run(settings: Validated) -> ExitCode {
             "partition loaded"
         );
     }
-    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "start-up finished");
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "start-up finished"
+    );
     let system = actix_rt::System::new();
-    match system.block_on(tallyman::api::serve(engine, settings.listen, settings.http_workers)) {
+    match system.block_on(tallyman::api::serve(
+        engine,
+        settings.listen,
+        settings.http_workers,
+    )) {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

@@ -65,7 +65,12 @@ impl Daemon {
     fn get(&self, path: &str) -> (u16, String) {
         let mut s = TcpStream::connect(&self.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .unwrap();
         let mut response = String::new();
         s.read_to_string(&mut response).unwrap();
         let status = response[9..12].parse().unwrap();
@@ -94,7 +99,11 @@ fn serves_health_and_ready() {
 fn sigterm_stops_it_cleanly() {
     let mut d = Daemon::start("sigterm");
     let pid = d.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let status = d.child.wait().unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
@@ -105,20 +114,38 @@ fn check_config_summarises_the_embedded_default() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("configuration OK"), "{text}");
-    assert!(text.contains("aws: USD (half_even), catalog cloud-usd with 2 version(s)"), "{text}");
+    assert!(
+        text.contains("aws: USD (half_even), catalog cloud-usd with 2 version(s)"),
+        "{text}"
+    );
     assert!(text.contains("aws-cn: CNY"), "{text}");
-    assert!(text.contains("enterprise: price → round → discounts → commitment → credits → tax"), "{text}");
+    assert!(
+        text.contains("enterprise: price → round → discounts → commitment → credits → tax"),
+        "{text}"
+    );
 }
 
 #[test]
 fn invalid_configuration_is_refused_naming_the_key() {
     let dir = TempDir::new("badconfig");
     let file = dir.0.join("bad.toml");
-    std::fs::write(&file, "[[partitions]]\nid = \"eu\"\ncurrency = \"EURO\"\ncatalog = \"cloud-usd\"\n").unwrap();
-    let out = Command::new(TALLYD).arg("check-config").arg("--config").arg(&file).output().unwrap();
+    std::fs::write(
+        &file,
+        "[[partitions]]\nid = \"eu\"\ncurrency = \"EURO\"\ncatalog = \"cloud-usd\"\n",
+    )
+    .unwrap();
+    let out = Command::new(TALLYD)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("`partitions[0].currency`") && err.contains("unknown currency"), "{err}");
+    assert!(
+        err.contains("`partitions[0].currency`") && err.contains("unknown currency"),
+        "{err}"
+    );
     // The daemon refuses to start on it too.
     let out = Command::new(TALLYD).arg("--config").arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

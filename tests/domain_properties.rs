@@ -62,14 +62,16 @@ fn version(date: &'static str) -> impl Strategy<Value = CatalogVersionSpec> {
         meters: METERS
             .iter()
             .zip(plans)
-            .map(|(&(name, aggregation), (price, free_allowance))| MeterDefinition {
-                name: name.into(),
-                aggregation,
-                dimension: (aggregation == AggregationKind::UniqueCount).then(|| "user".into()),
-                unit: None,
-                free_allowance,
-                price,
-            })
+            .map(
+                |(&(name, aggregation), (price, free_allowance))| MeterDefinition {
+                    name: name.into(),
+                    aggregation,
+                    dimension: (aggregation == AggregationKind::UniqueCount).then(|| "user".into()),
+                    unit: None,
+                    free_allowance,
+                    price,
+                },
+            )
             .collect(),
     })
 }
@@ -97,20 +99,29 @@ struct Event {
 }
 
 fn events(accounts: usize) -> impl Strategy<Value = Vec<Event>> {
-    prop::collection::vec((0..accounts, 0..METERS.len(), decimal(20_000, 3), 1u32..=30, 0u8..6), 0..60)
-        .prop_map(|raw| {
-            raw.into_iter()
-                .enumerate()
-                .map(|(i, (account, meter, quantity, day, user))| Event {
-                    id: format!("evt-{i}"),
-                    account,
-                    meter,
-                    quantity,
-                    day,
-                    user,
-                })
-                .collect()
-        })
+    prop::collection::vec(
+        (
+            0..accounts,
+            0..METERS.len(),
+            decimal(20_000, 3),
+            1u32..=30,
+            0u8..6,
+        ),
+        0..60,
+    )
+    .prop_map(|raw| {
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, (account, meter, quantity, day, user))| Event {
+                id: format!("evt-{i}"),
+                account,
+                meter,
+                quantity,
+                day,
+                user,
+            })
+            .collect()
+    })
 }
 
 fn account_name(i: usize) -> String {
@@ -157,7 +168,10 @@ fn customer(accounts: usize, tax_rate: Decimal, discounts: Vec<Discount>, credit
 }
 
 fn scope() -> impl Strategy<Value = Option<Vec<String>>> {
-    prop::option::of(prop::sample::subsequence(METERS.map(|m| m.0.to_string()).to_vec(), 1..3))
+    prop::option::of(prop::sample::subsequence(
+        METERS.map(|m| m.0.to_string()).to_vec(),
+        1..3,
+    ))
 }
 
 fn discounts() -> impl Strategy<Value = Vec<Discount>> {
@@ -174,20 +188,22 @@ fn discounts() -> impl Strategy<Value = Vec<Discount>> {
 }
 
 fn credits() -> impl Strategy<Value = Vec<Credit>> {
-    prop::collection::vec((1i64..100_000, prop::option::of(1u32..=28), scope(), 0u64..5), 0..4).prop_map(
-        |raw| {
-            raw.into_iter()
-                .enumerate()
-                .map(|(i, (cents, day, meters, granted))| Credit {
-                    id: format!("c{i}"),
-                    amount: Decimal::new(cents, 2),
-                    expires: day.map(|d| format!("2026-12-{d:02}").parse().unwrap()),
-                    meters,
-                    granted,
-                })
-                .collect()
-        },
+    prop::collection::vec(
+        (1i64..100_000, prop::option::of(1u32..=28), scope(), 0u64..5),
+        0..4,
     )
+    .prop_map(|raw| {
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, (cents, day, meters, granted))| Credit {
+                id: format!("c{i}"),
+                amount: Decimal::new(cents, 2),
+                expires: day.map(|d| format!("2026-12-{d:02}").parse().unwrap()),
+                meters,
+                granted,
+            })
+            .collect()
+    })
 }
 
 fn profile() -> impl Strategy<Value = BillingProfile> {
@@ -199,11 +215,23 @@ fn profile() -> impl Strategy<Value = BillingProfile> {
         .prop_map(|(rest, minimum_commitment)| {
             let mut steps = vec![Price, Round];
             steps.extend(rest);
-            BillingProfile::new("p", ProfileSpec { steps, minimum_commitment }).unwrap()
+            BillingProfile::new(
+                "p",
+                ProfileSpec {
+                    steps,
+                    minimum_commitment,
+                },
+            )
+            .unwrap()
         })
 }
 
-fn bill(catalog: &Catalog, customer: &Customer, profile: &BillingProfile, usage: &[(AccountId, AccountUsage)]) -> Bill {
+fn bill(
+    catalog: &Catalog,
+    customer: &Customer,
+    profile: &BillingProfile,
+    usage: &[(AccountId, AccountUsage)],
+) -> Bill {
     let ctx = BillingContext {
         catalog,
         rounding: Rounding::new(Currency::from_code("USD").unwrap(), RoundingMode::HalfEven),

@@ -12,7 +12,8 @@ use crate::engine::Engine;
 
 /// Registers the routes on an actix-web app.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health)).route("/ready", web::get().to(ready));
+    cfg.route("/health", web::get().to(health))
+        .route("/ready", web::get().to(ready));
 }
 
 /// Liveness: the process answers.
@@ -25,10 +26,17 @@ async fn ready(engine: web::Data<Engine>) -> HttpResponse {
     HttpResponse::Ok().json(json!({"ready": true, "partitions": engine.partition_summaries().len()}))
 }
 
-/// Binds `listen` and serves until SIGINT or SIGTERM, then drains and returns.
+/// Binds `listen` and serves until SIGINT or SIGTERM, then stops accepting, drains the
+/// requests in flight and returns. The signal handlers are installed before the address
+/// is bound, so a signal that follows the `listening on` line is never missed.
 pub async fn serve(engine: Arc<Engine>, listen: SocketAddr, workers: usize) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     let data = web::Data::from(engine);
-    let mut server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes));
+    let mut server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
+        .disable_signals()
+        .shutdown_timeout(30);
     if workers > 0 {
         server = server.workers(workers);
     }
@@ -36,5 +44,15 @@ pub async fn serve(engine: Arc<Engine>, listen: SocketAddr, workers: usize) -> s
     for addr in server.addrs() {
         tracing::info!(%addr, "listening on {addr}");
     }
-    server.run().await
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(async move {
+        let which = tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        };
+        tracing::info!(signal = which, "stopping: draining requests in flight");
+        handle.stop(true).await;
+    });
+    server.await
 }

@@ -298,9 +298,15 @@ fn allocate(
                 amount: share,
             });
         }
-        debug_assert!(remainder >= Decimal::ZERO, "shares rounded toward zero never exceed the line");
+        debug_assert!(
+            remainder >= Decimal::ZERO,
+            "shares rounded toward zero never exceed the line"
+        );
         if !remainder.is_zero() {
-            let share = bills[pool.members[largest].0].lines.last_mut().expect("pushed above");
+            let share = bills[pool.members[largest].0]
+                .lines
+                .last_mut()
+                .expect("pushed above");
             share.amount += remainder;
         }
     }
@@ -337,7 +343,8 @@ fn proportional_shares(
         };
     }
     let scale = members.iter().map(|m| m.1.scale()).max().unwrap_or(0);
-    let mantissa = |q: Decimal| -> Option<i128> { q.mantissa().checked_mul(10i128.checked_pow(scale - q.scale())?) };
+    let mantissa =
+        |q: Decimal| -> Option<i128> { q.mantissa().checked_mul(10i128.checked_pow(scale - q.scale())?) };
     let exact = (|| {
         let a = amount.mantissa();
         let (mut total, mut largest, mut max) = (0i128, 0, -1i128);
@@ -368,7 +375,11 @@ fn proportional_shares(
         let toward_zero = Rounding::new(rounding.currency, super::money::RoundingMode::Down);
         let mut largest = 0;
         for (k, &(_, q)) in members.iter().enumerate() {
-            let share = if total.is_zero() { Decimal::ZERO } else { amount * q / total };
+            let share = if total.is_zero() {
+                Decimal::ZERO
+            } else {
+                amount * q / total
+            };
             out.push(toward_zero.round(share));
             if q > members[largest].1 {
                 largest = k;
