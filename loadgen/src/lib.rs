@@ -1,0 +1,7 @@
+//! `loadgen`: Tallyman's load generator.
+//!
+//! It knows the billing workload (customers with linked accounts, skewed traffic, meters
+//! from the catalog) and, being seeded, replays it exactly. Its checks of tallyd's answers
+//! are its own simple re-computation, never the engine's pricing code.
+
+pub mod workload;
