@@ -1,0 +1,38 @@
+//! Entities: the state machines a segment hosts.
+//!
+//! An entity is a plain record keyed by `Key`, changed only by commands and read by
+//! queries. The runtime journals commands before it applies them, so an entity must be
+//! a deterministic function of the commands it has applied: the same commands in the
+//! same order give the same state, which is how the runtime rebuilds an entity after a
+//! panic and a segment after a crash.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+
+/// A keyed state machine hosted by a segment actor.
+pub trait Entity: Sized + Send + Unpin + 'static {
+    type Key: Clone + Eq + Hash + Debug + Send + Sync + Unpin + 'static;
+    /// Changes the entity; journaled before it is applied.
+    type Command: Debug + Send + Sync + 'static;
+    /// What applying a command reports back.
+    type Reply: Send + 'static;
+    /// Reads the entity.
+    type Query: Send + 'static;
+    type Answer: Send + 'static;
+    /// The entity's state, for snapshots, moves and rebuilds.
+    type Snapshot: Clone + Send + Sync + 'static;
+
+    /// A stable hash of the key: it picks the key's segment, for ever.
+    fn shard(key: &Self::Key) -> u64;
+    /// The state of a key that has seen no command yet.
+    fn create(key: &Self::Key) -> Self;
+    /// Applies one command. Must be deterministic; may panic (the runtime recovers).
+    fn apply(&mut self, command: &Self::Command) -> Self::Reply;
+    /// Answers a query without changing anything.
+    fn query(&self, query: &Self::Query) -> Self::Answer;
+    fn snapshot(&self) -> Self::Snapshot;
+    fn restore(snapshot: &Self::Snapshot) -> Self;
+}
+
+/// What the journal records: commands for many keys, appended together.
+pub type Batch<E> = Vec<(<E as Entity>::Key, <E as Entity>::Command)>;

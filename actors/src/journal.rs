@@ -1,0 +1,125 @@
+//! The journal: the ordered, numbered record of every command batch, appended before the
+//! batch is applied, and read back to rebuild state.
+//!
+//! [`Journal`] is the interface the runtime needs; anything that can append records in
+//! order, say when they are durable, and read them back from a sequence number can stand
+//! behind it: the in-memory [`MemoryJournal`] here, a local file journal with group
+//! commit, or a replicated stream such as NATS JetStream.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+/// A log sequence number: the position of a record in its journal. Starts at 1; only grows.
+pub type Lsn = u64;
+
+/// Why the journal could not do what was asked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JournalError {
+    /// Writing or syncing failed: nothing of this record is acknowledged.
+    #[error("the journal is unavailable: {0}")]
+    Unavailable(String),
+    /// Records the caller needs have been discarded (or were never kept).
+    #[error("the journal no longer holds records from LSN {from}")]
+    NotRetained { from: Lsn },
+}
+
+/// Called once a record is durable (or has failed), in LSN order.
+pub type OnDurable<R> = Box<dyn FnOnce(Result<Lsn, JournalError>, Arc<R>) + Send>;
+
+/// An ordered, numbered log of records.
+pub trait Journal<R>: Send + Sync + 'static {
+    /// Appends `record`, then calls `on_durable` with its LSN once it is durable. Calls of
+    /// `on_durable` happen in LSN order, so a caller that delivers records from it
+    /// delivers them in journal order.
+    fn append(&self, record: Arc<R>, on_durable: OnDurable<R>);
+    /// Visits every retained record with an LSN above `after`, in order, until `visit`
+    /// returns `false`.
+    fn replay(&self, after: Lsn, visit: &mut dyn FnMut(Lsn, &Arc<R>) -> bool) -> Result<(), JournalError>;
+    /// Lets go of the records with an LSN up to `upto`: every snapshot has moved past them.
+    fn truncate(&self, upto: Lsn);
+    /// The LSN of the last record appended (0 when none).
+    fn last_lsn(&self) -> Lsn;
+}
+
+/// A journal in memory: for tests, and for runs that need no durability.
+pub struct MemoryJournal<R> {
+    inner: Mutex<MemoryInner<R>>,
+    retain: bool,
+}
+
+struct MemoryInner<R> {
+    /// LSN of `records[0]`.
+    first: Lsn,
+    records: VecDeque<Arc<R>>,
+    last: Lsn,
+}
+
+impl<R> MemoryJournal<R> {
+    /// A journal that keeps every record until truncated.
+    pub fn new() -> Self {
+        Self::with_retention(true)
+    }
+
+    /// A journal that numbers records but keeps none: nothing can be replayed from it, so
+    /// a panic or a crash loses state. For measuring the runtime without a journal.
+    pub fn discarding() -> Self {
+        Self::with_retention(false)
+    }
+
+    fn with_retention(retain: bool) -> Self {
+        MemoryJournal {
+            inner: Mutex::new(MemoryInner {
+                first: 1,
+                records: VecDeque::new(),
+                last: 0,
+            }),
+            retain,
+        }
+    }
+}
+
+impl<R> Default for MemoryJournal<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<R: Send + Sync + 'static> Journal<R> for MemoryJournal<R> {
+    fn append(&self, record: Arc<R>, on_durable: OnDurable<R>) {
+        // The lock is held across `on_durable` so that deliveries happen in LSN order.
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.last += 1;
+        let lsn = inner.last;
+        if self.retain {
+            inner.records.push_back(record.clone());
+        } else {
+            inner.first = lsn + 1;
+        }
+        on_durable(Ok(lsn), record);
+    }
+
+    fn replay(&self, after: Lsn, visit: &mut dyn FnMut(Lsn, &Arc<R>) -> bool) -> Result<(), JournalError> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if after + 1 < inner.first && after < inner.last {
+            return Err(JournalError::NotRetained { from: after + 1 });
+        }
+        let skip = (after + 1).saturating_sub(inner.first) as usize;
+        for (i, record) in inner.records.iter().enumerate().skip(skip) {
+            if !visit(inner.first + i as Lsn, record) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn truncate(&self, upto: Lsn) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        while inner.first <= upto && inner.records.pop_front().is_some() {
+            inner.first += 1;
+        }
+    }
+
+    fn last_lsn(&self) -> Lsn {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).last
+    }
+}

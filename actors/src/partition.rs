@@ -1,0 +1,725 @@
+//! A partition: its segments, the path that admits, journals and delivers commands to
+//! them, and the supervisor actor that starts, restarts and moves them.
+//!
+//! Each segment sits in a [`Slot`] that is either active (an actor address), buffering
+//! (during a restart or a move, traffic waits in order), or failed. Delivery happens in
+//! journal order from the journal's `on_durable` callback, so every segment sees its
+//! commands in LSN order, across moves and restarts.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::entity::{Batch, Entity};
+use crate::journal::{Journal, JournalError, Lsn};
+use crate::router::ArbiterPool;
+use crate::segment::{
+    Ask, Deliver, Failure, FaultHook, Handoff, Origin, Outcomes, Permit, Segment, SegmentDown, SegmentEnv,
+    SegmentState, SegmentStats, TakeSnapshot,
+};
+use crate::snapshot::SnapshotStore;
+use crate::supervision::{DeadLetters, RestartIntensity, SupervisionConfig};
+
+/// How a partition's runtime is laid out.
+#[derive(Clone, Debug)]
+pub struct PartitionConfig {
+    pub name: String,
+    /// Number of segments; fixed for the partition's life (keys map to segments by hash).
+    pub segments: u32,
+    /// Messages admitted per segment and not yet handled; past it, submissions are refused.
+    pub mailbox_capacity: usize,
+    pub supervision: SupervisionConfig,
+}
+
+/// Why a submission or a query was refused or did not complete.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// A segment's mailbox is full: try again later. Nothing was journaled.
+    #[error("segment {segment} of partition {partition} is busy; try again later")]
+    Busy { partition: String, segment: u32 },
+    /// A segment is marked failed. Nothing was journaled.
+    #[error("segment {segment} of partition {partition} is unavailable: {reason}")]
+    Unavailable {
+        partition: String,
+        segment: u32,
+        reason: String,
+    },
+    /// The journal refused the batch: nothing of it is acknowledged.
+    #[error("{0}")]
+    Journal(JournalError),
+    /// A segment went away before answering. The batch is journaled and will be applied
+    /// by the segment's recovery; sending it again is safe.
+    #[error("a segment restarted before answering; the batch is journaled and safe to send again")]
+    Interrupted,
+}
+
+enum Envelope<E: Entity> {
+    Deliver(Deliver<E>),
+    Ask(Ask<E>),
+}
+
+enum SlotState<E: Entity> {
+    Active {
+        addr: Addr<Segment<E>>,
+        arbiter: usize,
+        generation: u64,
+    },
+    Buffering {
+        queue: VecDeque<Envelope<E>>,
+        arbiter: usize,
+        generation: u64,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+struct Slot<E: Entity> {
+    state: Mutex<SlotState<E>>,
+    stats: Arc<SegmentStats>,
+    failed: AtomicBool,
+    /// Serialises restarts and moves of this segment.
+    operation: tokio::sync::Mutex<()>,
+    intensity: Mutex<RestartIntensity>,
+}
+
+/// What one segment looks like from outside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub partition: String,
+    pub segment: u32,
+    /// The arbiter it runs on; `None` when it is failed.
+    pub arbiter: Option<usize>,
+    pub state: &'static str,
+    pub handled: u64,
+    pub busy_ns: u64,
+    pub inflight: usize,
+}
+
+/// An alert raised by supervision (a segment marked failed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alert {
+    pub partition: String,
+    pub segment: u32,
+    pub message: String,
+}
+
+/// A running partition. Cheap to share (`Arc`); every method may be called from any
+/// thread inside the actix system.
+pub struct Partition<E: Entity> {
+    env: Arc<SegmentEnv<E>>,
+    slots: Vec<Slot<E>>,
+    capacity: usize,
+    pool: Arc<ArbiterPool>,
+    supervisor: OnceLock<Addr<PartitionSupervisor<E>>>,
+    restarts: AtomicU64,
+    moves: AtomicU64,
+    alerts: Mutex<Vec<Alert>>,
+}
+
+impl<E: Entity> Partition<E> {
+    /// Starts the partition's supervisor and its segments (each recovered from its
+    /// snapshot and the journal), spread over the pool's arbiters. Must run inside an
+    /// actix system; resolves once every segment is running.
+    pub async fn start(
+        config: PartitionConfig,
+        journal: Arc<dyn Journal<Batch<E>>>,
+        snapshots: Arc<dyn SnapshotStore<E>>,
+        pool: Arc<ArbiterPool>,
+        fault_hook: Option<FaultHook<E::Key>>,
+    ) -> Arc<Partition<E>> {
+        assert!(config.segments > 0, "a partition needs at least one segment");
+        let env = Arc::new(SegmentEnv {
+            partition: config.name.clone(),
+            segments: config.segments,
+            journal,
+            snapshots,
+            dead_letters: Arc::new(DeadLetters::new(config.supervision.dead_letter_capacity)),
+            supervision: config.supervision.clone(),
+            fault_hook,
+        });
+        let slots = (0..config.segments)
+            .map(|i| Slot {
+                state: Mutex::new(SlotState::Buffering {
+                    queue: VecDeque::new(),
+                    arbiter: i as usize % pool.len(),
+                    generation: 0,
+                }),
+                stats: Arc::new(SegmentStats::default()),
+                failed: AtomicBool::new(false),
+                operation: tokio::sync::Mutex::new(()),
+                intensity: Mutex::new(RestartIntensity::new(
+                    config.supervision.max_restarts,
+                    config.supervision.restart_window,
+                )),
+            })
+            .collect();
+        let partition = Arc::new(Partition {
+            env,
+            slots,
+            capacity: config.mailbox_capacity,
+            pool,
+            supervisor: OnceLock::new(),
+            restarts: AtomicU64::new(0),
+            moves: AtomicU64::new(0),
+            alerts: Mutex::new(Vec::new()),
+        });
+        let supervisor = PartitionSupervisor {
+            partition: partition.clone(),
+        }
+        .start();
+        let _ = partition.supervisor.set(supervisor);
+        for segment in 0..config.segments {
+            partition.clone().launch(segment).await;
+        }
+        partition
+    }
+
+    pub fn name(&self) -> &str {
+        &self.env.partition
+    }
+
+    pub fn segment_count(&self) -> u32 {
+        self.env.segments
+    }
+
+    /// The segment that owns `key`.
+    pub fn segment_of(&self, key: &E::Key) -> u32 {
+        self.env.segment_of(key)
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetters<E> {
+        &self.env.dead_letters
+    }
+
+    pub fn journal(&self) -> &Arc<dyn Journal<Batch<E>>> {
+        &self.env.journal
+    }
+
+    /// Restarts done by supervision so far.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Segment moves done so far.
+    pub fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Relaxed)
+    }
+
+    pub fn alerts(&self) -> Vec<Alert> {
+        self.alerts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Admits `batch` (refusing it whole when a segment it touches is full or failed),
+    /// journals it, delivers each command to its segment, and resolves with each
+    /// command's outcome in the batch's order.
+    pub fn submit(
+        self: &Arc<Self>,
+        batch: Batch<E>,
+    ) -> Result<impl Future<Output = Result<Outcomes<E::Reply>, SubmitError>>, SubmitError> {
+        let total = batch.len();
+        let mut group_of: Vec<Option<usize>> = vec![None; self.slots.len()];
+        let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
+        for (i, (key, _)) in batch.iter().enumerate() {
+            let segment = self.env.segment_of(key);
+            let g = *group_of[segment as usize].get_or_insert_with(|| {
+                groups.push((segment, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(i as u32);
+        }
+        let mut admitted = Vec::with_capacity(groups.len());
+        let mut waits = Vec::with_capacity(groups.len());
+        for (segment, items) in groups {
+            let permit = self.admit(segment)?;
+            let (tx, rx) = oneshot::channel();
+            waits.push((items.clone(), rx));
+            admitted.push((segment, items, tx, permit));
+        }
+        let (journal_tx, mut journal_rx) = oneshot::channel::<JournalError>();
+        let partition = self.clone();
+        self.env.journal.append(
+            Arc::new(batch),
+            Box::new(move |result, record| match result {
+                Ok(lsn) => {
+                    for (segment, items, reply, permit) in admitted {
+                        partition.deliver(
+                            segment,
+                            Envelope::Deliver(Deliver {
+                                lsn,
+                                record: record.clone(),
+                                items,
+                                reply,
+                                permit,
+                            }),
+                        );
+                    }
+                }
+                Err(e) => {
+                    let _ = journal_tx.send(e);
+                }
+            }),
+        );
+        Ok(async move {
+            let mut outcomes: Vec<Option<Result<E::Reply, Failure>>> = (0..total).map(|_| None).collect();
+            for (items, rx) in waits {
+                match rx.await {
+                    Ok(results) => {
+                        for (i, r) in items.into_iter().zip(results) {
+                            outcomes[i as usize] = Some(r);
+                        }
+                    }
+                    Err(_) => {
+                        return Err(match journal_rx.try_recv() {
+                            Ok(e) => SubmitError::Journal(e),
+                            Err(_) => SubmitError::Interrupted,
+                        })
+                    }
+                }
+            }
+            Ok(outcomes
+                .into_iter()
+                .map(|o| o.expect("every command has an outcome"))
+                .collect())
+        })
+    }
+
+    /// Asks `key`'s entity `query`; `None` when it does not exist.
+    pub fn ask(
+        self: &Arc<Self>,
+        key: E::Key,
+        query: E::Query,
+    ) -> Result<impl Future<Output = Result<Option<E::Answer>, SubmitError>>, SubmitError> {
+        let segment = self.env.segment_of(&key);
+        let permit = self.admit(segment)?;
+        let (reply, rx) = oneshot::channel();
+        self.deliver(
+            segment,
+            Envelope::Ask(Ask {
+                key,
+                query,
+                reply,
+                permit,
+            }),
+        );
+        let partition = self.env.partition.clone();
+        Ok(async move {
+            match rx.await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(Failure::Unavailable { reason })) => Err(SubmitError::Unavailable {
+                    partition,
+                    segment,
+                    reason,
+                }),
+                Ok(Err(f)) => Err(SubmitError::Unavailable {
+                    partition,
+                    segment,
+                    reason: format!("{f:?}"),
+                }),
+                Err(_) => Err(SubmitError::Interrupted),
+            }
+        })
+    }
+
+    fn admit(&self, segment: u32) -> Result<Permit, SubmitError> {
+        let slot = &self.slots[segment as usize];
+        if slot.failed.load(Ordering::Acquire) {
+            let reason = match &*slot.state.lock().unwrap_or_else(|p| p.into_inner()) {
+                SlotState::Failed { reason } => reason.clone(),
+                _ => "restarting".into(),
+            };
+            return Err(SubmitError::Unavailable {
+                partition: self.env.partition.clone(),
+                segment,
+                reason,
+            });
+        }
+        Permit::try_acquire(&slot.stats, self.capacity).ok_or_else(|| SubmitError::Busy {
+            partition: self.env.partition.clone(),
+            segment,
+        })
+    }
+
+    fn deliver(&self, segment: u32, envelope: Envelope<E>) {
+        let slot = &self.slots[segment as usize];
+        let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+        let envelope = match &mut *state {
+            SlotState::Active { addr, .. } => match send(addr, envelope) {
+                Ok(()) => return,
+                // The actor is gone and its supervisor not yet told: hold the traffic
+                // until the restart.
+                Err((back, true)) => back,
+                // Permits keep data messages below the mailbox's capacity, so this is a
+                // bug; refuse rather than stall.
+                Err((back, false)) => {
+                    tracing::error!(partition = %self.env.partition, segment, "segment mailbox overflow");
+                    refuse(back, "the segment's mailbox overflowed");
+                    return;
+                }
+            },
+            SlotState::Buffering { queue, .. } => {
+                queue.push_back(envelope);
+                return;
+            }
+            SlotState::Failed { reason } => {
+                refuse(envelope, reason);
+                return;
+            }
+        };
+        if let SlotState::Active {
+            arbiter, generation, ..
+        } = *state
+        {
+            let mut queue = VecDeque::new();
+            queue.push_back(envelope);
+            *state = SlotState::Buffering {
+                queue,
+                arbiter,
+                generation,
+            };
+        }
+    }
+
+    /// Starts a segment actor recovered from snapshot + journal on the slot's arbiter,
+    /// then releases the traffic buffered meanwhile.
+    async fn launch(self: Arc<Self>, segment: u32) {
+        let slot = &self.slots[segment as usize];
+        let (arbiter, generation) = {
+            let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+            let (arbiter, generation, queue) = match std::mem::replace(
+                &mut *state,
+                SlotState::Failed {
+                    reason: String::new(),
+                },
+            ) {
+                SlotState::Active {
+                    arbiter, generation, ..
+                } => (arbiter, generation + 1, VecDeque::new()),
+                SlotState::Buffering {
+                    arbiter,
+                    generation,
+                    queue,
+                } => (arbiter, generation + 1, queue),
+                SlotState::Failed { .. } => (segment as usize % self.pool.len(), 1, VecDeque::new()),
+            };
+            *state = SlotState::Buffering {
+                queue,
+                arbiter,
+                generation,
+            };
+            (arbiter, generation)
+        };
+        let partition = self.clone();
+        let stop_at = Box::new(move || partition.first_buffered(segment));
+        let addr = self
+            .spawn_segment(segment, generation, arbiter, Origin::Recover { stop_at })
+            .await;
+        self.activate(segment, addr, arbiter, generation);
+    }
+
+    /// Starts a segment actor on `arbiter` and waits until it holds its state.
+    async fn spawn_segment(
+        &self,
+        segment: u32,
+        generation: u64,
+        arbiter: usize,
+        origin: Origin<E>,
+    ) -> Addr<Segment<E>> {
+        let env = self.env.clone();
+        let stats = self.slots[segment as usize].stats.clone();
+        let capacity = self.capacity;
+        let supervisor = self.supervisor.get().map(|s| s.clone().recipient());
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let handle = self.pool.handle(arbiter);
+        let addr = Segment::start_in_arbiter(&handle, move |ctx: &mut Context<Segment<E>>| {
+            ctx.set_mailbox_capacity(capacity + 64);
+            let segment = Segment::new(segment, generation, env, stats, capacity, supervisor, origin);
+            let _ = ready_tx.send(());
+            segment
+        });
+        let _ = ready_rx.await;
+        addr
+    }
+
+    /// Makes `addr` the slot's actor, sending it the buffered traffic first, in order.
+    fn activate(&self, segment: u32, addr: Addr<Segment<E>>, arbiter: usize, generation: u64) {
+        let slot = &self.slots[segment as usize];
+        let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queue = match std::mem::replace(
+            &mut *state,
+            SlotState::Failed {
+                reason: String::new(),
+            },
+        ) {
+            SlotState::Buffering { queue, .. } => queue,
+            other => {
+                *state = other;
+                return;
+            }
+        };
+        while let Some(envelope) = queue.pop_front() {
+            if let Err((back, _)) = send(&addr, envelope) {
+                queue.push_front(back);
+                *state = SlotState::Buffering {
+                    queue,
+                    arbiter,
+                    generation,
+                };
+                return;
+            }
+        }
+        *state = SlotState::Active {
+            addr,
+            arbiter,
+            generation,
+        };
+    }
+
+    fn first_buffered(&self, segment: u32) -> Option<Lsn> {
+        let state = self.slots[segment as usize]
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &*state {
+            SlotState::Buffering { queue, .. } => queue.iter().find_map(|e| match e {
+                Envelope::Deliver(d) => Some(d.lsn),
+                Envelope::Ask(_) => None,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Restarts a segment whose actor went away, unless it restarted too often lately.
+    async fn restart(self: Arc<Self>, segment: u32, generation: u64, reason: String) {
+        let slot = &self.slots[segment as usize];
+        let _op = slot.operation.lock().await;
+        let current = match &*slot.state.lock().unwrap_or_else(|p| p.into_inner()) {
+            SlotState::Active { generation, .. } | SlotState::Buffering { generation, .. } => *generation,
+            SlotState::Failed { .. } => return,
+        };
+        if current != generation {
+            return; // An older actor; the slot has moved on.
+        }
+        let allowed = slot
+            .intensity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(Instant::now());
+        if !allowed {
+            let s = &self.env.supervision;
+            let message = format!(
+                "segment {segment} restarted more than {} times in {:?} (last: {reason}); marked failed, its traffic is refused",
+                s.max_restarts, s.restart_window
+            );
+            tracing::error!(partition = %self.env.partition, segment, %message, "segment failed");
+            slot.failed.store(true, Ordering::Release);
+            let old = std::mem::replace(
+                &mut *slot.state.lock().unwrap_or_else(|p| p.into_inner()),
+                SlotState::Failed {
+                    reason: message.clone(),
+                },
+            );
+            if let SlotState::Buffering { queue, .. } = old {
+                queue.into_iter().for_each(|e| refuse(e, &message));
+            }
+            self.alerts.lock().unwrap_or_else(|p| p.into_inner()).push(Alert {
+                partition: self.env.partition.clone(),
+                segment,
+                message,
+            });
+            return;
+        }
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(partition = %self.env.partition, segment, %reason, "restarting segment from snapshot and journal");
+        // A dead arbiter is replaced by the pool when the segment is spawned on it.
+        self.clone().launch(segment).await;
+    }
+
+    /// Moves a segment to `to` (an arbiter index) without losing, duplicating or
+    /// reordering anything: buffer its traffic, let it finish its mailbox, hand its state
+    /// to a new actor on the target arbiter, swap the address, release the buffer.
+    pub async fn move_segment(self: Arc<Self>, segment: u32, to: usize) -> Result<(), String> {
+        if to >= self.pool.len() {
+            return Err(format!("no arbiter {to}; the pool has {}", self.pool.len()));
+        }
+        let slot = &self.slots[segment as usize];
+        let _op = slot.operation.lock().await;
+        let (old, from, generation) = {
+            let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+            match &*state {
+                SlotState::Active {
+                    addr,
+                    arbiter,
+                    generation,
+                } if *arbiter != to => {
+                    let taken = (addr.clone(), *arbiter, *generation);
+                    *state = SlotState::Buffering {
+                        queue: VecDeque::new(),
+                        arbiter: *arbiter,
+                        generation: *generation,
+                    };
+                    taken
+                }
+                SlotState::Active { .. } => return Ok(()),
+                _ => return Err(format!("segment {segment} is not running")),
+            }
+        };
+        let started = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let handed = match old.send(Handoff(tx)).await {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
+        let Some(state) = handed else {
+            // The actor died meanwhile: its SegmentDown triggers a restart, which
+            // recovers from snapshot and journal and releases the buffer.
+            return Err(format!(
+                "segment {segment} stopped during the move; it is being restarted"
+            ));
+        };
+        let generation = generation + 1;
+        let addr = self
+            .spawn_segment(segment, generation, to, Origin::Handed(state))
+            .await;
+        self.activate(segment, addr, to, generation);
+        self.moves.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            partition = %self.env.partition, segment, from, to,
+            elapsed_us = started.elapsed().as_micros() as u64, "segment moved"
+        );
+        Ok(())
+    }
+
+    /// Snapshots every running segment, then lets the journal forget what all of them
+    /// have moved past. Resolves with the LSN the journal was truncated to.
+    pub async fn snapshot_all(&self) -> Lsn {
+        let mut lowest = Lsn::MAX;
+        for slot in &self.slots {
+            let addr = match &*slot.state.lock().unwrap_or_else(|p| p.into_inner()) {
+                SlotState::Active { addr, .. } => Some(addr.clone()),
+                _ => None,
+            };
+            let lsn = match addr {
+                Some(addr) => addr.send(TakeSnapshot).await.ok(),
+                None => None,
+            };
+            match lsn {
+                Some(lsn) => lowest = lowest.min(lsn),
+                None => return 0,
+            }
+        }
+        // A segment's snapshot LSN is the last record delivered to it; records after it
+        // that did not touch it are not needed by it, but may be by others, hence the minimum.
+        self.env.journal.truncate(lowest);
+        lowest
+    }
+
+    /// Every segment with its arbiter, state and load counters.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| {
+                let (arbiter, state) = match &*slot.state.lock().unwrap_or_else(|p| p.into_inner()) {
+                    SlotState::Active { arbiter, .. } => (Some(*arbiter), "running"),
+                    SlotState::Buffering { arbiter, .. } => (Some(*arbiter), "moving"),
+                    SlotState::Failed { .. } => (None, "failed"),
+                };
+                SegmentInfo {
+                    partition: self.env.partition.clone(),
+                    segment: i as u32,
+                    arbiter,
+                    state,
+                    handled: slot.stats.handled.load(Ordering::Relaxed),
+                    busy_ns: slot.stats.busy_ns.load(Ordering::Relaxed),
+                    inflight: slot.stats.inflight.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// Replays dead letter `id`: its command is journaled again as a new record and
+    /// applied. Resolves with the command's outcome.
+    pub async fn replay_dead_letter(self: &Arc<Self>, id: u64) -> Result<Result<E::Reply, Failure>, String>
+    where
+        E::Key: Clone,
+        E::Command: Clone,
+    {
+        let letter = self
+            .env
+            .dead_letters
+            .take(id)
+            .ok_or_else(|| format!("no dead letter {id}"))?;
+        let batch = vec![(letter.key().clone(), letter.command().clone())];
+        let pending = self.submit(batch).map_err(|e| e.to_string())?;
+        let mut outcomes = pending.await.map_err(|e| e.to_string())?;
+        Ok(outcomes.pop().expect("one command, one outcome"))
+    }
+}
+
+/// Sends without waiting; on failure gives the envelope back, and whether the actor is gone.
+fn send<E: Entity>(addr: &Addr<Segment<E>>, envelope: Envelope<E>) -> Result<(), (Envelope<E>, bool)> {
+    fn closed<M>(e: &SendError<M>) -> bool {
+        matches!(e, SendError::Closed(_))
+    }
+    match envelope {
+        Envelope::Deliver(d) => addr.try_send(d).map_err(|e| {
+            let gone = closed(&e);
+            (Envelope::Deliver(e.into_inner()), gone)
+        }),
+        Envelope::Ask(a) => addr.try_send(a).map_err(|e| {
+            let gone = closed(&e);
+            (Envelope::Ask(e.into_inner()), gone)
+        }),
+    }
+}
+
+fn refuse<E: Entity>(envelope: Envelope<E>, reason: &str) {
+    let failure = Failure::Unavailable {
+        reason: reason.to_string(),
+    };
+    match envelope {
+        Envelope::Deliver(d) => {
+            let _ = d
+                .reply
+                .send(d.items.iter().map(|_| Err(failure.clone())).collect());
+        }
+        Envelope::Ask(a) => {
+            let _ = a.reply.send(Err(failure));
+        }
+    }
+}
+
+/// The partition's supervisor: restarts segments that go away.
+pub struct PartitionSupervisor<E: Entity> {
+    partition: Arc<Partition<E>>,
+}
+
+impl<E: Entity> Actor for PartitionSupervisor<E> {
+    type Context = Context<Self>;
+}
+
+impl<E: Entity> Handler<SegmentDown> for PartitionSupervisor<E> {
+    type Result = ();
+
+    fn handle(&mut self, msg: SegmentDown, _: &mut Context<Self>) {
+        let partition = self.partition.clone();
+        actix_rt::spawn(partition.restart(msg.segment, msg.generation, msg.reason));
+    }
+}
+
+// A segment's actor handle is only ever used through its slot.
+impl<E: Entity> SegmentState<E> {
+    pub fn len(&self) -> usize {
+        self.entities.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entities.is_empty()
+    }
+}

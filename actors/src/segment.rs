@@ -1,0 +1,498 @@
+//! The segment actor: one actix actor hosting many entities as plain records.
+//!
+//! A segment applies command batches in journal order, answers queries, takes snapshots,
+//! and hands its whole state over when it moves to another arbiter. Each command runs
+//! inside `catch_unwind`: when one panics, only its entity is rebuilt (from the latest
+//! snapshot plus the journal), the command is retried a bounded number of times, then
+//! dead-lettered, and the other entities carry on. A segment that cannot rebuild, or
+//! dies with its arbiter thread, tells its partition supervisor, which restarts it.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::entity::{Batch, Entity};
+use crate::journal::{Journal, Lsn};
+use crate::snapshot::{SegmentSnapshot, SnapshotStore};
+use crate::supervision::{DeadLetters, SupervisionConfig};
+
+/// Test-only fault injection: when it returns `true` for a command's key and LSN, the
+/// command panics instead of being applied (the first time it is tried).
+pub type FaultHook<K> = Arc<dyn Fn(&K, Lsn) -> bool + Send + Sync>;
+
+/// Why a command or query did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The command kept panicking and is in the dead-letter queue.
+    DeadLettered { reason: String },
+    /// The command was already applied by a restarted segment's recovery; sending the
+    /// batch again is safe and reports its events as duplicates.
+    Replayed,
+    /// The query panicked.
+    Panicked { reason: String },
+    /// The segment is marked failed (it restarted too often) and takes no traffic.
+    Unavailable { reason: String },
+}
+
+/// What the partition shares with each of its segment actors.
+pub struct SegmentEnv<E: Entity> {
+    pub partition: String,
+    pub segments: u32,
+    pub journal: Arc<dyn Journal<Batch<E>>>,
+    pub snapshots: Arc<dyn SnapshotStore<E>>,
+    pub dead_letters: Arc<DeadLetters<E>>,
+    pub supervision: SupervisionConfig,
+    pub fault_hook: Option<FaultHook<E::Key>>,
+}
+
+impl<E: Entity> SegmentEnv<E> {
+    /// The segment that owns `key`, for ever.
+    pub fn segment_of(&self, key: &E::Key) -> u32 {
+        (E::shard(key) % u64::from(self.segments)) as u32
+    }
+}
+
+/// Load counters of one segment, read by the router.
+#[derive(Debug, Default)]
+pub struct SegmentStats {
+    /// Commands and queries handled.
+    pub handled: AtomicU64,
+    /// Nanoseconds spent handling them.
+    pub busy_ns: AtomicU64,
+    /// Messages admitted and not yet handled: the mailbox depth.
+    pub inflight: AtomicUsize,
+}
+
+/// A place in a segment's bounded mailbox, released when the message is dropped.
+pub struct Permit {
+    stats: Arc<SegmentStats>,
+}
+
+impl Permit {
+    /// Takes a place if fewer than `capacity` messages are in flight.
+    pub fn try_acquire(stats: &Arc<SegmentStats>, capacity: usize) -> Option<Permit> {
+        stats
+            .inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < capacity).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Permit { stats: stats.clone() })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.stats.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Outcome of each command of a delivery, in the delivery's order.
+pub type Outcomes<R> = Vec<Result<R, Failure>>;
+
+/// Commands of one journal record for this segment: `record[i]` for each `i` in `items`.
+pub struct Deliver<E: Entity> {
+    pub lsn: Lsn,
+    pub record: Arc<Batch<E>>,
+    pub items: Vec<u32>,
+    pub reply: oneshot::Sender<Outcomes<E::Reply>>,
+    pub permit: Permit,
+}
+
+impl<E: Entity> Message for Deliver<E> {
+    type Result = ();
+}
+
+/// A query for one entity; `None` when the entity does not exist.
+pub struct Ask<E: Entity> {
+    pub key: E::Key,
+    pub query: E::Query,
+    pub reply: oneshot::Sender<Result<Option<E::Answer>, Failure>>,
+    pub permit: Permit,
+}
+
+impl<E: Entity> Message for Ask<E> {
+    type Result = ();
+}
+
+/// Asks the segment to save a snapshot; replies with its LSN.
+pub struct TakeSnapshot;
+impl Message for TakeSnapshot {
+    type Result = Lsn;
+}
+
+/// Asks the segment to hand over its state and stop: the last message it handles
+/// before a move. Every message queued before it is handled first.
+pub struct Handoff<E: Entity>(pub oneshot::Sender<SegmentState<E>>);
+
+/// A segment's state in transit between two actors.
+pub struct SegmentState<E: Entity> {
+    pub entities: HashMap<E::Key, E>,
+    /// The LSN of the last record delivered to the segment.
+    pub applied: Lsn,
+}
+
+impl<E: Entity> Message for Handoff<E> {
+    type Result = ();
+}
+
+/// Sent to the supervisor when a segment actor goes away without handing off.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SegmentDown {
+    pub segment: u32,
+    pub generation: u64,
+    pub reason: String,
+}
+
+/// The actor.
+pub struct Segment<E: Entity> {
+    index: u32,
+    generation: u64,
+    env: Arc<SegmentEnv<E>>,
+    stats: Arc<SegmentStats>,
+    state: SegmentState<E>,
+    capacity: usize,
+    supervisor: Option<Recipient<SegmentDown>>,
+    /// Set once the actor stops on purpose (handoff, or escalation already reported).
+    quiet: bool,
+}
+
+/// How a new segment actor gets its state.
+pub enum Origin<E: Entity> {
+    /// Handed over by the previous actor of a move.
+    Handed(SegmentState<E>),
+    /// Recovered from the latest snapshot plus the journal, stopping before `stop_at`
+    /// (the first LSN waiting in the slot's buffer) when it gives one.
+    Recover {
+        stop_at: Box<dyn Fn() -> Option<Lsn> + Send>,
+    },
+}
+
+impl<E: Entity> Segment<E> {
+    pub fn new(
+        index: u32,
+        generation: u64,
+        env: Arc<SegmentEnv<E>>,
+        stats: Arc<SegmentStats>,
+        capacity: usize,
+        supervisor: Option<Recipient<SegmentDown>>,
+        origin: Origin<E>,
+    ) -> Self {
+        let state = match origin {
+            Origin::Handed(state) => state,
+            Origin::Recover { stop_at } => recover(index, &env, stop_at.as_ref()),
+        };
+        Segment {
+            index,
+            generation,
+            env,
+            stats,
+            state,
+            capacity,
+            supervisor,
+            quiet: false,
+        }
+    }
+
+    fn apply_one(&mut self, lsn: Lsn, record: &Arc<Batch<E>>, index: u32) -> Result<E::Reply, Failure> {
+        let (key, command) = &record[index as usize];
+        let mut attempts = 0u32;
+        loop {
+            let entity = self
+                .state
+                .entities
+                .entry(key.clone())
+                .or_insert_with(|| E::create(key));
+            let inject = attempts == 0 && self.env.fault_hook.as_ref().is_some_and(|hook| hook(key, lsn));
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                if inject {
+                    panic!("injected fault (key {key:?}, lsn {lsn})");
+                }
+                entity.apply(command)
+            }));
+            let reason = match result {
+                Ok(reply) => return Ok(reply),
+                Err(panic) => panic_message(panic.as_ref()),
+            };
+            attempts += 1;
+            tracing::warn!(
+                partition = %self.env.partition, segment = self.index, lsn, key = ?key, attempts, %reason,
+                "command panicked; rebuilding its entity"
+            );
+            match rebuild::<E>(&self.env, self.index, key, lsn, index) {
+                Ok(entity) => {
+                    self.state.entities.insert(key.clone(), entity);
+                }
+                Err(e) => {
+                    // The entity cannot be trusted: take it out and let the supervisor
+                    // restart the whole segment from its snapshot and the journal.
+                    self.state.entities.remove(key);
+                    panic!("entity {key:?} of segment {} cannot be rebuilt: {e}", self.index);
+                }
+            }
+            if attempts > self.env.supervision.max_retries {
+                tracing::error!(
+                    partition = %self.env.partition, segment = self.index, lsn, key = ?key, %reason,
+                    "command dead-lettered after {attempts} attempts"
+                );
+                self.env
+                    .dead_letters
+                    .push(self.index, lsn, record.clone(), index, reason.clone(), attempts);
+                return Err(Failure::DeadLettered { reason });
+            }
+        }
+    }
+}
+
+impl<E: Entity> Actor for Segment<E> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Permits bound the data messages; leave room for control messages.
+        ctx.set_mailbox_capacity(self.capacity + 64);
+    }
+}
+
+impl<E: Entity> Drop for Segment<E> {
+    fn drop(&mut self) {
+        if self.quiet {
+            return;
+        }
+        let reason = if std::thread::panicking() {
+            "its arbiter thread panicked"
+        } else {
+            "it stopped"
+        };
+        if let Some(supervisor) = &self.supervisor {
+            supervisor.do_send(SegmentDown {
+                segment: self.index,
+                generation: self.generation,
+                reason: reason.into(),
+            });
+        }
+    }
+}
+
+impl<E: Entity> Handler<Deliver<E>> for Segment<E> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver<E>, _: &mut Context<Self>) {
+        let started = Instant::now();
+        let outcomes = if msg.lsn <= self.state.applied {
+            msg.items.iter().map(|_| Err(Failure::Replayed)).collect()
+        } else {
+            let outcomes: Outcomes<E::Reply> = msg
+                .items
+                .iter()
+                .map(|&i| self.apply_one(msg.lsn, &msg.record, i))
+                .collect();
+            self.state.applied = msg.lsn;
+            outcomes
+        };
+        self.stats
+            .handled
+            .fetch_add(msg.items.len() as u64, Ordering::Relaxed);
+        self.stats
+            .busy_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let _ = msg.reply.send(outcomes);
+    }
+}
+
+impl<E: Entity> Handler<Ask<E>> for Segment<E> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Ask<E>, _: &mut Context<Self>) {
+        let started = Instant::now();
+        let answer = match self.state.entities.get(&msg.key) {
+            None => Ok(None),
+            Some(entity) => catch_unwind(AssertUnwindSafe(|| entity.query(&msg.query)))
+                .map(Some)
+                .map_err(|p| Failure::Panicked {
+                    reason: panic_message(p.as_ref()),
+                }),
+        };
+        self.stats.handled.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .busy_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let _ = msg.reply.send(answer);
+    }
+}
+
+impl<E: Entity> Handler<TakeSnapshot> for Segment<E> {
+    type Result = Lsn;
+
+    fn handle(&mut self, _: TakeSnapshot, _: &mut Context<Self>) -> Lsn {
+        let entities = self
+            .state
+            .entities
+            .iter()
+            .map(|(k, e)| (k.clone(), e.snapshot()))
+            .collect();
+        let lsn = self.state.applied;
+        self.env
+            .snapshots
+            .save(self.index, SegmentSnapshot { lsn, entities });
+        lsn
+    }
+}
+
+impl<E: Entity> Handler<Handoff<E>> for Segment<E> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Handoff<E>, ctx: &mut Context<Self>) {
+        let state = std::mem::replace(
+            &mut self.state,
+            SegmentState {
+                entities: HashMap::new(),
+                applied: 0,
+            },
+        );
+        self.quiet = true;
+        let _ = msg.0.send(state);
+        ctx.stop();
+    }
+}
+
+/// Rebuilds one entity: its state in the latest snapshot (or a new one), then every
+/// journaled command for its key after the snapshot and before `(lsn, index)`, except
+/// dead-lettered ones.
+fn rebuild<E: Entity>(
+    env: &SegmentEnv<E>,
+    segment: u32,
+    key: &E::Key,
+    lsn: Lsn,
+    index: u32,
+) -> Result<E, String> {
+    let snapshot = env.snapshots.load(segment);
+    let (from, mut entity) = match snapshot
+        .as_ref()
+        .and_then(|s| s.entities.get(key).map(|e| (s.lsn, e)))
+    {
+        Some((from, state)) => (from, E::restore(state)),
+        None => (snapshot.as_ref().map_or(0, |s| s.lsn), E::create(key)),
+    };
+    let mut failed = None;
+    env.journal
+        .replay(from, &mut |at, record| {
+            if at > lsn {
+                return false;
+            }
+            for (i, (k, command)) in record.iter().enumerate() {
+                if at == lsn && i as u32 >= index {
+                    break;
+                }
+                if k == key && !env.dead_letters.is_skipped(at, i as u32) {
+                    if let Err(p) = catch_unwind(AssertUnwindSafe(|| entity.apply(command))) {
+                        failed = Some(format!(
+                            "replaying LSN {at} panicked: {}",
+                            panic_message(p.as_ref())
+                        ));
+                        return false;
+                    }
+                }
+            }
+            true
+        })
+        .map_err(|e| e.to_string())?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(entity),
+    }
+}
+
+/// Recovers a segment's state: the latest snapshot, then the journal after it.
+fn recover<E: Entity>(index: u32, env: &SegmentEnv<E>, stop_at: &dyn Fn() -> Option<Lsn>) -> SegmentState<E> {
+    let started = Instant::now();
+    let snapshot = env.snapshots.load(index);
+    let mut state = SegmentState {
+        entities: HashMap::new(),
+        applied: 0,
+    };
+    if let Some(s) = &snapshot {
+        state.applied = s.lsn;
+        state.entities = s
+            .entities
+            .iter()
+            .map(|(k, e)| (k.clone(), E::restore(e)))
+            .collect();
+    }
+    let mut replayed = 0u64;
+    let mut broken: Vec<E::Key> = Vec::new();
+    let result = env.journal.replay(state.applied, &mut |lsn, record| {
+        if stop_at().is_some_and(|stop| lsn >= stop) {
+            return false;
+        }
+        let mut touched = false;
+        for (i, (key, command)) in record.iter().enumerate() {
+            if env.segment_of(key) != index || env.dead_letters.is_skipped(lsn, i as u32) {
+                continue;
+            }
+            touched = true;
+            let entity = state
+                .entities
+                .entry(key.clone())
+                .or_insert_with(|| E::create(key));
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| entity.apply(command))) {
+                // It panicked when first applied too and would have been dead-lettered,
+                // unless that was lost with the process: dead-letter it now, and rebuild
+                // the entity once the journal lock is released.
+                let reason = panic_message(p.as_ref());
+                tracing::error!(
+                    partition = %env.partition, segment = index, lsn, key = ?key, %reason,
+                    "command panicked during recovery; dead-lettered"
+                );
+                env.dead_letters
+                    .push(index, lsn, record.clone(), i as u32, reason, 1);
+                broken.push(key.clone());
+            }
+            replayed += 1;
+        }
+        if touched {
+            state.applied = lsn;
+        }
+        true
+    });
+    if let Err(e) = result {
+        tracing::error!(partition = %env.partition, segment = index, error = %e, "journal replay failed");
+    }
+    for key in broken {
+        match rebuild::<E>(env, index, &key, state.applied + 1, 0) {
+            Ok(entity) => {
+                state.entities.insert(key, entity);
+            }
+            Err(e) => {
+                tracing::error!(partition = %env.partition, segment = index, key = ?key, error = %e, "entity dropped: cannot rebuild");
+                state.entities.remove(&key);
+            }
+        }
+    }
+    tracing::info!(
+        partition = %env.partition,
+        segment = index,
+        snapshot_lsn = snapshot.as_ref().map_or(0, |s| s.lsn),
+        replayed,
+        entities = state.entities.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "segment recovered"
+    );
+    state
+}
+
+/// The message of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".into()
+    }
+}
