@@ -111,9 +111,7 @@ fn families(count: usize, catalog: &Catalog) -> Vec<Family> {
                             };
                             let (id, reading) = catalog.resolve(&e, e.time.date_naive()).unwrap();
                             assert_eq!(id, *meter);
-                            let aggregation = &catalog.meter(id).aggregation;
-                            u.apply(event_fingerprint(&e.id), id, aggregation, &reading)
-                                .unwrap();
+                            u.apply(event_fingerprint(&e.id), id, &reading).unwrap();
                         }
                     }
                     (account.clone(), u)

@@ -18,8 +18,8 @@ use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    BillingProfile, Catalog, CatalogVersionSpec, Currency, Customer, CustomerSpec, ProfileSpec, Rounding,
-    RoundingMode,
+    BillingProfile, Catalog, CatalogVersionSpec, Currency, Customer, CustomerSpec, Period, ProfileSpec,
+    Rounding, RoundingMode,
 };
 
 /// The embedded default settings.
@@ -34,6 +34,7 @@ pub const CUSTOMERS_TOML: &str = include_str!("../config/customers.toml");
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
+    pub runtime: RuntimeSettings,
     /// Billing profiles by name.
     #[serde(default)]
     pub profiles: BTreeMap<String, ProfileSpec>,
@@ -59,6 +60,33 @@ pub struct ServerSettings {
     pub http_workers: usize,
 }
 
+/// The actor runtime: how state is spread over cores, bounded and supervised.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Arbiter threads that run segment actors; 0 means one per core.
+    pub arbiters: usize,
+    /// Segments per partition (fixed for the partition's life).
+    pub segments: u32,
+    /// Messages admitted per segment and not yet handled; past it, ingest answers 429.
+    pub mailbox_capacity: usize,
+    /// Retries of a command that panicked before it is dead-lettered.
+    pub max_retries: u32,
+    /// At most `max_restarts` restarts of a segment within `restart_window_secs`.
+    pub max_restarts: usize,
+    pub restart_window_secs: u64,
+    /// Dead letters kept per partition.
+    pub dead_letter_capacity: usize,
+    /// Seconds between rebalancing rounds; 0 turns automatic rebalancing off.
+    pub rebalance_interval_secs: u64,
+    /// Rebalance when the busiest arbiter is busier than this factor × the least busy one.
+    pub rebalance_factor: f64,
+    /// Segment moves per round, at most.
+    pub rebalance_max_moves: usize,
+    /// Busy fraction (0–1) under which an arbiter is not worth unloading.
+    pub rebalance_min_busy: f64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PartitionSettings {
@@ -72,6 +100,9 @@ pub struct PartitionSettings {
     /// Name of an entry of `customer_sets` to load at start, if any.
     #[serde(default)]
     pub customers: Option<String>,
+    /// The open billing period (YYYY-MM); absent: the current month (UTC).
+    #[serde(default)]
+    pub open_period: Option<String>,
 }
 
 /// A setting refused: the key at fault and what is wrong with it.
@@ -95,6 +126,8 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub struct PartitionConfig {
     pub id: String,
     pub rounding: Rounding,
+    /// The open period, when configured; otherwise the engine takes the current month.
+    pub open_period: Option<Period>,
     pub catalog_name: String,
     pub catalog: Catalog,
     pub customers: Vec<Customer>,
@@ -103,11 +136,57 @@ pub struct PartitionConfig {
 /// Checked settings.
 #[derive(Clone, Debug)]
 pub struct Validated {
+    pub runtime: RuntimeSettings,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub http_workers: usize,
     pub profiles: BTreeMap<String, BillingProfile>,
     pub partitions: Vec<PartitionConfig>,
+}
+
+impl RuntimeSettings {
+    fn validate(&self) -> Result<RuntimeSettings, ConfigError> {
+        let range = |key: &str, value: u64, lo: u64, hi: u64| {
+            if value < lo || value > hi {
+                Err(invalid(
+                    format!("runtime.{key}"),
+                    format!("must be from {lo} to {hi} (got {value})"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        range("arbiters", self.arbiters as u64, 0, 1024)?;
+        range("segments", u64::from(self.segments), 1, 65_536)?;
+        range("mailbox_capacity", self.mailbox_capacity as u64, 1, 1_000_000)?;
+        range("max_retries", u64::from(self.max_retries), 0, 100)?;
+        range("max_restarts", self.max_restarts as u64, 1, 1_000)?;
+        range("restart_window_secs", self.restart_window_secs, 1, 86_400)?;
+        range(
+            "dead_letter_capacity",
+            self.dead_letter_capacity as u64,
+            1,
+            10_000_000,
+        )?;
+        range("rebalance_interval_secs", self.rebalance_interval_secs, 0, 86_400)?;
+        range("rebalance_max_moves", self.rebalance_max_moves as u64, 0, 1_000)?;
+        if !(self.rebalance_factor > 1.0 && self.rebalance_factor.is_finite()) {
+            return Err(invalid(
+                "runtime.rebalance_factor",
+                format!(
+                    "must be a number above 1, e.g. 1.5 (got {})",
+                    self.rebalance_factor
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.rebalance_min_busy) {
+            return Err(invalid(
+                "runtime.rebalance_min_busy",
+                format!("must be a fraction from 0 to 1 (got {})", self.rebalance_min_busy),
+            ));
+        }
+        Ok(self.clone())
+    }
 }
 
 /// Longest partition id, in bytes.
@@ -213,15 +292,24 @@ impl Settings {
                     .ok_or_else(|| invalid(key("customers"), format!("no customer set named {set:?}")))?;
                 customers = self.customers(set, specs, currency, &catalog, &profiles)?;
             }
+            let open_period = match &p.open_period {
+                Some(text) => Some(
+                    text.parse::<Period>()
+                        .map_err(|e| invalid(key("open_period"), e))?,
+                ),
+                None => None,
+            };
             partitions.push(PartitionConfig {
                 id: p.id.clone(),
                 rounding: Rounding::new(currency, p.rounding),
+                open_period,
                 catalog_name: p.catalog.clone(),
                 catalog,
                 customers,
             });
         }
         Ok(Validated {
+            runtime: self.runtime.validate()?,
             listen,
             data_dir: self.server.data_dir.clone(),
             http_workers: self.server.http_workers,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use tallyman::config::{Settings, Validated};
-use tallyman::engine::Engine;
+use tallyman::engine::{summarize, Engine, EngineOptions};
 
 /// Tallyman's daemon: streams metered usage into running bills and closes billing periods.
 #[derive(Debug, Parser)]
@@ -60,14 +60,19 @@ fn load(cli: &Cli) -> Result<Validated, tallyman::config::ConfigError> {
 }
 
 fn check_config(settings: &Validated) -> ExitCode {
-    let engine = Engine::new(settings);
     let mut out = std::io::stdout().lock();
     let report = (|| -> std::io::Result<()> {
         writeln!(out, "configuration OK")?;
         writeln!(out, "listen: {}", settings.listen)?;
         writeln!(out, "data dir: {}", settings.data_dir.display())?;
         writeln!(out, "profiles:")?;
-        for p in engine.profiles() {
+        let r = &settings.runtime;
+        writeln!(
+            out,
+            "runtime: {} arbiter(s) (0 = one per core), {} segments per partition, mailbox {}",
+            r.arbiters, r.segments, r.mailbox_capacity
+        )?;
+        for p in settings.profiles.values() {
             let steps: Vec<&str> = p.steps.iter().map(|s| s.name()).collect();
             let commitment = p
                 .minimum_commitment
@@ -76,7 +81,7 @@ fn check_config(settings: &Validated) -> ExitCode {
             writeln!(out, "  {}: {}{commitment}", p.name, steps.join(" → "))?;
         }
         writeln!(out, "partitions:")?;
-        for p in engine.partition_summaries() {
+        for p in settings.partitions.iter().map(|p| summarize(p, r.segments)) {
             writeln!(
                 out,
                 "  {}: {} ({}), catalog {} with {} version(s), {} customer(s), {} account(s)",
@@ -106,43 +111,54 @@ fn run(settings: Validated) -> ExitCode {
         tracing::error!(data_dir = %settings.data_dir.display(), error = %e, "cannot create the data folder");
         return ExitCode::from(2);
     }
-    let engine = Arc::new(Engine::new(&settings));
     tracing::info!(
         listen = %settings.listen,
         data_dir = %settings.data_dir.display(),
-        profiles = engine.profiles().count(),
+        profiles = settings.profiles.len(),
+        arbiters = settings.runtime.arbiters,
+        segments = settings.runtime.segments,
         "configuration loaded"
     );
-    for p in engine.partition_summaries() {
-        tracing::info!(
-            partition = %p.id,
-            currency = %p.currency,
-            rounding = %p.rounding,
-            catalog = %p.catalog,
-            catalog_versions = p.catalog_versions,
-            meters = p.meters.len(),
-            customers = p.customers,
-            accounts = p.accounts,
-            "partition loaded"
-        );
-    }
-    tracing::info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "start-up finished"
-    );
     let system = actix_rt::System::new();
-    match system.block_on(tallyman::api::serve(
-        engine,
-        settings.listen,
-        settings.http_workers,
-    )) {
+    let result = system.block_on(async {
+        let engine = match Engine::start(&settings, EngineOptions::default()).await {
+            Ok(engine) => Arc::new(engine),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the engine");
+                return Err(2);
+            }
+        };
+        for p in engine.partition_summaries() {
+            tracing::info!(
+                partition = %p.id,
+                currency = %p.currency,
+                rounding = %p.rounding,
+                catalog = %p.catalog,
+                catalog_versions = p.catalog_versions,
+                meters = p.meters.len(),
+                segments = p.segments,
+                customers = p.customers,
+                accounts = p.accounts,
+                "partition loaded"
+            );
+        }
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            arbiters = engine.arbiters(),
+            "start-up finished"
+        );
+        let served = tallyman::api::serve(engine.clone(), settings.listen, settings.http_workers).await;
+        engine.stop();
+        served.map_err(|e| {
+            tracing::error!(listen = %settings.listen, error = %e, "cannot serve");
+            1
+        })
+    });
+    match result {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            tracing::error!(listen = %settings.listen, error = %e, "cannot serve");
-            ExitCode::from(1)
-        }
+        Err(code) => ExitCode::from(code),
     }
 }

@@ -143,10 +143,9 @@ fn fold(catalog: &Catalog, accounts: usize, events: &[Event]) -> Vec<(AccountId,
             dimensions: [("user".to_string(), format!("user-{}", e.user))].into(),
         };
         let (meter, reading) = catalog.resolve(&event, event.time.date_naive()).unwrap();
-        let aggregation = &catalog.meter(meter).aggregation;
         usage[e.account]
             .1
-            .apply(event_fingerprint(&event.id), meter, aggregation, &reading)
+            .apply(event_fingerprint(&event.id), meter, &reading)
             .unwrap();
     }
     usage

@@ -110,7 +110,6 @@ impl Usage {
                 .unwrap_or_default(),
         };
         let (meter_id, reading) = self.catalog.resolve(&event, event.time.date_naive()).unwrap();
-        let aggregation = self.catalog.meter(meter_id).aggregation.clone();
         let i = match self.accounts.iter().position(|(a, _)| **a == *account) {
             Some(i) => i,
             None => {
@@ -120,7 +119,7 @@ impl Usage {
         };
         self.accounts[i]
             .1
-            .apply(event_fingerprint(id), meter_id, &aggregation, &reading)
+            .apply(event_fingerprint(id), meter_id, &reading)
             .unwrap();
         self
     }

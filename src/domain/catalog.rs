@@ -318,6 +318,7 @@ impl Catalog {
         Ok((
             meter,
             Reading {
+                fold: aggregation.fold(),
                 quantity: event.quantity,
                 time: event.time,
                 version,

@@ -33,7 +33,27 @@ pub enum Aggregation {
     UniqueCount { dimension: String },
 }
 
+/// How a reading folds into an aggregate: the aggregation without its parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Fold {
+    Sum,
+    Count,
+    Max,
+    Latest,
+    Distinct,
+}
+
 impl Aggregation {
+    pub fn fold(&self) -> Fold {
+        match self {
+            Aggregation::Sum => Fold::Sum,
+            Aggregation::Count => Fold::Count,
+            Aggregation::Max => Fold::Max,
+            Aggregation::Latest => Fold::Latest,
+            Aggregation::UniqueCount { .. } => Fold::Distinct,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Aggregation::Sum => "sum",
@@ -57,6 +77,8 @@ impl Aggregation {
 /// [`crate::domain::catalog::Catalog::resolve`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reading {
+    /// How the meter aggregates.
+    pub fold: Fold,
     pub quantity: Decimal,
     pub time: DateTime<Utc>,
     /// The catalog version in force at the event's date.
@@ -126,17 +148,17 @@ impl Spans {
 
 impl MeterAggregate {
     /// The aggregate of a single reading.
-    pub fn new(aggregation: &Aggregation, reading: &Reading) -> MeterAggregate {
-        match aggregation {
-            Aggregation::Sum => MeterAggregate::Additive(Spans::One((reading.version, reading.quantity))),
-            Aggregation::Count => MeterAggregate::Additive(Spans::One((reading.version, Decimal::ONE))),
-            Aggregation::Max | Aggregation::Latest => MeterAggregate::Extreme {
+    pub fn new(reading: &Reading) -> MeterAggregate {
+        match reading.fold {
+            Fold::Sum => MeterAggregate::Additive(Spans::One((reading.version, reading.quantity))),
+            Fold::Count => MeterAggregate::Additive(Spans::One((reading.version, Decimal::ONE))),
+            Fold::Max | Fold::Latest => MeterAggregate::Extreme {
                 quantity: reading.quantity,
                 time: reading.time,
                 tiebreak: reading.tiebreak,
                 version: reading.version,
             },
-            Aggregation::UniqueCount { .. } => {
+            Fold::Distinct => {
                 let mut seen = HashMap::new();
                 if let Some(value) = reading.dimension {
                     seen.insert(value, (reading.time, reading.version));
@@ -147,10 +169,10 @@ impl MeterAggregate {
     }
 
     /// Folds one more reading in. Commutative and associative across readings.
-    pub fn apply(&mut self, aggregation: &Aggregation, reading: &Reading) -> Result<(), Overflow> {
-        match (self, aggregation) {
-            (MeterAggregate::Additive(spans), Aggregation::Sum) => spans.add(reading.version, reading.quantity),
-            (MeterAggregate::Additive(spans), Aggregation::Count) => spans.add(reading.version, Decimal::ONE),
+    pub fn apply(&mut self, reading: &Reading) -> Result<(), Overflow> {
+        match (self, reading.fold) {
+            (MeterAggregate::Additive(spans), Fold::Sum) => spans.add(reading.version, reading.quantity),
+            (MeterAggregate::Additive(spans), Fold::Count) => spans.add(reading.version, Decimal::ONE),
             (
                 MeterAggregate::Extreme {
                     quantity,
@@ -158,11 +180,11 @@ impl MeterAggregate {
                     tiebreak,
                     version,
                 },
-                Aggregation::Max | Aggregation::Latest,
+                fold @ (Fold::Max | Fold::Latest),
             ) => {
                 // Max: the largest quantity wins; among equals, the earliest event.
                 // Latest: the latest event wins; among equals, the larger fingerprint.
-                let wins = if *aggregation == Aggregation::Max {
+                let wins = if fold == Fold::Max {
                     (reading.quantity, std::cmp::Reverse(reading.time), reading.tiebreak)
                         > (*quantity, std::cmp::Reverse(*time), *tiebreak)
                 } else {
@@ -176,7 +198,7 @@ impl MeterAggregate {
                 }
                 Ok(())
             }
-            (MeterAggregate::Distinct(seen), Aggregation::UniqueCount { .. }) => {
+            (MeterAggregate::Distinct(seen), Fold::Distinct) => {
                 if let Some(value) = reading.dimension {
                     let first = (reading.time, reading.version);
                     seen.entry(value)
@@ -189,9 +211,8 @@ impl MeterAggregate {
                 }
                 Ok(())
             }
-            (state, aggregation) => panic!(
-                "aggregate {state:?} does not match aggregation {}: the catalog forbids changing a meter's aggregation",
-                aggregation.name()
+            (state, fold) => panic!(
+                "aggregate {state:?} does not match fold {fold:?}: the catalog forbids changing a meter's aggregation"
             ),
         }
     }

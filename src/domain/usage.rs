@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::MeterId;
-use super::meter::{Aggregation, MeterAggregate, Overflow, Reading};
+use super::meter::{MeterAggregate, Overflow, Reading};
 
 /// Longest accepted event id, account id or meter name, in bytes.
 pub const MAX_ID_LEN: usize = 128;
@@ -216,21 +216,13 @@ impl AccountUsage {
     /// Applies `reading` of `meter` for the event with fingerprint `event`, unless that
     /// event was applied before. The id is marked seen only if the aggregate changed,
     /// so "seen" and "applied" never disagree.
-    pub fn apply(
-        &mut self,
-        event: u128,
-        meter: MeterId,
-        aggregation: &Aggregation,
-        reading: &Reading,
-    ) -> Result<Applied, Overflow> {
+    pub fn apply(&mut self, event: u128, meter: MeterId, reading: &Reading) -> Result<Applied, Overflow> {
         if self.seen.contains(&event) {
             return Ok(Applied::Duplicate);
         }
         match self.meters.binary_search_by_key(&meter, |m| m.0) {
-            Ok(i) => self.meters[i].1.apply(aggregation, reading)?,
-            Err(i) => self
-                .meters
-                .insert(i, (meter, MeterAggregate::new(aggregation, reading))),
+            Ok(i) => self.meters[i].1.apply(reading)?,
+            Err(i) => self.meters.insert(i, (meter, MeterAggregate::new(reading))),
         }
         self.seen.insert(event);
         Ok(Applied::New)

@@ -1,27 +1,126 @@
 //! The billing engine: joins the domain to the actor runtime.
 //!
-//! It owns the running partitions — their catalogs, customers and profiles — and is the
-//! only layer that sees both `domain` and `tallyman-actors`. The HTTP API talks to it and
-//! never to the domain's state directly.
+//! It owns the running partitions — their catalogs, customers, directories and actor
+//! runtimes — and is the only layer that sees both `domain` and `tallyman-actors`. It
+//! checks and resolves usage before anything is journaled (a bad event rejects its whole
+//! batch and changes nothing), routes each customer's events to the customer's account
+//! actor, and prices running bills with the domain's functions. The HTTP API talks to it
+//! and never to the domain's state directly.
 
-use std::collections::BTreeMap;
+pub mod account;
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use actix::prelude::*;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
 use serde::Serialize;
+use tallyman_actors::journal::MemoryJournal;
+use tallyman_actors::partition::{PartitionConfig as RuntimePartitionConfig, SegmentInfo};
+use tallyman_actors::router::{RebalanceConfig, Register, Router};
+use tallyman_actors::{ArbiterPool, FaultHook, MemorySnapshots, Partition, SubmitError, SupervisionConfig};
 
-use crate::config::{PartitionConfig, Validated};
-use crate::domain::BillingProfile;
+use crate::config::{PartitionConfig, RuntimeSettings, Validated};
+use crate::domain::invoice::AccountBill;
+use crate::domain::usage::{event_fingerprint, FieldError};
+use crate::domain::{AccountId, Bill, BillingProfile, Catalog, Customer, Period, Rounding, UsageEvent};
+
+pub use account::{
+    CustomerAnswer, CustomerCommand, CustomerEntity, CustomerKey, CustomerQuery, CustomerReply,
+};
+use account::{MeteredEvent, PricingView};
+
+/// One problem with one event of a batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventError {
+    pub index: usize,
+    pub field: String,
+    pub message: String,
+}
+
+/// Why the engine refused or could not finish a request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("unknown partition {0:?}")]
+    UnknownPartition(String),
+    #[error("unknown customer {0:?}")]
+    UnknownCustomer(String),
+    #[error("unknown account {0:?}")]
+    UnknownAccount(String),
+    /// The batch has invalid events; nothing of it was applied.
+    #[error("{} invalid event(s); nothing was applied", .0.len())]
+    InvalidEvents(Vec<EventError>),
+    /// A request field is invalid; nothing was changed.
+    #[error("{0}")]
+    Invalid(FieldError),
+    #[error("{0}")]
+    Conflict(String),
+    /// Backpressure: retry later. Nothing was journaled.
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// Some commands were journaled but not applied (dead-lettered).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<SubmitError> for EngineError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Busy { .. } => EngineError::Busy(e.to_string()),
+            _ => EngineError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// What an ingest did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IngestSummary {
+    pub accepted: u64,
+    pub duplicates: u64,
+}
+
+/// An account's running bill: its share of its customer's bill.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AccountStatement {
+    pub customer: String,
+    pub period: Period,
+    pub currency: crate::domain::Currency,
+    #[serde(flatten)]
+    pub bill: AccountBill,
+}
 
 /// A partition as loaded.
-#[derive(Debug)]
-pub struct Partition {
-    pub config: PartitionConfig,
+pub struct PartitionEngine {
+    pub id: String,
+    rounding: Rounding,
+    period: Period,
+    catalog_name: String,
+    catalog: RwLock<Arc<Catalog>>,
+    profiles: Arc<BTreeMap<String, BillingProfile>>,
+    /// Which customer each account belongs to.
+    directory: DashMap<AccountId, CustomerKey>,
+    customers: DashMap<CustomerKey, usize>,
+    runtime: Arc<Partition<CustomerEntity>>,
+}
+
+/// Test hooks and other knobs that are not configuration.
+#[derive(Default, Clone)]
+pub struct EngineOptions {
+    /// Test-only: makes the command for a customer at an LSN panic on its first try.
+    pub fault_hook: Option<FaultHook<CustomerKey>>,
+    /// The open period of every partition that does not configure one.
+    pub open_period: Option<Period>,
 }
 
 /// What the engine serves.
-#[derive(Debug)]
 pub struct Engine {
-    profiles: BTreeMap<String, BillingProfile>,
-    partitions: Vec<Partition>,
+    profiles: Arc<BTreeMap<String, BillingProfile>>,
+    partitions: BTreeMap<String, PartitionEngine>,
+    pool: Arc<ArbiterPool>,
+    router: Addr<Router>,
 }
 
 /// A partition in a few numbers, for logs, `check-config` and `GET /v1/partitions`.
@@ -33,43 +132,392 @@ pub struct PartitionSummary {
     pub catalog: String,
     pub catalog_versions: usize,
     pub meters: Vec<String>,
+    pub segments: u32,
     pub customers: usize,
     pub accounts: usize,
 }
 
+/// The summary of a partition's configuration, before anything runs.
+pub fn summarize(config: &PartitionConfig, segments: u32) -> PartitionSummary {
+    PartitionSummary {
+        id: config.id.clone(),
+        currency: config.rounding.currency.code().to_owned(),
+        rounding: config.rounding.mode.name().to_owned(),
+        catalog: config.catalog_name.clone(),
+        catalog_versions: config.catalog.version_count(),
+        meters: config.catalog.meters().map(|(_, m)| m.name.to_string()).collect(),
+        segments,
+        customers: config.customers.len(),
+        accounts: config.customers.iter().map(|c| c.accounts.len()).sum(),
+    }
+}
+
+fn runtime_config(name: &str, r: &RuntimeSettings) -> RuntimePartitionConfig {
+    RuntimePartitionConfig {
+        name: name.to_owned(),
+        segments: r.segments,
+        mailbox_capacity: r.mailbox_capacity,
+        supervision: SupervisionConfig {
+            max_retries: r.max_retries,
+            max_restarts: r.max_restarts,
+            restart_window: std::time::Duration::from_secs(r.restart_window_secs),
+            dead_letter_capacity: r.dead_letter_capacity,
+        },
+    }
+}
+
 impl Engine {
-    /// Loads the partitions of checked settings.
-    pub fn new(settings: &Validated) -> Engine {
-        Engine {
-            profiles: settings.profiles.clone(),
-            partitions: settings
-                .partitions
-                .iter()
-                .map(|p| Partition { config: p.clone() })
-                .collect(),
+    /// Starts the runtime and every partition, and loads the configured customers.
+    /// Must run inside an actix system.
+    pub async fn start(settings: &Validated, options: EngineOptions) -> Result<Engine, EngineError> {
+        let pool = Arc::new(ArbiterPool::new(settings.runtime.arbiters));
+        let r = &settings.runtime;
+        let router = Router::new(
+            pool.clone(),
+            RebalanceConfig {
+                interval: (r.rebalance_interval_secs > 0)
+                    .then(|| std::time::Duration::from_secs(r.rebalance_interval_secs)),
+                factor: r.rebalance_factor,
+                max_moves: r.rebalance_max_moves,
+                min_busy: r.rebalance_min_busy,
+            },
+        )
+        .start();
+        let profiles = Arc::new(settings.profiles.clone());
+        let mut partitions = BTreeMap::new();
+        for p in &settings.partitions {
+            let runtime = Partition::start(
+                runtime_config(&p.id, &settings.runtime),
+                Arc::new(MemoryJournal::new()),
+                Arc::new(MemorySnapshots::default()),
+                pool.clone(),
+                options.fault_hook.clone(),
+            )
+            .await;
+            let _ = router.send(Register(Box::new(runtime.clone()))).await;
+            let period = p
+                .open_period
+                .or(options.open_period)
+                .unwrap_or_else(|| Period::containing(chrono::Utc::now().date_naive()));
+            let engine = PartitionEngine {
+                id: p.id.clone(),
+                rounding: p.rounding,
+                period,
+                catalog_name: p.catalog_name.clone(),
+                catalog: RwLock::new(Arc::new(p.catalog.clone())),
+                profiles: profiles.clone(),
+                directory: DashMap::new(),
+                customers: DashMap::new(),
+                runtime,
+            };
+            for customer in &p.customers {
+                engine.upsert_customer(customer.clone()).await?;
+            }
+            partitions.insert(p.id.clone(), engine);
         }
+        Ok(Engine {
+            profiles,
+            partitions,
+            pool,
+            router,
+        })
     }
 
     pub fn profiles(&self) -> impl Iterator<Item = &BillingProfile> {
         self.profiles.values()
     }
 
-    pub fn partition_summaries(&self) -> Vec<PartitionSummary> {
+    pub fn partition(&self, id: &str) -> Result<&PartitionEngine, EngineError> {
         self.partitions
-            .iter()
-            .map(|p| {
-                let c = &p.config;
-                PartitionSummary {
-                    id: c.id.clone(),
-                    currency: c.rounding.currency.code().to_owned(),
-                    rounding: c.rounding.mode.name().to_owned(),
-                    catalog: c.catalog_name.clone(),
-                    catalog_versions: c.catalog.version_count(),
-                    meters: c.catalog.meters().map(|(_, m)| m.name.to_string()).collect(),
-                    customers: c.customers.len(),
-                    accounts: c.customers.iter().map(|c| c.accounts.len()).sum(),
-                }
-            })
+            .get(id)
+            .ok_or_else(|| EngineError::UnknownPartition(id.to_owned()))
+    }
+
+    pub fn partitions(&self) -> impl Iterator<Item = &PartitionEngine> {
+        self.partitions.values()
+    }
+
+    pub fn partition_summaries(&self) -> Vec<PartitionSummary> {
+        self.partitions.values().map(PartitionEngine::summary).collect()
+    }
+
+    /// Every segment of every partition, with its arbiter and load counters.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.partitions
+            .values()
+            .flat_map(|p| p.runtime.segments())
             .collect()
+    }
+
+    pub fn router(&self) -> &Addr<Router> {
+        &self.router
+    }
+
+    pub fn arbiters(&self) -> usize {
+        self.pool.len()
+    }
+
+    /// Stops the segment arbiters (at shutdown).
+    pub fn stop(&self) {
+        self.pool.stop();
+    }
+}
+
+impl PartitionEngine {
+    pub fn summary(&self) -> PartitionSummary {
+        let catalog = self.catalog();
+        PartitionSummary {
+            id: self.id.clone(),
+            currency: self.rounding.currency.code().to_owned(),
+            rounding: self.rounding.mode.name().to_owned(),
+            catalog: self.catalog_name.clone(),
+            catalog_versions: catalog.version_count(),
+            meters: catalog.meters().map(|(_, m)| m.name.to_string()).collect(),
+            segments: self.runtime.segment_count(),
+            customers: self.customers.len(),
+            accounts: self.directory.len(),
+        }
+    }
+
+    pub fn period(&self) -> Period {
+        self.period
+    }
+
+    pub fn rounding(&self) -> Rounding {
+        self.rounding
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The actor runtime of this partition (for admin and tests).
+    pub fn runtime(&self) -> &Arc<Partition<CustomerEntity>> {
+        &self.runtime
+    }
+
+    /// The customer that owns `account`.
+    pub fn customer_of(&self, account: &str) -> Option<CustomerKey> {
+        self.directory.get(account).map(|c| c.clone())
+    }
+
+    /// Creates a customer, or replaces the terms of an existing one. Its accounts must
+    /// not belong to another customer. Journaled like usage.
+    pub async fn upsert_customer(&self, customer: Customer) -> Result<(), EngineError> {
+        if !self.profiles.contains_key(&customer.profile) {
+            let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+            return Err(EngineError::Invalid(FieldError::new(
+                "profile",
+                format!(
+                    "no profile named {:?}; configured: {}",
+                    customer.profile,
+                    known.join(", ")
+                ),
+            )));
+        }
+        let key: CustomerKey = customer.id.as_str().into();
+        // Claim the accounts; give back what was claimed if one belongs to someone else.
+        let mut claimed = Vec::new();
+        for account in &customer.accounts {
+            match self.directory.entry(account.clone()) {
+                Entry::Vacant(v) => {
+                    v.insert(key.clone());
+                    claimed.push(account.clone());
+                }
+                Entry::Occupied(o) if *o.get() == key => {}
+                Entry::Occupied(o) => {
+                    let owner = o.get().clone();
+                    drop(o);
+                    for a in claimed {
+                        self.directory.remove(&a);
+                    }
+                    return Err(EngineError::Conflict(format!(
+                        "account {account:?} belongs to customer {owner:?}; move it rather than adding it twice"
+                    )));
+                }
+            }
+        }
+        let accounts = customer.accounts.len();
+        let command = CustomerCommand::Upsert(Box::new(customer));
+        let result = async {
+            let pending = self.runtime.submit(vec![(key.clone(), command)])?;
+            let outcome = pending.await?.pop().expect("one command, one outcome");
+            outcome.map_err(|f| EngineError::Failed(format!("{f:?}")))
+        }
+        .await;
+        match result {
+            Ok(_) => {
+                self.customers.insert(key, accounts);
+                Ok(())
+            }
+            Err(e) => {
+                for a in claimed {
+                    self.directory.remove(&a);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks every event, then applies the batch; any invalid event rejects the whole
+    /// batch before anything is journaled.
+    pub async fn ingest(&self, events: Vec<UsageEvent>) -> Result<IngestSummary, EngineError> {
+        let catalog = self.catalog();
+        let mut errors = Vec::new();
+        let mut by_customer: HashMap<CustomerKey, Vec<MeteredEvent>> = HashMap::new();
+        for (index, event) in events.into_iter().enumerate() {
+            let Some((account, customer)) = self
+                .directory
+                .get(event.account.as_str())
+                .map(|r| (r.key().clone(), r.value().clone()))
+            else {
+                errors.push(EventError {
+                    index,
+                    field: "account".into(),
+                    message: format!(
+                        "unknown account {:?} in partition {:?}: create its customer first",
+                        event.account, self.id
+                    ),
+                });
+                continue;
+            };
+            let date = event.time.date_naive();
+            if !self.period.contains(date) {
+                errors.push(EventError {
+                    index,
+                    field: "time".into(),
+                    message: format!(
+                        "{} is outside the open period {} of partition {:?}",
+                        event.time.to_rfc3339(),
+                        self.period,
+                        self.id
+                    ),
+                });
+                continue;
+            }
+            match catalog.resolve(&event, date) {
+                Ok((meter, reading)) => {
+                    by_customer.entry(customer).or_default().push(MeteredEvent {
+                        account,
+                        meter,
+                        reading,
+                        id: event_fingerprint(&event.id),
+                    });
+                }
+                Err(e) => errors.push(EventError {
+                    index,
+                    field: e.field,
+                    message: e.message,
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(EngineError::InvalidEvents(errors));
+        }
+        let batch: Vec<(CustomerKey, CustomerCommand)> = by_customer
+            .into_iter()
+            .map(|(k, events)| (k, CustomerCommand::Usage(events)))
+            .collect();
+        if batch.is_empty() {
+            return Ok(IngestSummary::default());
+        }
+        let outcomes = self.runtime.submit(batch)?.await?;
+        let mut summary = IngestSummary::default();
+        let mut failures = Vec::new();
+        for outcome in outcomes {
+            match outcome {
+                Ok(CustomerReply::Usage {
+                    accepted,
+                    duplicates,
+                    overflowed,
+                }) => {
+                    summary.accepted += u64::from(accepted);
+                    summary.duplicates += u64::from(duplicates);
+                    if overflowed > 0 {
+                        failures.push(format!(
+                            "{overflowed} event(s) would overflow a meter's aggregate"
+                        ));
+                    }
+                }
+                Ok(other) => failures.push(format!("unexpected reply {other:?}")),
+                Err(f) => failures.push(format!("{f:?}")),
+            }
+        }
+        if failures.is_empty() {
+            Ok(summary)
+        } else {
+            Err(EngineError::Failed(format!(
+                "{} event(s) applied, {} duplicate(s), but: {}",
+                summary.accepted,
+                summary.duplicates,
+                failures.join("; ")
+            )))
+        }
+    }
+
+    fn view(&self) -> Arc<PricingView> {
+        Arc::new(PricingView {
+            catalog: self.catalog(),
+            rounding: self.rounding,
+            period: self.period,
+            profiles: self.profiles.clone(),
+        })
+    }
+
+    /// The running bill of a customer.
+    pub async fn customer_bill(&self, customer: &str) -> Result<Bill, EngineError> {
+        let key: CustomerKey = self
+            .customers
+            .get(customer)
+            .map(|r| r.key().clone())
+            .ok_or_else(|| EngineError::UnknownCustomer(customer.to_owned()))?;
+        let answer = self.runtime.ask(key, CustomerQuery::Bill(self.view()))?.await?;
+        match answer {
+            Some(CustomerAnswer::Bill(Ok(bill))) => Ok(*bill),
+            Some(CustomerAnswer::Bill(Err(e))) => Err(EngineError::Failed(e)),
+            _ => Err(EngineError::UnknownCustomer(customer.to_owned())),
+        }
+    }
+
+    /// The running bill of one account: its share of its customer's bill.
+    pub async fn account_bill(&self, account: &str) -> Result<AccountStatement, EngineError> {
+        let customer = self
+            .customer_of(account)
+            .ok_or_else(|| EngineError::UnknownAccount(account.to_owned()))?;
+        let bill = self.customer_bill(&customer).await?;
+        let zero = self.rounding.round(rust_decimal::Decimal::ZERO);
+        let part = bill
+            .accounts
+            .into_iter()
+            .find(|a| &*a.account == account)
+            .unwrap_or_else(|| AccountBill {
+                account: account.into(),
+                lines: Vec::new(),
+                total: zero,
+            });
+        Ok(AccountStatement {
+            customer: bill.customer,
+            period: bill.period,
+            currency: bill.currency,
+            bill: part,
+        })
+    }
+
+    /// The customer's current terms.
+    pub async fn customer(&self, customer: &str) -> Result<Customer, EngineError> {
+        let key: CustomerKey = self
+            .customers
+            .get(customer)
+            .map(|r| r.key().clone())
+            .ok_or_else(|| EngineError::UnknownCustomer(customer.to_owned()))?;
+        match self.runtime.ask(key, CustomerQuery::Terms)?.await? {
+            Some(CustomerAnswer::Terms(Some(c))) => Ok(*c),
+            _ => Err(EngineError::UnknownCustomer(customer.to_owned())),
+        }
+    }
+
+    /// Every customer id, in no particular order.
+    pub fn customer_ids(&self) -> Vec<CustomerKey> {
+        self.customers.iter().map(|r| r.key().clone()).collect()
     }
 }

@@ -1,0 +1,286 @@
+//! The engine on the actor runtime, against a plain sequential fold through the domain.
+//!
+//! Random usage (with retried events) for many customers, while segments move between
+//! arbiters and commands panic on purpose (the test-only fault hook), must produce
+//! exactly the bills that folding the same events one by one through the domain gives.
+//! Deterministic: seeded randomness, and no sleeps.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rust_decimal::Decimal;
+use tallyman::config::{Settings, Validated};
+use tallyman::domain::customer::{Credit, Discount};
+use tallyman::domain::usage::event_fingerprint;
+use tallyman::domain::*;
+use tallyman::engine::{CustomerKey, Engine, EngineError, EngineOptions};
+use tallyman_actors::FaultHook;
+
+fn settings() -> Validated {
+    let mut s = Settings::load(None).unwrap();
+    s.runtime.arbiters = 2;
+    s.runtime.segments = 8;
+    s.runtime.rebalance_interval_secs = 0;
+    s.partitions.truncate(1);
+    s.partitions[0].open_period = Some("2026-11".into());
+    s.partitions[0].customers = None;
+    s.validate().unwrap()
+}
+
+struct Family {
+    customer: Customer,
+}
+
+fn families(rng: &mut ChaCha8Rng, count: usize) -> Vec<Family> {
+    let usd = Currency::from_code("USD").unwrap();
+    (0..count)
+        .map(|c| {
+            let size = rng.random_range(1..=6);
+            let accounts: Vec<String> = (0..size).map(|a| format!("{c:04}{a:08}")).collect();
+            let enterprise = c % 5 == 0;
+            let spec = CustomerSpec {
+                id: format!("cust-{c}"),
+                payer: accounts[0].clone(),
+                accounts,
+                profile: if enterprise { "enterprise" } else { "standard" }.into(),
+                tax_rate: Decimal::new(rng.random_range(0..25), 2),
+                commitment: None,
+                budget: None,
+                discounts: if c % 3 == 0 {
+                    vec![Discount {
+                        id: "edp".into(),
+                        percent: Decimal::from(7),
+                        meters: None,
+                    }]
+                } else {
+                    vec![]
+                },
+                credits: if c % 4 == 0 {
+                    vec![Credit {
+                        id: "promo".into(),
+                        amount: Decimal::new(5000, 2),
+                        expires: Some("2026-12-31".parse().unwrap()),
+                        meters: Some(vec!["ec2.instance_hours".into()]),
+                        granted: 0,
+                    }]
+                } else {
+                    vec![]
+                },
+            };
+            Family {
+                customer: Customer::from_spec(spec, usd).unwrap(),
+            }
+        })
+        .collect()
+}
+
+fn event(
+    rng: &mut ChaCha8Rng,
+    n: u64,
+    families: &[Family],
+    meters: &[(String, Option<String>)],
+) -> UsageEvent {
+    let f = &families[rng.random_range(0..families.len())];
+    let account = f.customer.accounts[rng.random_range(0..f.customer.accounts.len())].to_string();
+    let (meter, dimension) = &meters[rng.random_range(0..meters.len())];
+    UsageEvent {
+        id: format!("evt-{n}"),
+        account,
+        meter: meter.clone(),
+        quantity: Decimal::new(rng.random_range(1..5_000_000), 3),
+        time: format!(
+            "2026-11-{:02}T{:02}:00:00Z",
+            rng.random_range(1..=30),
+            rng.random_range(0..24)
+        )
+        .parse()
+        .unwrap(),
+        dimensions: dimension
+            .iter()
+            .map(|d| (d.clone(), format!("user-{}", rng.random_range(0..40))))
+            .collect(),
+    }
+}
+
+/// The bill the domain gives for `events`, folded one by one.
+fn expected_bill(settings: &Validated, family: &Family, events: &[UsageEvent]) -> Bill {
+    let p = &settings.partitions[0];
+    let mut usage: HashMap<AccountId, AccountUsage> = HashMap::new();
+    for e in events {
+        if !family.customer.accounts.iter().any(|a| **a == *e.account) {
+            continue;
+        }
+        let (meter, reading) = p.catalog.resolve(e, e.time.date_naive()).unwrap();
+        usage
+            .entry(e.account.as_str().into())
+            .or_default()
+            .apply(event_fingerprint(&e.id), meter, &reading)
+            .unwrap();
+    }
+    let ctx = BillingContext {
+        catalog: &p.catalog,
+        rounding: p.rounding,
+        period: "2026-11".parse().unwrap(),
+    };
+    let profile = &settings.profiles[&family.customer.profile];
+    bill_customer(&ctx, &family.customer, profile, usage.iter())
+}
+
+#[test]
+fn bills_equal_a_sequential_fold_despite_moves_and_panics() {
+    for seed in [11u64, 12] {
+        actix_rt::System::new().block_on(async move {
+            let settings = settings();
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let faulty: Arc<Mutex<HashSet<u64>>> = Default::default();
+            let f = faulty.clone();
+            let injected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let i = injected.clone();
+            let hook: FaultHook<CustomerKey> = Arc::new(move |_, lsn| {
+                let hit = f.lock().unwrap().contains(&lsn);
+                if hit {
+                    i.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                hit
+            });
+            let engine = Engine::start(
+                &settings,
+                EngineOptions {
+                    fault_hook: Some(hook),
+                    open_period: None,
+                },
+            )
+            .await
+            .unwrap();
+            let p = engine.partition("aws").unwrap();
+            let families = families(&mut rng, 60);
+            for f in &families {
+                p.upsert_customer(f.customer.clone()).await.unwrap();
+            }
+            let catalog = p.catalog();
+            let meters: Vec<(String, Option<String>)> = catalog
+                .meters()
+                .map(|(_, m)| (m.name.to_string(), m.aggregation.dimension().map(str::to_owned)))
+                .collect();
+            // From here on, about one command in eight panics on its first try.
+            let first = p.runtime().journal().last_lsn() + 1;
+            for lsn in first..first + 2_000 {
+                if rng.random_range(0..8) == 0 {
+                    faulty.lock().unwrap().insert(lsn);
+                }
+            }
+            let mut sent: Vec<UsageEvent> = Vec::new();
+            let mut moves = Vec::new();
+            let mut accepted = 0;
+            let mut duplicates = 0;
+            for round in 0..150u64 {
+                let mut batch: Vec<UsageEvent> = (0..rng.random_range(1..40))
+                    .map(|i| event(&mut rng, round * 100 + i, &families, &meters))
+                    .collect();
+                // Retry some earlier events, as a client does after a lost acknowledgement.
+                for _ in 0..rng.random_range(0..3) {
+                    if !sent.is_empty() {
+                        batch.push(sent[rng.random_range(0..sent.len())].clone());
+                    }
+                }
+                if rng.random_range(0..6) == 0 {
+                    let segment = rng.random_range(0..8u32);
+                    let to = rng.random_range(0..2usize);
+                    moves.push(actix_rt::spawn(p.runtime().clone().move_segment(segment, to)));
+                }
+                let summary = p.ingest(batch.clone()).await.unwrap();
+                accepted += summary.accepted;
+                duplicates += summary.duplicates;
+                sent.extend(batch);
+            }
+            for m in moves {
+                m.await.unwrap().unwrap();
+            }
+            let distinct: HashSet<&str> = sent.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(
+                accepted as usize,
+                distinct.len(),
+                "every distinct event applied once"
+            );
+            assert_eq!((accepted + duplicates) as usize, sent.len());
+            assert!(p.runtime().moves() > 0);
+            assert!(
+                injected.load(std::sync::atomic::Ordering::Relaxed) > 10,
+                "faults were injected"
+            );
+            assert!(p.runtime().dead_letters().is_empty());
+            for f in &families {
+                let got = p.customer_bill(&f.customer.id).await.unwrap();
+                assert_eq!(
+                    got,
+                    expected_bill(&settings, f, &sent),
+                    "seed {seed}, {}",
+                    f.customer.id
+                );
+            }
+            // An account's bill is its share of its customer's.
+            let f = &families[1];
+            let statement = p.account_bill(&f.customer.payer).await.unwrap();
+            let bill = p.customer_bill(&f.customer.id).await.unwrap();
+            match bill.accounts.iter().find(|a| a.account == f.customer.payer) {
+                Some(share) => assert_eq!(&statement.bill, share),
+                None => assert!(statement.bill.lines.is_empty() && statement.bill.total.is_zero()),
+            }
+            engine.stop();
+        });
+    }
+}
+
+#[test]
+fn an_invalid_event_rejects_the_whole_batch_and_changes_nothing() {
+    actix_rt::System::new().block_on(async {
+        let settings = settings();
+        let engine = Engine::start(&settings, EngineOptions::default()).await.unwrap();
+        let p = engine.partition("aws").unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let families = families(&mut rng, 3);
+        for f in &families {
+            p.upsert_customer(f.customer.clone()).await.unwrap();
+        }
+        let account = families[0].customer.payer.to_string();
+        let good = UsageEvent {
+            id: "e1".into(),
+            account: account.clone(),
+            meter: "ec2.instance_hours".into(),
+            quantity: Decimal::from(10),
+            time: "2026-11-03T10:00:00Z".parse().unwrap(),
+            dimensions: Default::default(),
+        };
+        let mut unknown_meter = good.clone();
+        unknown_meter.id = "e2".into();
+        unknown_meter.meter = "ec2.nope".into();
+        let mut unknown_account = good.clone();
+        unknown_account.id = "e3".into();
+        unknown_account.account = "999".into();
+        let mut outside = good.clone();
+        outside.id = "e4".into();
+        outside.time = "2026-10-31T23:59:59Z".parse().unwrap();
+        let journaled = p.runtime().journal().last_lsn();
+        let err = p
+            .ingest(vec![good.clone(), unknown_meter, unknown_account, outside])
+            .await
+            .unwrap_err();
+        let EngineError::InvalidEvents(errors) = err else {
+            panic!("{err:?}")
+        };
+        let fields: Vec<(usize, &str)> = errors.iter().map(|e| (e.index, e.field.as_str())).collect();
+        assert_eq!(fields, [(1, "meter"), (2, "account"), (3, "time")]);
+        assert!(errors[2].message.contains("outside the open period 2026-11"));
+        assert_eq!(p.runtime().journal().last_lsn(), journaled, "nothing journaled");
+        let bill = p.customer_bill(&families[0].customer.id).await.unwrap();
+        assert!(bill.lines.is_empty(), "nothing applied");
+        // The good event alone goes through; sent again it is a duplicate.
+        let s = p.ingest(vec![good.clone()]).await.unwrap();
+        assert_eq!((s.accepted, s.duplicates), (1, 0));
+        let s = p.ingest(vec![good]).await.unwrap();
+        assert_eq!((s.accepted, s.duplicates), (0, 1));
+        engine.stop();
+    });
+}
