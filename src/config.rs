@@ -77,6 +77,9 @@ pub struct RuntimeSettings {
     pub restart_window_secs: u64,
     /// Dead letters kept per partition.
     pub dead_letter_capacity: usize,
+    /// Seconds between snapshots of every segment, after which the journal forgets
+    /// what they cover; 0 never snapshots.
+    pub snapshot_interval_secs: u64,
     /// Seconds between rebalancing rounds; 0 turns automatic rebalancing off.
     pub rebalance_interval_secs: u64,
     /// Rebalance when the busiest arbiter is busier than this factor × the least busy one.
@@ -169,6 +172,7 @@ impl RuntimeSettings {
             10_000_000,
         )?;
         range("rebalance_interval_secs", self.rebalance_interval_secs, 0, 86_400)?;
+        range("snapshot_interval_secs", self.snapshot_interval_secs, 0, 86_400)?;
         range("rebalance_max_moves", self.rebalance_max_moves as u64, 0, 1_000)?;
         if !(self.rebalance_factor > 1.0 && self.rebalance_factor.is_finite()) {
             return Err(invalid(

@@ -149,7 +149,7 @@ fn bills_equal_a_sequential_fold_despite_moves_and_panics() {
                 &settings,
                 EngineOptions {
                     fault_hook: Some(hook),
-                    open_period: None,
+                    ..EngineOptions::default()
                 },
             )
             .await

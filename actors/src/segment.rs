@@ -130,9 +130,12 @@ impl Message for TakeSnapshot {
 /// before a move. Every message queued before it is handled first.
 pub struct Handoff<E: Entity>(pub oneshot::Sender<SegmentState<E>>);
 
+/// The map of a segment's entities (a fast hash, seeded per process).
+pub type Entities<E> = HashMap<<E as Entity>::Key, E, foldhash::fast::RandomState>;
+
 /// A segment's state in transit between two actors.
 pub struct SegmentState<E: Entity> {
-    pub entities: HashMap<E::Key, E>,
+    pub entities: Entities<E>,
     /// The LSN of the last record delivered to the segment.
     pub applied: Lsn,
 }
@@ -351,7 +354,7 @@ impl<E: Entity> Handler<Handoff<E>> for Segment<E> {
         let state = std::mem::replace(
             &mut self.state,
             SegmentState {
-                entities: HashMap::new(),
+                entities: Entities::<E>::default(),
                 applied: 0,
             },
         );
@@ -413,7 +416,7 @@ fn recover<E: Entity>(index: u32, env: &SegmentEnv<E>, stop_at: &dyn Fn() -> Opt
     let started = Instant::now();
     let snapshot = env.snapshots.load(index);
     let mut state = SegmentState {
-        entities: HashMap::new(),
+        entities: Entities::<E>::default(),
         applied: 0,
     };
     if let Some(s) = &snapshot {

@@ -81,6 +81,9 @@ pub struct Workload {
     next_event: u64,
 }
 
+/// Largest family the workload makes (tallyd accepts up to 10,000 accounts per customer).
+pub const MAX_FAMILY: usize = 1_000;
+
 /// Name of account `i`: twelve digits, like a cloud account id.
 pub fn account_name(i: usize) -> String {
     format!("{:012}", 100_000_000_000u64 + i as u64)
@@ -89,6 +92,12 @@ pub fn account_name(i: usize) -> String {
 impl Workload {
     /// Lays out the customers and the traffic weights; draws no event yet.
     pub fn new(spec: WorkloadSpec, meters: Vec<MeterShape>) -> Result<Workload, String> {
+        if spec.accounts > spec.customers.saturating_mul(MAX_FAMILY) {
+            return Err(format!(
+                "{} accounts do not fit in {} customers of at most {MAX_FAMILY} accounts",
+                spec.accounts, spec.customers
+            ));
+        }
         if spec.customers == 0 || spec.accounts < spec.customers {
             return Err(format!(
                 "need at least one customer and at least as many accounts as customers (got {} accounts, {} customers)",
@@ -109,7 +118,11 @@ impl Workload {
             if spec.family_skew > 0.0 {
                 let zipf = Zipf::new(spec.customers as f64, spec.family_skew).map_err(|e| e.to_string())?;
                 for _ in spec.customers..spec.accounts {
-                    let rank = zipf.sample(&mut rng) as usize - 1;
+                    // A full family passes the account on to a random one.
+                    let mut rank = zipf.sample(&mut rng) as usize - 1;
+                    while sizes[rank] >= MAX_FAMILY {
+                        rank = rng.random_range(0..spec.customers);
+                    }
                     sizes[rank] += 1;
                 }
             } else {

@@ -76,7 +76,7 @@ struct Version {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Catalog {
     meters: Vec<Meter>,
-    by_name: HashMap<String, MeterId>,
+    by_name: HashMap<String, MeterId, foldhash::fast::RandomState>,
     versions: Vec<Version>,
 }
 

@@ -14,6 +14,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+use super::usage::Prehashed;
+
 /// Index of a catalog version within its catalog (0 = the oldest).
 pub type VersionIdx = u16;
 
@@ -103,7 +105,7 @@ pub enum MeterAggregate {
     },
     /// `unique_count`: each distinct value with the earliest time it was seen and the
     /// version in force then. A value counts in the span where it first appeared.
-    Distinct(HashMap<u64, (DateTime<Utc>, VersionIdx)>),
+    Distinct(HashMap<u64, (DateTime<Utc>, VersionIdx), Prehashed>),
 }
 
 /// Quantities per catalog version, ascending by version; nearly always one span.
@@ -159,7 +161,7 @@ impl MeterAggregate {
                 version: reading.version,
             },
             Fold::Distinct => {
-                let mut seen = HashMap::new();
+                let mut seen = HashMap::with_hasher(Prehashed);
                 if let Some(value) = reading.dimension {
                     seen.insert(value, (reading.time, reading.version));
                 }

@@ -26,6 +26,9 @@ pub type CustomerKey = Arc<str>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MeteredEvent {
     pub account: AccountId,
+    /// The account's position in its customer's (sorted) account list when the event was
+    /// resolved: a hint that saves a search, checked before use.
+    pub slot: u32,
     pub meter: MeterId,
     pub reading: Reading,
     /// Fingerprint of the event id, for deduplication.
@@ -37,20 +40,20 @@ pub struct MeteredEvent {
 pub enum CustomerCommand {
     /// Creates the customer, or replaces its terms (accounts, profile, credits, …).
     Upsert(Box<Customer>),
-    /// Usage for the customer's accounts.
-    Usage(Vec<MeteredEvent>),
+    /// One usage event of one of the customer's accounts.
+    Usage(MeteredEvent),
 }
 
 /// What applying a command did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CustomerReply {
     Upserted,
-    Usage {
-        accepted: u32,
-        duplicates: u32,
-        /// Events refused because an aggregate would overflow 28 digits.
-        overflowed: u32,
-    },
+    /// The event was applied.
+    Accepted,
+    /// An event with the same id was applied before; nothing changed.
+    Duplicate,
+    /// The event would overflow its meter's aggregate (28 significant digits).
+    Overflowed,
     /// Usage for a customer that does not exist (never happens through the engine).
     NoSuchCustomer,
 }
@@ -84,8 +87,10 @@ pub enum CustomerAnswer {
 #[derive(Clone, Debug, Default)]
 pub struct CustomerEntity {
     customer: Option<Box<Customer>>,
-    /// Accounts with usage, sorted by id.
-    usage: Vec<(AccountId, AccountUsage)>,
+    /// Usage of `customer.accounts[i]` at `usage[i]`.
+    usage: Vec<AccountUsage>,
+    /// Usage of accounts that left the customer during the period: still billed here.
+    departed: Vec<(AccountId, AccountUsage)>,
 }
 
 impl CustomerEntity {
@@ -103,12 +108,37 @@ impl CustomerEntity {
             rounding: view.rounding,
             period: view.period,
         };
-        Ok(bill_customer(
-            &ctx,
-            customer,
-            profile,
-            self.usage.iter().map(|(a, u)| (a, u)),
-        ))
+        let usage = customer.accounts.iter().zip(&self.usage);
+        let departed = self.departed.iter().map(|(a, u)| (a, u));
+        Ok(bill_customer(&ctx, customer, profile, usage.chain(departed)))
+    }
+
+    /// Replaces the customer's terms, keeping each account's usage with its account.
+    fn upsert(&mut self, customer: &Customer) {
+        let mut old: Vec<(AccountId, AccountUsage)> = match &self.customer {
+            Some(c) => c.accounts.iter().cloned().zip(self.usage.drain(..)).collect(),
+            None => Vec::new(),
+        };
+        old.append(&mut self.departed);
+        self.usage = customer
+            .accounts
+            .iter()
+            .map(|a| match old.iter().position(|(o, _)| o == a) {
+                Some(i) => old.swap_remove(i).1,
+                None => AccountUsage::default(),
+            })
+            .collect();
+        self.departed = old.into_iter().filter(|(_, u)| !u.is_empty()).collect();
+        self.customer = Some(Box::new(customer.clone()));
+    }
+
+    /// Where `event`'s account is in `usage`: the slot hint when it still holds, else a search.
+    fn position(&self, customer: &Customer, event: &MeteredEvent) -> Option<usize> {
+        let slot = event.slot as usize;
+        match customer.accounts.get(slot) {
+            Some(a) if Arc::ptr_eq(a, &event.account) || *a == event.account => Some(slot),
+            _ => customer.accounts.binary_search(&event.account).ok(),
+        }
     }
 }
 
@@ -131,32 +161,30 @@ impl Entity for CustomerEntity {
     fn apply(&mut self, command: &CustomerCommand) -> CustomerReply {
         match command {
             CustomerCommand::Upsert(customer) => {
-                self.customer = Some(customer.clone());
+                self.upsert(customer);
                 CustomerReply::Upserted
             }
-            CustomerCommand::Usage(events) => {
-                if self.customer.is_none() {
+            CustomerCommand::Usage(event) => {
+                let Some(customer) = self.customer.as_deref() else {
                     return CustomerReply::NoSuchCustomer;
-                }
-                let (mut accepted, mut duplicates, mut overflowed) = (0, 0, 0);
-                for e in events {
-                    let i = match self.usage.binary_search_by(|(a, _)| a.cmp(&e.account)) {
-                        Ok(i) => i,
-                        Err(i) => {
-                            self.usage.insert(i, (e.account.clone(), AccountUsage::default()));
-                            i
+                };
+                let usage = match self.position(customer, event) {
+                    Some(i) => &mut self.usage[i],
+                    // The account left the customer after the event was routed: its usage
+                    // of this period stays with this customer.
+                    None => match self.departed.iter().position(|(a, _)| *a == event.account) {
+                        Some(i) => &mut self.departed[i].1,
+                        None => {
+                            self.departed
+                                .push((event.account.clone(), AccountUsage::default()));
+                            &mut self.departed.last_mut().expect("pushed").1
                         }
-                    };
-                    match self.usage[i].1.apply(e.id, e.meter, &e.reading) {
-                        Ok(Applied::New) => accepted += 1,
-                        Ok(Applied::Duplicate) => duplicates += 1,
-                        Err(_) => overflowed += 1,
-                    }
-                }
-                CustomerReply::Usage {
-                    accepted,
-                    duplicates,
-                    overflowed,
+                    },
+                };
+                match usage.apply(event.id, event.meter, &event.reading) {
+                    Ok(Applied::New) => CustomerReply::Accepted,
+                    Ok(Applied::Duplicate) => CustomerReply::Duplicate,
+                    Err(_) => CustomerReply::Overflowed,
                 }
             }
         }

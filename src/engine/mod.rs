@@ -9,7 +9,7 @@
 
 pub mod account;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use actix::prelude::*;
@@ -30,6 +30,9 @@ pub use account::{
     CustomerAnswer, CustomerCommand, CustomerEntity, CustomerKey, CustomerQuery, CustomerReply,
 };
 use account::{MeteredEvent, PricingView};
+
+/// The hash of the engine's maps: fast, and seeded per process.
+type Hashing = foldhash::fast::RandomState;
 
 /// One problem with one event of a batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -101,14 +104,28 @@ pub struct PartitionEngine {
     catalog: RwLock<Arc<Catalog>>,
     profiles: Arc<BTreeMap<String, BillingProfile>>,
     /// Which customer each account belongs to.
-    directory: DashMap<AccountId, CustomerKey>,
-    customers: DashMap<CustomerKey, usize>,
+    directory: DashMap<AccountId, (CustomerKey, u32), Hashing>,
+    /// Each customer's accounts, as last upserted.
+    customers: DashMap<CustomerKey, Vec<AccountId>, Hashing>,
     runtime: Arc<Partition<CustomerEntity>>,
+}
+
+/// Whether the in-memory journal keeps records for replay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum JournalMode {
+    /// Records are kept until every segment's snapshot has moved past them, so a panic
+    /// or a segment crash is recovered by replay.
+    #[default]
+    Retained,
+    /// Records are numbered and delivered but not kept: for measuring the runtime alone.
+    /// A panicking command then crashes its segment and state is lost.
+    Discarded,
 }
 
 /// Test hooks and other knobs that are not configuration.
 #[derive(Default, Clone)]
 pub struct EngineOptions {
+    pub journal: JournalMode,
     /// Test-only: makes the command for a customer at an LSN panic on its first try.
     pub fault_hook: Option<FaultHook<CustomerKey>>,
     /// The open period of every partition that does not configure one.
@@ -186,9 +203,13 @@ impl Engine {
         let profiles = Arc::new(settings.profiles.clone());
         let mut partitions = BTreeMap::new();
         for p in &settings.partitions {
+            let journal = match options.journal {
+                JournalMode::Retained => MemoryJournal::new(),
+                JournalMode::Discarded => MemoryJournal::discarding(),
+            };
             let runtime = Partition::start(
                 runtime_config(&p.id, &settings.runtime),
-                Arc::new(MemoryJournal::new()),
+                Arc::new(journal),
                 Arc::new(MemorySnapshots::default()),
                 pool.clone(),
                 options.fault_hook.clone(),
@@ -206,14 +227,33 @@ impl Engine {
                 catalog_name: p.catalog_name.clone(),
                 catalog: RwLock::new(Arc::new(p.catalog.clone())),
                 profiles: profiles.clone(),
-                directory: DashMap::new(),
-                customers: DashMap::new(),
+                directory: DashMap::with_hasher(Hashing::default()),
+                customers: DashMap::with_hasher(Hashing::default()),
                 runtime,
             };
             for customer in &p.customers {
                 engine.upsert_customer(customer.clone()).await?;
             }
             partitions.insert(p.id.clone(), engine);
+        }
+        if r.snapshot_interval_secs > 0 && options.journal == JournalMode::Retained {
+            let runtimes: Vec<_> = partitions.values().map(|p| p.runtime.clone()).collect();
+            let every = std::time::Duration::from_secs(r.snapshot_interval_secs);
+            actix_rt::spawn(async move {
+                let mut tick = actix_rt::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    for runtime in &runtimes {
+                        let lsn = runtime.snapshot_all().await;
+                        tracing::debug!(
+                            partition = runtime.name(),
+                            lsn,
+                            "snapshot taken; journal truncated"
+                        );
+                    }
+                }
+            });
         }
         Ok(Engine {
             profiles,
@@ -298,65 +338,91 @@ impl PartitionEngine {
 
     /// The customer that owns `account`.
     pub fn customer_of(&self, account: &str) -> Option<CustomerKey> {
-        self.directory.get(account).map(|c| c.clone())
+        self.directory.get(account).map(|c| c.0.clone())
     }
 
     /// Creates a customer, or replaces the terms of an existing one. Its accounts must
     /// not belong to another customer. Journaled like usage.
     pub async fn upsert_customer(&self, customer: Customer) -> Result<(), EngineError> {
-        if !self.profiles.contains_key(&customer.profile) {
-            let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
-            return Err(EngineError::Invalid(FieldError::new(
-                "profile",
-                format!(
-                    "no profile named {:?}; configured: {}",
-                    customer.profile,
-                    known.join(", ")
-                ),
-            )));
-        }
-        let key: CustomerKey = customer.id.as_str().into();
-        // Claim the accounts; give back what was claimed if one belongs to someone else.
-        let mut claimed = Vec::new();
-        for account in &customer.accounts {
-            match self.directory.entry(account.clone()) {
-                Entry::Vacant(v) => {
-                    v.insert(key.clone());
-                    claimed.push(account.clone());
-                }
-                Entry::Occupied(o) if *o.get() == key => {}
-                Entry::Occupied(o) => {
-                    let owner = o.get().clone();
-                    drop(o);
-                    for a in claimed {
-                        self.directory.remove(&a);
-                    }
-                    return Err(EngineError::Conflict(format!(
-                        "account {account:?} belongs to customer {owner:?}; move it rather than adding it twice"
-                    )));
-                }
+        self.upsert_customers(vec![customer]).await
+    }
+
+    /// Creates or updates many customers in one journal record: all of them, or (when
+    /// one names an unknown profile or another customer's account) none of them.
+    pub async fn upsert_customers(&self, customers: Vec<Customer>) -> Result<(), EngineError> {
+        for c in &customers {
+            if !self.profiles.contains_key(&c.profile) {
+                let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+                return Err(EngineError::Invalid(FieldError::new(
+                    "profile",
+                    format!(
+                        "customer {:?}: no profile named {:?}; configured: {}",
+                        c.id,
+                        c.profile,
+                        known.join(", ")
+                    ),
+                )));
             }
         }
-        let accounts = customer.accounts.len();
-        let command = CustomerCommand::Upsert(Box::new(customer));
+        // Claim the accounts; give back what was claimed if one belongs to someone else.
+        let mut claimed: Vec<AccountId> = Vec::new();
+        let release = |claimed: Vec<AccountId>| {
+            for a in claimed {
+                self.directory.remove(&a);
+            }
+        };
+        let mut batch = Vec::with_capacity(customers.len());
+        for customer in customers {
+            let key: CustomerKey = customer.id.as_str().into();
+            for (slot, account) in customer.accounts.iter().enumerate() {
+                match self.directory.entry(account.clone()) {
+                    Entry::Vacant(v) => {
+                        v.insert((key.clone(), slot as u32));
+                        claimed.push(account.clone());
+                    }
+                    Entry::Occupied(mut o) if o.get().0 == key => {
+                        o.get_mut().1 = slot as u32;
+                    }
+                    Entry::Occupied(o) => {
+                        let owner = o.get().0.clone();
+                        drop(o);
+                        release(claimed);
+                        return Err(EngineError::Conflict(format!(
+                            "account {account:?} belongs to customer {owner:?}; move it rather than adding it twice"
+                        )));
+                    }
+                }
+            }
+            batch.push((key, CustomerCommand::Upsert(Box::new(customer))));
+        }
+        let accounts: Vec<(CustomerKey, Vec<AccountId>)> = batch
+            .iter()
+            .map(|(k, c)| match c {
+                CustomerCommand::Upsert(c) => (k.clone(), c.accounts.clone()),
+                CustomerCommand::Usage(_) => unreachable!("only upserts here"),
+            })
+            .collect();
         let result = async {
-            let pending = self.runtime.submit(vec![(key.clone(), command)])?;
-            let outcome = pending.await?.pop().expect("one command, one outcome");
-            outcome.map_err(|f| EngineError::Failed(format!("{f:?}")))
+            let outcomes = self.runtime.submit(batch)?.await?;
+            match outcomes.into_iter().find_map(Result::err) {
+                Some(f) => Err(EngineError::Failed(format!("{f:?}"))),
+                None => Ok(()),
+            }
         }
         .await;
-        match result {
-            Ok(_) => {
-                self.customers.insert(key, accounts);
-                Ok(())
-            }
-            Err(e) => {
-                for a in claimed {
-                    self.directory.remove(&a);
+        if let Err(e) = result {
+            release(claimed);
+            return Err(e);
+        }
+        for (key, list) in accounts {
+            if let Some(previous) = self.customers.insert(key.clone(), list.clone()) {
+                // Accounts the customer no longer lists are free for others.
+                for a in previous.iter().filter(|a| !list.contains(a)) {
+                    self.directory.remove_if(a, |_, owner| owner.0 == key);
                 }
-                Err(e)
             }
         }
+        Ok(())
     }
 
     /// Checks every event, then applies the batch; any invalid event rejects the whole
@@ -364,12 +430,12 @@ impl PartitionEngine {
     pub async fn ingest(&self, events: Vec<UsageEvent>) -> Result<IngestSummary, EngineError> {
         let catalog = self.catalog();
         let mut errors = Vec::new();
-        let mut by_customer: HashMap<CustomerKey, Vec<MeteredEvent>> = HashMap::new();
+        let mut batch: Vec<(CustomerKey, CustomerCommand)> = Vec::with_capacity(events.len());
         for (index, event) in events.into_iter().enumerate() {
-            let Some((account, customer)) = self
+            let Some((account, customer, slot)) = self
                 .directory
                 .get(event.account.as_str())
-                .map(|r| (r.key().clone(), r.value().clone()))
+                .map(|r| (r.key().clone(), r.value().0.clone(), r.value().1))
             else {
                 errors.push(EventError {
                     index,
@@ -396,14 +462,17 @@ impl PartitionEngine {
                 continue;
             }
             match catalog.resolve(&event, date) {
-                Ok((meter, reading)) => {
-                    by_customer.entry(customer).or_default().push(MeteredEvent {
+                Ok((meter, reading)) if errors.is_empty() => batch.push((
+                    customer,
+                    CustomerCommand::Usage(MeteredEvent {
                         account,
+                        slot,
                         meter,
                         reading,
                         id: event_fingerprint(&event.id),
-                    });
-                }
+                    }),
+                )),
+                Ok(_) => {}
                 Err(e) => errors.push(EventError {
                     index,
                     field: e.field,
@@ -414,43 +483,34 @@ impl PartitionEngine {
         if !errors.is_empty() {
             return Err(EngineError::InvalidEvents(errors));
         }
-        let batch: Vec<(CustomerKey, CustomerCommand)> = by_customer
-            .into_iter()
-            .map(|(k, events)| (k, CustomerCommand::Usage(events)))
-            .collect();
         if batch.is_empty() {
             return Ok(IngestSummary::default());
         }
         let outcomes = self.runtime.submit(batch)?.await?;
         let mut summary = IngestSummary::default();
-        let mut failures = Vec::new();
+        let (mut overflowed, mut failed) = (0u64, Vec::new());
         for outcome in outcomes {
             match outcome {
-                Ok(CustomerReply::Usage {
-                    accepted,
-                    duplicates,
-                    overflowed,
-                }) => {
-                    summary.accepted += u64::from(accepted);
-                    summary.duplicates += u64::from(duplicates);
-                    if overflowed > 0 {
-                        failures.push(format!(
-                            "{overflowed} event(s) would overflow a meter's aggregate"
-                        ));
-                    }
-                }
-                Ok(other) => failures.push(format!("unexpected reply {other:?}")),
-                Err(f) => failures.push(format!("{f:?}")),
+                Ok(CustomerReply::Accepted) => summary.accepted += 1,
+                Ok(CustomerReply::Duplicate) => summary.duplicates += 1,
+                Ok(CustomerReply::Overflowed) => overflowed += 1,
+                Ok(other) => failed.push(format!("unexpected reply {other:?}")),
+                Err(f) => failed.push(format!("{f:?}")),
             }
         }
-        if failures.is_empty() {
+        if overflowed > 0 {
+            failed.push(format!(
+                "{overflowed} event(s) would overflow a meter's aggregate"
+            ));
+        }
+        if failed.is_empty() {
             Ok(summary)
         } else {
             Err(EngineError::Failed(format!(
                 "{} event(s) applied, {} duplicate(s), but: {}",
                 summary.accepted,
                 summary.duplicates,
-                failures.join("; ")
+                failed.join("; ")
             )))
         }
     }

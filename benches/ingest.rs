@@ -1,0 +1,350 @@
+//! In-process ingest through the actor runtime (no HTTP, no durable journal).
+//!
+//! `cargo bench --bench ingest` runs three phases on 2 arbiters and prints a report:
+//! 1. load: 1M accounts in 200k customers (Zipf family sizes), then 5M usage events
+//!    with Zipf-skewed traffic, generated on the fly in batches of 1000; resident memory
+//!    growth per account;
+//! 2. throughput: 2M more events, generated beforehand, ingested in batches of 1000
+//!    with 4 batches in flight: events per second;
+//! 3. rebalancing: traffic only for customers whose segments start on arbiter 0, then
+//!    rounds of the router's rebalancer: per-arbiter busy time before and after.
+//!
+//! Sizes can be scaled down for a quick look: `cargo bench --bench ingest -- --accounts 100000`.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Zipf};
+use rust_decimal::Decimal;
+use tallyman::config::{Settings, Validated};
+use tallyman::domain::{Currency, Customer, CustomerSpec, UsageEvent};
+use tallyman::engine::{Engine, EngineOptions, JournalMode, PartitionEngine};
+use tallyman_actors::router::RebalanceNow;
+
+struct Args {
+    accounts: usize,
+    customers: usize,
+    load_events: usize,
+    timed_events: usize,
+    batch: usize,
+    in_flight: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        accounts: 1_000_000,
+        customers: 200_000,
+        load_events: 5_000_000,
+        timed_events: 2_000_000,
+        batch: 1000,
+        in_flight: 4,
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    let value = |name: &str| {
+        argv.iter()
+            .position(|x| x == name)
+            .and_then(|i| argv.get(i + 1))
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    if let Some(v) = value("--accounts") {
+        a.customers = (v / 5).max(1);
+        a.accounts = v;
+        a.load_events = v * 5;
+        a.timed_events = v * 2;
+    }
+    if let Some(v) = value("--batch") {
+        a.batch = v;
+    }
+    a
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn settings() -> Validated {
+    let mut s = Settings::load(None).unwrap();
+    s.runtime.arbiters = 2;
+    s.runtime.segments = 64;
+    s.runtime.mailbox_capacity = 4096;
+    s.runtime.rebalance_interval_secs = 0;
+    s.runtime.snapshot_interval_secs = 0;
+    s.runtime.rebalance_max_moves = 4;
+    s.partitions.truncate(1);
+    s.partitions[0].customers = None;
+    s.partitions[0].open_period = Some("2026-11".into());
+    s.validate().unwrap()
+}
+
+/// Customers with Zipf-sized families, and a traffic law over accounts.
+struct Workload {
+    rng: ChaCha8Rng,
+    customers: Vec<Vec<String>>,
+    accounts: Vec<String>,
+    traffic: Zipf<f64>,
+    /// Traffic rank → account index (ranks shuffled over accounts).
+    by_rank: Vec<u32>,
+    meters: Vec<(String, Option<String>)>,
+    next_id: u64,
+}
+
+impl Workload {
+    fn new(a: &Args, meters: Vec<(String, Option<String>)>) -> Workload {
+        let mut rng = ChaCha8Rng::seed_from_u64(42);
+        let mut sizes = vec![1usize; a.customers];
+        let family = Zipf::new(a.customers as f64, 1.1).unwrap();
+        for _ in a.customers..a.accounts {
+            // Families are capped at 1000 accounts; past that, a random family grows.
+            let mut c = family.sample(&mut rng) as usize - 1;
+            while sizes[c] >= 1000 {
+                c = rng.random_range(0..a.customers);
+            }
+            sizes[c] += 1;
+        }
+        let mut next = 0u64;
+        let customers: Vec<Vec<String>> = sizes
+            .iter()
+            .map(|&n| {
+                (0..n)
+                    .map(|_| {
+                        next += 1;
+                        format!("{:012}", 100_000_000_000u64 + next)
+                    })
+                    .collect()
+            })
+            .collect();
+        let accounts: Vec<String> = customers.iter().flatten().cloned().collect();
+        let mut by_rank: Vec<u32> = (0..a.accounts as u32).collect();
+        for i in (1..by_rank.len()).rev() {
+            by_rank.swap(i, rng.random_range(0..=i));
+        }
+        Workload {
+            rng,
+            customers,
+            accounts,
+            traffic: Zipf::new(a.accounts as f64, 1.0).unwrap(),
+            by_rank,
+            meters,
+            next_id: 0,
+        }
+    }
+
+    fn event_for(&mut self, account: usize) -> UsageEvent {
+        self.next_id += 1;
+        let (meter, dimension) = &self.meters[self.rng.random_range(0..self.meters.len())];
+        UsageEvent {
+            id: format!("evt-{:012}", self.next_id),
+            account: self.accounts[account].clone(),
+            meter: meter.clone(),
+            quantity: Decimal::new(self.rng.random_range(1..100_000), 3),
+            time: chrono::DateTime::from_timestamp(1_793_491_200 + self.rng.random_range(0..2_592_000), 0)
+                .unwrap(),
+            dimensions: dimension
+                .iter()
+                .map(|d| (d.clone(), format!("u{}", self.rng.random_range(0..1000))))
+                .collect(),
+        }
+    }
+
+    fn batch(&mut self, size: usize) -> Vec<UsageEvent> {
+        (0..size)
+            .map(|_| {
+                let rank = self.traffic.sample(&mut self.rng) as usize - 1;
+                let account = self.by_rank[rank] as usize;
+                self.event_for(account)
+            })
+            .collect()
+    }
+}
+
+/// Ingests `batches`, keeping `in_flight` of them in progress; returns events ingested.
+async fn ingest_all(
+    p: &PartitionEngine,
+    batches: impl Iterator<Item = Vec<UsageEvent>>,
+    in_flight: usize,
+) -> u64 {
+    let mut pending = VecDeque::new();
+    let mut done = 0u64;
+    for batch in batches {
+        pending.push_back(p.ingest(batch));
+        if pending.len() >= in_flight {
+            done += pending.pop_front().unwrap().await.expect("ingest").accepted;
+        }
+    }
+    while let Some(f) = pending.pop_front() {
+        done += f.await.expect("ingest").accepted;
+    }
+    done
+}
+
+/// Busy nanoseconds per arbiter so far.
+fn busy_per_arbiter(engine: &Engine) -> Vec<u64> {
+    let mut busy = vec![0u64; engine.arbiters()];
+    for s in engine.segments() {
+        if let Some(a) = s.arbiter {
+            busy[a] += s.busy_ns;
+        }
+    }
+    busy
+}
+
+fn fractions(before: &[u64], after: &[u64], seconds: f64) -> Vec<String> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| format!("{:.0}%", (a - b) as f64 / 1e9 / seconds * 100.0))
+        .collect()
+}
+
+async fn run() {
+    let a = args();
+    let settings = settings();
+    let usd = Currency::from_code("USD").unwrap();
+    let rss0 = rss_bytes();
+    let engine = Engine::start(
+        &settings,
+        EngineOptions {
+            journal: JournalMode::Discarded,
+            ..EngineOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let p = engine.partition("aws").unwrap();
+    let catalog = p.catalog();
+    let meters: Vec<(String, Option<String>)> = catalog
+        .meters()
+        .map(|(_, m)| (m.name.to_string(), m.aggregation.dimension().map(str::to_owned)))
+        .collect();
+    let mut w = Workload::new(&a, meters);
+    println!(
+        "workload: {} accounts in {} customers (largest family {}), {} meters, batches of {}",
+        a.accounts,
+        a.customers,
+        w.customers.iter().map(Vec::len).max().unwrap_or(0),
+        w.meters.len(),
+        a.batch
+    );
+
+    // Phase 1: load.
+    let started = Instant::now();
+    for (chunk_index, chunk) in w.customers.chunks(1000).enumerate() {
+        let customers: Vec<Customer> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, members)| {
+                let spec = CustomerSpec {
+                    id: format!("cust-{:08}", chunk_index * 1000 + i),
+                    payer: members[0].clone(),
+                    accounts: members.clone(),
+                    profile: "standard".into(),
+                    tax_rate: Decimal::ZERO,
+                    commitment: None,
+                    budget: None,
+                    discounts: vec![],
+                    credits: vec![],
+                };
+                Customer::from_spec(spec, usd).unwrap()
+            })
+            .collect();
+        p.upsert_customers(customers).await.unwrap();
+    }
+    let customers_loaded = started.elapsed();
+    let rss1 = rss_bytes();
+    let started = Instant::now();
+    let batches = a.load_events / a.batch;
+    let batch_size = a.batch;
+    let loaded = ingest_all(p, (0..batches).map(|_| w.batch(batch_size)), a.in_flight).await;
+    let load_time = started.elapsed();
+    let rss2 = rss_bytes();
+    println!(
+        "load: customers in {:.1} s; {} events in {:.1} s ({:.0} events/s, generation included)",
+        customers_loaded.as_secs_f64(),
+        loaded,
+        load_time.as_secs_f64(),
+        loaded as f64 / load_time.as_secs_f64()
+    );
+    println!(
+        "memory: {:.0} MiB resident after load; {:.0} bytes per account for customers and directory, {:.0} bytes per account in all",
+        rss2 as f64 / 1048576.0,
+        (rss1 - rss0) as f64 / a.accounts as f64,
+        (rss2 - rss0) as f64 / a.accounts as f64
+    );
+
+    // Phase 2: throughput, with the events generated beforehand.
+    let timed: Vec<Vec<UsageEvent>> = (0..a.timed_events / a.batch).map(|_| w.batch(a.batch)).collect();
+    let started = Instant::now();
+    let ingested = ingest_all(p, timed.into_iter(), a.in_flight).await;
+    let elapsed = started.elapsed();
+    println!(
+        "throughput: {} events in {:.2} s: {:.0} events/s ({} in flight)",
+        ingested,
+        elapsed.as_secs_f64(),
+        ingested as f64 / elapsed.as_secs_f64(),
+        a.in_flight
+    );
+
+    // Phase 3: a skewed load that the rebalancer evens out.
+    let segments = p.runtime().segment_count();
+    let placement: Vec<Option<usize>> = engine.segments().iter().map(|s| s.arbiter).collect();
+    let hot: Vec<usize> = (0..w.accounts.len())
+        .filter(|&i| {
+            let customer = p.customer_of(&w.accounts[i]).unwrap();
+            let segment = p.runtime().segment_of(&customer);
+            placement[segment as usize] == Some(0)
+        })
+        .collect();
+    let skewed = |n: usize, w: &mut Workload| -> Vec<Vec<UsageEvent>> {
+        (0..n)
+            .map(|_| {
+                (0..a.batch)
+                    .map(|_| {
+                        let account = hot[w.rng.random_range(0..hot.len())];
+                        w.event_for(account)
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let window = |engine: &Engine, batches: Vec<Vec<UsageEvent>>| {
+        let before = busy_per_arbiter(engine);
+        let started = Instant::now();
+        async move {
+            ingest_all(p, batches.into_iter(), a.in_flight).await;
+            (before, started.elapsed().as_secs_f64())
+        }
+    };
+    let router = engine.router().clone();
+    router.send(RebalanceNow).await.unwrap();
+    let (b0, secs) = window(&engine, skewed(300, &mut w)).await;
+    let before = fractions(&b0, &busy_per_arbiter(&engine), secs);
+    let mut moved = 0;
+    for _ in 0..6 {
+        let started = router.send(RebalanceNow).await.unwrap();
+        // Let the moves finish before sampling again.
+        while engine.segments().iter().any(|s| s.state == "moving") {
+            actix_rt::time::sleep(Duration::from_millis(1)).await;
+        }
+        moved += started;
+        window(&engine, skewed(100, &mut w)).await;
+    }
+    let (b1, secs) = window(&engine, skewed(300, &mut w)).await;
+    let after = fractions(&b1, &busy_per_arbiter(&engine), secs);
+    println!(
+        "rebalancing ({} segments, hot traffic on the segments of arbiter 0): busy per arbiter before {:?}, after {} moves {:?}",
+        segments, before, moved, after
+    );
+    engine.stop();
+}
+
+fn main() {
+    actix_rt::System::new().block_on(run());
+}
