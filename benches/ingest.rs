@@ -73,7 +73,7 @@ fn rss_bytes() -> u64 {
 fn settings() -> Validated {
     let mut s = Settings::load(None).unwrap();
     s.runtime.arbiters = 2;
-    s.runtime.segments = 64;
+    s.runtime.segments = 16;
     s.runtime.mailbox_capacity = 4096;
     s.runtime.rebalance_interval_secs = 0;
     s.runtime.snapshot_interval_secs = 0;
@@ -208,7 +208,6 @@ async fn run() {
     let a = args();
     let settings = settings();
     let usd = Currency::from_code("USD").unwrap();
-    let rss0 = rss_bytes();
     let engine = Engine::start(
         &settings,
         EngineOptions {
@@ -225,6 +224,8 @@ async fn run() {
         .map(|(_, m)| (m.name.to_string(), m.aggregation.dimension().map(str::to_owned)))
         .collect();
     let mut w = Workload::new(&a, meters);
+    // Memory is counted from here: the engine is up and the workload's own tables exist.
+    let rss0 = rss_bytes();
     println!(
         "workload: {} accounts in {} customers (largest family {}), {} meters, batches of {}",
         a.accounts,

@@ -96,6 +96,21 @@ fn serves_health_and_ready() {
 }
 
 #[test]
+fn admin_lists_segments_with_arbiter_and_load() {
+    let d = Daemon::start("segments");
+    let (status, body) = d.get("/v1/admin/segments");
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let segments = report["segments"].as_array().unwrap();
+    // Two partitions of 16 segments each, in the embedded default.
+    assert_eq!(segments.len(), 32);
+    assert!(segments.iter().all(|s| s["state"] == "running" && s["arbiter"].is_u64()));
+    assert_eq!(report["moves"], 0);
+    let (status, body) = d.get("/v1/admin/dead-letters");
+    assert_eq!((status, body.as_str()), (200, "[]"));
+}
+
+#[test]
 fn sigterm_stops_it_cleanly() {
     let mut d = Daemon::start("sigterm");
     let pid = d.child.id().to_string();

@@ -13,7 +13,44 @@ use crate::engine::Engine;
 /// Registers the routes on an actix-web app.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
-        .route("/ready", web::get().to(ready));
+        .route("/ready", web::get().to(ready))
+        .route("/v1/admin/segments", web::get().to(segments))
+        .route("/v1/admin/rebalance", web::post().to(rebalance))
+        .route("/v1/admin/dead-letters", web::get().to(dead_letters))
+        .route(
+            "/v1/admin/dead-letters/{partition}/{id}/replay",
+            web::post().to(replay_dead_letter),
+        );
+}
+
+/// Segments with their arbiter, state and load.
+async fn segments(engine: web::Data<Engine>) -> HttpResponse {
+    let (moves, restarts) = engine.moves_and_restarts();
+    HttpResponse::Ok().json(json!({
+        "arbiters": engine.arbiters(),
+        "moves": moves,
+        "restarts": restarts,
+        "segments": engine.segment_report().await,
+    }))
+}
+
+/// One rebalancing round, now.
+async fn rebalance(engine: web::Data<Engine>) -> HttpResponse {
+    HttpResponse::Accepted().json(json!({"moves_started": engine.rebalance_now().await}))
+}
+
+async fn dead_letters(engine: web::Data<Engine>) -> HttpResponse {
+    HttpResponse::Ok().json(engine.dead_letters())
+}
+
+async fn replay_dead_letter(engine: web::Data<Engine>, path: web::Path<(String, u64)>) -> HttpResponse {
+    let (partition, id) = path.into_inner();
+    match engine.replay_dead_letter(&partition, id).await {
+        Ok(outcome) => HttpResponse::Ok().json(json!({"replayed": id, "outcome": outcome})),
+        Err(e) => HttpResponse::NotFound()
+            .content_type("application/problem+json")
+            .json(json!({"type": "about:blank", "title": "dead letter not replayed", "status": 404, "detail": e.to_string()})),
+    }
 }
 
 /// Liveness: the process answers.

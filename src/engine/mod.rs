@@ -18,7 +18,7 @@ use dashmap::DashMap;
 use serde::Serialize;
 use tallyman_actors::journal::MemoryJournal;
 use tallyman_actors::partition::{PartitionConfig as RuntimePartitionConfig, SegmentInfo};
-use tallyman_actors::router::{RebalanceConfig, Register, Router};
+use tallyman_actors::router::{Loads, RebalanceConfig, RebalanceNow, Register, Router};
 use tallyman_actors::{ArbiterPool, FaultHook, MemorySnapshots, Partition, SubmitError, SupervisionConfig};
 
 use crate::config::{PartitionConfig, RuntimeSettings, Validated};
@@ -59,6 +59,8 @@ pub enum EngineError {
     Invalid(FieldError),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    UnknownDeadLetter(String),
     /// Backpressure: retry later. Nothing was journaled.
     #[error("{0}")]
     Busy(String),
@@ -76,6 +78,38 @@ impl From<SubmitError> for EngineError {
             _ => EngineError::Unavailable(e.to_string()),
         }
     }
+}
+
+/// A segment as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SegmentView {
+    pub partition: String,
+    pub segment: u32,
+    /// The arbiter (thread) it runs on; absent when it is failed.
+    pub arbiter: Option<usize>,
+    /// `running`, `moving` (its traffic is buffered) or `failed`.
+    pub state: &'static str,
+    /// Commands and queries handled since start.
+    pub handled: u64,
+    pub busy_ms: u64,
+    /// Messages admitted and waiting.
+    pub mailbox: usize,
+    /// From the router's last sample, when there is one.
+    pub messages_per_s: Option<f64>,
+    pub busy_fraction: Option<f64>,
+}
+
+/// A dead letter as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeadLetterView {
+    pub partition: String,
+    pub id: u64,
+    pub segment: u32,
+    pub lsn: u64,
+    pub customer: String,
+    pub command: String,
+    pub reason: String,
+    pub attempts: u32,
 }
 
 /// What an ingest did.
@@ -287,6 +321,75 @@ impl Engine {
             .values()
             .flat_map(|p| p.runtime.segments())
             .collect()
+    }
+
+    /// Every segment with its arbiter, state, counters and the load the router measured
+    /// in its last sample.
+    pub async fn segment_report(&self) -> Vec<SegmentView> {
+        let (loads, _) = self.router.send(Loads).await.unwrap_or_default();
+        let names: Vec<&str> = self.partitions.keys().map(String::as_str).collect();
+        self.segments()
+            .into_iter()
+            .map(|s| {
+                let p = names.iter().position(|n| *n == s.partition);
+                let load = loads
+                    .iter()
+                    .find(|l| Some(l.partition) == p && l.segment == s.segment);
+                SegmentView {
+                    partition: s.partition,
+                    segment: s.segment,
+                    arbiter: s.arbiter,
+                    state: s.state,
+                    handled: s.handled,
+                    busy_ms: s.busy_ns / 1_000_000,
+                    mailbox: s.inflight,
+                    messages_per_s: load.map(|l| l.messages_per_s),
+                    busy_fraction: load.map(|l| l.busy),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs one rebalancing round now; returns the number of moves started.
+    pub async fn rebalance_now(&self) -> usize {
+        self.router.send(RebalanceNow).await.unwrap_or(0)
+    }
+
+    /// Segment moves and restarts so far, over all partitions.
+    pub fn moves_and_restarts(&self) -> (u64, u64) {
+        self.partitions.values().fold((0, 0), |(m, r), p| {
+            (m + p.runtime.moves(), r + p.runtime.restarts())
+        })
+    }
+
+    /// Every dead letter of every partition, oldest first.
+    pub fn dead_letters(&self) -> Vec<DeadLetterView> {
+        let mut out = Vec::new();
+        for p in self.partitions.values() {
+            p.runtime.dead_letters().for_each(|l| {
+                out.push(DeadLetterView {
+                    partition: p.id.clone(),
+                    id: l.id,
+                    segment: l.segment,
+                    lsn: l.lsn,
+                    customer: l.key().to_string(),
+                    command: format!("{:?}", l.command()),
+                    reason: l.reason.clone(),
+                    attempts: l.attempts,
+                });
+            });
+        }
+        out
+    }
+
+    /// Applies dead letter `id` of `partition` again (journaled as a new record).
+    pub async fn replay_dead_letter(&self, partition: &str, id: u64) -> Result<String, EngineError> {
+        let p = self.partition(partition)?;
+        match p.runtime.replay_dead_letter(id).await {
+            Ok(Ok(reply)) => Ok(format!("{reply:?}")),
+            Ok(Err(failure)) => Err(EngineError::Failed(format!("{failure:?}"))),
+            Err(e) => Err(EngineError::UnknownDeadLetter(e)),
+        }
     }
 
     pub fn router(&self) -> &Addr<Router> {
