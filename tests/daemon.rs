@@ -104,7 +104,9 @@ fn admin_lists_segments_with_arbiter_and_load() {
     let segments = report["segments"].as_array().unwrap();
     // Two partitions of 16 segments each, in the embedded default.
     assert_eq!(segments.len(), 32);
-    assert!(segments.iter().all(|s| s["state"] == "running" && s["arbiter"].is_u64()));
+    assert!(segments
+        .iter()
+        .all(|s| s["state"] == "running" && s["arbiter"].is_u64()));
     assert_eq!(report["moves"], 0);
     let (status, body) = d.get("/v1/admin/dead-letters");
     assert_eq!((status, body.as_str()), (200, "[]"));
