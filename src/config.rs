@@ -35,6 +35,7 @@ pub const CUSTOMERS_TOML: &str = include_str!("../config/customers.toml");
 pub struct Settings {
     pub server: ServerSettings,
     pub runtime: RuntimeSettings,
+    pub limits: LimitSettings,
     /// Billing profiles by name.
     #[serde(default)]
     pub profiles: BTreeMap<String, ProfileSpec>,
@@ -58,6 +59,47 @@ pub struct ServerSettings {
     /// HTTP worker threads; 0 means one per core.
     #[serde(default)]
     pub http_workers: usize,
+}
+
+/// Bounds on what one request may carry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest request body, in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Most usage events in one ingest request; more get 413.
+    pub max_events_per_request: usize,
+    /// Most customers in one bulk request.
+    pub max_customers_per_request: usize,
+}
+
+impl LimitSettings {
+    fn validate(&self) -> Result<LimitSettings, ConfigError> {
+        let check = |key: &str, value: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&value) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    format!("limits.{key}"),
+                    format!("must be from {lo} to {hi} (got {value})"),
+                ))
+            }
+        };
+        check("max_body_bytes", self.max_body_bytes, 1024, 1 << 30)?;
+        check(
+            "max_events_per_request",
+            self.max_events_per_request,
+            1,
+            1_000_000,
+        )?;
+        check(
+            "max_customers_per_request",
+            self.max_customers_per_request,
+            1,
+            1_000_000,
+        )?;
+        Ok(self.clone())
+    }
 }
 
 /// The actor runtime: how state is spread over cores, bounded and supervised.
@@ -140,6 +182,7 @@ pub struct PartitionConfig {
 #[derive(Clone, Debug)]
 pub struct Validated {
     pub runtime: RuntimeSettings,
+    pub limits: LimitSettings,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub http_workers: usize,
@@ -314,6 +357,7 @@ impl Settings {
         }
         Ok(Validated {
             runtime: self.runtime.validate()?,
+            limits: self.limits.validate()?,
             listen,
             data_dir: self.server.data_dir.clone(),
             http_workers: self.server.http_workers,

@@ -147,7 +147,13 @@ fn run(settings: Validated) -> ExitCode {
             arbiters = engine.arbiters(),
             "start-up finished"
         );
-        let served = tallyman::api::serve(engine.clone(), settings.listen, settings.http_workers).await;
+        let served = tallyman::api::serve(
+            engine.clone(),
+            settings.limits.clone(),
+            settings.listen,
+            settings.http_workers,
+        )
+        .await;
         engine.stop();
         served.map_err(|e| {
             tracing::error!(listen = %settings.listen, error = %e, "cannot serve");

@@ -1,90 +1,9 @@
 //! `tallyd` as a user meets it: a real process, real flags, real HTTP on loopback.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
-const TALLYD: &str = env!("CARGO_BIN_EXE_tallyd");
-
-/// A tallyd started on a free loopback port, killed on drop.
-struct Daemon {
-    child: Child,
-    addr: String,
-    _dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("tallyd-test-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Daemon {
-    /// Starts tallyd on port 0 and waits for its "listening on ADDR" line (no sleeps).
-    fn start(tag: &str) -> Daemon {
-        let dir = TempDir::new(tag);
-        let mut child = Command::new(TALLYD)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.0.join("data"))
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut addr = None;
-        let mut lines = stderr.lines();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                addr = Some(rest.split_whitespace().next().unwrap().to_string());
-                break;
-            }
-        }
-        // Keep draining the log so the daemon never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Daemon {
-            child,
-            addr: addr.expect("tallyd logs `listening on ADDR`"),
-            _dir: dir,
-        }
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        )
-        .unwrap();
-        let mut response = String::new();
-        s.read_to_string(&mut response).unwrap();
-        let status = response[9..12].parse().unwrap();
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        (status, body)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{Daemon, TempDir, TALLYD};
+use std::process::Command;
 
 #[test]
 fn serves_health_and_ready() {

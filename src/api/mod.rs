@@ -8,10 +8,18 @@ use std::sync::Arc;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::json;
 
+use crate::config::LimitSettings;
 use crate::engine::Engine;
+
+pub mod problem;
+mod v1;
+pub mod wire;
+
+use problem::Problem;
 
 /// Registers the routes on an actix-web app.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    v1::routes(cfg);
     cfg.route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready))
         .route("/v1/admin/segments", web::get().to(segments))
@@ -53,6 +61,14 @@ async fn replay_dead_letter(engine: web::Data<Engine>, path: web::Path<(String, 
     }
 }
 
+async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, Problem> {
+    Err(Problem::not_found(format!(
+        "no route for {} {}; the routes are listed in API.md",
+        req.method(),
+        req.path()
+    )))
+}
+
 /// Liveness: the process answers.
 async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
@@ -66,14 +82,26 @@ async fn ready(engine: web::Data<Engine>) -> HttpResponse {
 /// Binds `listen` and serves until SIGINT or SIGTERM, then stops accepting, drains the
 /// requests in flight and returns. The signal handlers are installed before the address
 /// is bound, so a signal that follows the `listening on` line is never missed.
-pub async fn serve(engine: Arc<Engine>, listen: SocketAddr, workers: usize) -> std::io::Result<()> {
+pub async fn serve(
+    engine: Arc<Engine>,
+    limits: LimitSettings,
+    listen: SocketAddr,
+    workers: usize,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let data = web::Data::from(engine);
-    let mut server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
-        .disable_signals()
-        .shutdown_timeout(30);
+    let limits = web::Data::new(limits);
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(limits.clone())
+            .configure(routes)
+            .default_service(web::to(not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(30);
     if workers > 0 {
         server = server.workers(workers);
     }

@@ -24,7 +24,14 @@ use tallyman_actors::{ArbiterPool, FaultHook, MemorySnapshots, Partition, Submit
 use crate::config::{PartitionConfig, RuntimeSettings, Validated};
 use crate::domain::invoice::AccountBill;
 use crate::domain::usage::{event_fingerprint, FieldError};
-use crate::domain::{AccountId, Bill, BillingProfile, Catalog, Customer, Period, Rounding, UsageEvent};
+use crate::domain::{
+    AccountId, Bill, BillingProfile, Catalog, CatalogVersionSpec, Customer, Period, Rounding, UsageEvent,
+};
+
+/// Days since 1970-01-01.
+fn days(date: chrono::NaiveDate) -> i64 {
+    i64::from(chrono::Datelike::num_days_from_ce(&date)) - 719_163
+}
 
 pub use account::{
     CustomerAnswer, CustomerCommand, CustomerEntity, CustomerKey, CustomerQuery, CustomerReply,
@@ -61,6 +68,8 @@ pub enum EngineError {
     Conflict(String),
     #[error("{0}")]
     UnknownDeadLetter(String),
+    #[error("{0}")]
+    UnknownCatalogVersion(String),
     /// Backpressure: retry later. Nothing was journaled.
     #[error("{0}")]
     Busy(String),
@@ -136,6 +145,9 @@ pub struct PartitionEngine {
     period: Period,
     catalog_name: String,
     catalog: RwLock<Arc<Catalog>>,
+    /// The latest event date accepted so far (days since 1970-01-01), so that a new
+    /// catalog version never takes effect under usage already priced by an older one.
+    latest_usage_day: std::sync::atomic::AtomicI64,
     profiles: Arc<BTreeMap<String, BillingProfile>>,
     /// Which customer each account belongs to.
     directory: DashMap<AccountId, (CustomerKey, u32), Hashing>,
@@ -260,6 +272,7 @@ impl Engine {
                 period,
                 catalog_name: p.catalog_name.clone(),
                 catalog: RwLock::new(Arc::new(p.catalog.clone())),
+                latest_usage_day: std::sync::atomic::AtomicI64::new(i64::MIN),
                 profiles: profiles.clone(),
                 directory: DashMap::with_hasher(Hashing::default()),
                 customers: DashMap::with_hasher(Hashing::default()),
@@ -531,7 +544,20 @@ impl PartitionEngine {
     /// Checks every event, then applies the batch; any invalid event rejects the whole
     /// batch before anything is journaled.
     pub async fn ingest(&self, events: Vec<UsageEvent>) -> Result<IngestSummary, EngineError> {
-        let catalog = self.catalog();
+        let batch = self.resolve(events)?;
+        if batch.is_empty() {
+            return Ok(IngestSummary::default());
+        }
+        self.apply(batch).await
+    }
+
+    /// Checks and resolves every event against the catalog in force; on any error, none.
+    fn resolve(&self, events: Vec<UsageEvent>) -> Result<Vec<(CustomerKey, CustomerCommand)>, EngineError> {
+        // Publishing waits for this read lock, so no version can take effect under the
+        // dates of these events once they are resolved against the current catalog.
+        let guard = self.catalog.read().unwrap_or_else(|p| p.into_inner());
+        let catalog: &Catalog = &guard;
+        let mut latest_day = i64::MIN;
         let mut errors = Vec::new();
         let mut batch: Vec<(CustomerKey, CustomerCommand)> = Vec::with_capacity(events.len());
         for (index, event) in events.into_iter().enumerate() {
@@ -565,16 +591,19 @@ impl PartitionEngine {
                 continue;
             }
             match catalog.resolve(&event, date) {
-                Ok((meter, reading)) if errors.is_empty() => batch.push((
-                    customer,
-                    CustomerCommand::Usage(MeteredEvent {
-                        account,
-                        slot,
-                        meter,
-                        reading,
-                        id: event_fingerprint(&event.id),
-                    }),
-                )),
+                Ok((meter, reading)) if errors.is_empty() => {
+                    latest_day = latest_day.max(days(date));
+                    batch.push((
+                        customer,
+                        CustomerCommand::Usage(MeteredEvent {
+                            account,
+                            slot,
+                            meter,
+                            reading,
+                            id: event_fingerprint(&event.id),
+                        }),
+                    ))
+                }
                 Ok(_) => {}
                 Err(e) => errors.push(EventError {
                     index,
@@ -586,9 +615,12 @@ impl PartitionEngine {
         if !errors.is_empty() {
             return Err(EngineError::InvalidEvents(errors));
         }
-        if batch.is_empty() {
-            return Ok(IngestSummary::default());
-        }
+        self.latest_usage_day
+            .fetch_max(latest_day, std::sync::atomic::Ordering::AcqRel);
+        Ok(batch)
+    }
+
+    async fn apply(&self, batch: Vec<(CustomerKey, CustomerCommand)>) -> Result<IngestSummary, EngineError> {
         let outcomes = self.runtime.submit(batch)?.await?;
         let mut summary = IngestSummary::default();
         let (mut overflowed, mut failed) = (0u64, Vec::new());
@@ -625,6 +657,54 @@ impl PartitionEngine {
             period: self.period,
             profiles: self.profiles.clone(),
         })
+    }
+
+    /// Publishes a catalog version. It must take effect after the latest one and after
+    /// every usage date already accepted, so nothing already priced changes version.
+    pub fn publish_catalog(&self, spec: &CatalogVersionSpec) -> Result<u16, EngineError> {
+        let mut guard = self.catalog.write().unwrap_or_else(|p| p.into_inner());
+        let latest = self.latest_usage_day.load(std::sync::atomic::Ordering::Acquire);
+        if days(spec.effective_from) <= latest {
+            return Err(EngineError::Invalid(FieldError::new(
+                "effective_from",
+                format!(
+                    "usage dated up to {} is already priced; a new version must take effect after it",
+                    chrono::NaiveDate::from_num_days_from_ce_opt((latest + 719_163) as i32)
+                        .map_or_else(|| "?".into(), |d| d.to_string())
+                ),
+            )));
+        }
+        let mut next = (**guard).clone();
+        let version = next.publish(spec).map_err(EngineError::Invalid)?;
+        *guard = Arc::new(next);
+        tracing::info!(partition = %self.id, version, effective_from = %spec.effective_from, "catalog version published");
+        Ok(version)
+    }
+
+    /// The catalog version in force on `date` (today when `None`), in its published shape.
+    pub fn catalog_at(&self, date: Option<chrono::NaiveDate>) -> Result<CatalogVersionSpec, EngineError> {
+        let date = date.unwrap_or_else(|| chrono::Utc::now().date_naive());
+        let catalog = self.catalog();
+        let version = catalog.version_at(date).ok_or_else(|| {
+            EngineError::UnknownCatalogVersion(format!("no catalog version is in force on {date}"))
+        })?;
+        Ok(catalog.spec(version))
+    }
+
+    /// Every customer with its accounts, sorted by id.
+    pub fn customer_list(&self) -> Vec<(String, Vec<String>)> {
+        let mut list: Vec<(String, Vec<String>)> = self
+            .customers
+            .iter()
+            .map(|r| {
+                (
+                    r.key().to_string(),
+                    r.value().iter().map(|a| a.to_string()).collect(),
+                )
+            })
+            .collect();
+        list.sort();
+        list
     }
 
     /// The running bill of a customer.

@@ -1,0 +1,397 @@
+//! The `/v1` routes of API.md: partitions and catalogs, customers, usage, running bills.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::problem::{ItemError, Problem};
+use super::wire;
+use crate::config::LimitSettings;
+use crate::domain::customer::{Credit, Discount};
+use crate::domain::invoice::{AccountBill, CommitmentLine, CreditLine, DiscountLine, MeterLine};
+use crate::domain::{Bill, CatalogVersionSpec, Currency, Customer, CustomerSpec, Period};
+use crate::engine::{Engine, PartitionEngine};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/partitions", web::get().to(partitions))
+        .route("/v1/partitions/{p}/catalog", web::get().to(get_catalog))
+        .route("/v1/partitions/{p}/catalog", web::put().to(put_catalog))
+        .route("/v1/partitions/{p}/customers", web::get().to(list_customers))
+        .route("/v1/partitions/{p}/customers", web::post().to(create_customer))
+        .route(
+            "/v1/partitions/{p}/customers/bulk",
+            web::post().to(bulk_customers),
+        )
+        .route("/v1/partitions/{p}/customers/{c}", web::get().to(get_customer))
+        .route(
+            "/v1/partitions/{p}/customers/{c}/credits",
+            web::post().to(add_credit),
+        )
+        .route(
+            "/v1/partitions/{p}/customers/{c}/discounts",
+            web::post().to(add_discount),
+        )
+        .route(
+            "/v1/partitions/{p}/customers/{c}/bill",
+            web::get().to(customer_bill),
+        )
+        .route(
+            "/v1/partitions/{p}/accounts/{a}/bill",
+            web::get().to(account_bill),
+        )
+        .route("/v1/partitions/{p}/usage", web::post().to(ingest));
+}
+
+fn partition<'e>(engine: &'e Engine, id: &str) -> Result<&'e PartitionEngine, Problem> {
+    engine.partition(id).map_err(Problem::from)
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    serde_json::from_slice(body).map_err(|e| {
+        let message = e.to_string();
+        let kind = if e.is_data() {
+            "invalid-field"
+        } else {
+            "malformed-json"
+        };
+        let title = if e.is_data() {
+            "Invalid field"
+        } else {
+            "Malformed JSON"
+        };
+        Problem::bad_request(kind, title, message)
+    })
+}
+
+async fn partitions(engine: web::Data<Engine>) -> HttpResponse {
+    #[derive(Serialize)]
+    struct View {
+        id: String,
+        currency: String,
+        segments: u32,
+        customers: usize,
+        accounts: usize,
+        open_period: Period,
+    }
+    let views: Vec<View> = engine
+        .partitions()
+        .map(|p| {
+            let s = p.summary();
+            View {
+                id: s.id,
+                currency: s.currency,
+                segments: s.segments,
+                customers: s.customers,
+                accounts: s.accounts,
+                open_period: p.period(),
+            }
+        })
+        .collect();
+    HttpResponse::Ok().json(views)
+}
+
+#[derive(Deserialize)]
+struct At {
+    at: Option<String>,
+}
+
+async fn get_catalog(
+    engine: web::Data<Engine>,
+    path: web::Path<String>,
+    query: web::Query<At>,
+) -> Result<HttpResponse, Problem> {
+    let p = partition(&engine, &path)?;
+    let date = match &query.at {
+        Some(text) => Some(text.parse::<chrono::NaiveDate>().map_err(|_| {
+            Problem::bad_request(
+                "invalid-field",
+                "Invalid field",
+                format!("at: {text:?} is not a date such as 2026-11-01"),
+            )
+        })?),
+        None => None,
+    };
+    Ok(HttpResponse::Ok().json(p.catalog_at(date)?))
+}
+
+async fn put_catalog(
+    engine: web::Data<Engine>,
+    limits: web::Data<LimitSettings>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, Problem> {
+    let p = partition(&engine, &path)?;
+    let body = wire::read_body(payload, limits.max_body_bytes).await?;
+    let spec: CatalogVersionSpec = json_body(&body)?;
+    let version = p.publish_catalog(&spec)?;
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "partition": p.id,
+        "version": version,
+        "effective_from": spec.effective_from,
+    })))
+}
+
+/// A customer as the API shows it.
+#[derive(Serialize)]
+struct CustomerView {
+    id: String,
+    payer: String,
+    accounts: Vec<String>,
+    profile: String,
+    tax_rate: Decimal,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commitment: Option<Decimal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget: Option<crate::domain::customer::Budget>,
+    discounts: Vec<Discount>,
+    credits: Vec<Credit>,
+}
+
+impl From<Customer> for CustomerView {
+    fn from(c: Customer) -> Self {
+        CustomerView {
+            id: c.id,
+            payer: c.payer.to_string(),
+            accounts: c.accounts.iter().map(|a| a.to_string()).collect(),
+            profile: c.profile,
+            tax_rate: c.tax_rate,
+            commitment: c.commitment,
+            budget: c.budget,
+            discounts: c.discounts,
+            credits: c.credits,
+        }
+    }
+}
+
+fn checked_customer(spec: CustomerSpec, currency: Currency) -> Result<Customer, Problem> {
+    Customer::from_spec(spec, currency).map_err(|e| {
+        Problem::bad_request(
+            "invalid-field",
+            "Invalid field",
+            format!("{}: {}", e.field, e.message),
+        )
+    })
+}
+
+async fn list_customers(engine: web::Data<Engine>, path: web::Path<String>) -> Result<HttpResponse, Problem> {
+    let p = partition(&engine, &path)?;
+    let list: Vec<serde_json::Value> = p
+        .customer_list()
+        .into_iter()
+        .map(|(id, accounts)| serde_json::json!({"id": id, "accounts": accounts}))
+        .collect();
+    Ok(HttpResponse::Ok().json(list))
+}
+
+async fn create_customer(
+    engine: web::Data<Engine>,
+    limits: web::Data<LimitSettings>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, Problem> {
+    let p = partition(&engine, &path)?;
+    let body = wire::read_body(payload, limits.max_body_bytes).await?;
+    let spec: CustomerSpec = json_body(&body)?;
+    let customer = checked_customer(spec, p.rounding().currency)?;
+    p.upsert_customer(customer.clone()).await?;
+    Ok(HttpResponse::Created().json(CustomerView::from(customer)))
+}
+
+async fn bulk_customers(
+    engine: web::Data<Engine>,
+    limits: web::Data<LimitSettings>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, Problem> {
+    let p = partition(&engine, &path)?;
+    let body = wire::read_body(payload, limits.max_body_bytes).await?;
+    let items = wire::items(&body, true, limits.max_customers_per_request).or_else(|e| {
+        // Accept a JSON array too.
+        if wire::is_ndjson(&req) {
+            Err(e)
+        } else {
+            wire::items(&body, false, limits.max_customers_per_request)
+        }
+    })?;
+    let currency = p.rounding().currency;
+    let mut customers = Vec::with_capacity(items.len());
+    let mut errors: Vec<ItemError> = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        match wire::parse_item::<CustomerSpec>(item, index) {
+            Ok(spec) => match Customer::from_spec(spec, currency) {
+                Ok(c) => customers.push(c),
+                Err(e) => errors.push(ItemError {
+                    index,
+                    field: e.field,
+                    message: e.message,
+                }),
+            },
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Problem::bad_request(
+            "invalid-customers",
+            "Invalid customers",
+            format!("{} invalid customer(s); nothing was created", errors.len()),
+        )
+        .with_errors(errors));
+    }
+    let count = customers.len();
+    p.upsert_customers(customers).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"created": count})))
+}
+
+async fn get_customer(
+    engine: web::Data<Engine>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Problem> {
+    let (p, c) = path.into_inner();
+    let customer = partition(&engine, &p)?.customer(&c).await?;
+    Ok(HttpResponse::Ok().json(CustomerView::from(customer)))
+}
+
+async fn add_credit(
+    engine: web::Data<Engine>,
+    limits: web::Data<LimitSettings>,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, Problem> {
+    let (p, c) = path.into_inner();
+    let p = partition(&engine, &p)?;
+    let body = wire::read_body(payload, limits.max_body_bytes).await?;
+    let mut credit: Credit = json_body(&body)?;
+    credit.validate(p.rounding().currency).map_err(|e| {
+        Problem::bad_request(
+            "invalid-field",
+            "Invalid field",
+            format!("{}: {}", e.field, e.message),
+        )
+    })?;
+    let mut customer = p.customer(&c).await?;
+    if customer.credits.iter().any(|x| x.id == credit.id) {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "Conflict",
+            format!("customer {c:?} already has a credit {:?}", credit.id),
+        ));
+    }
+    credit.granted = customer.credits.iter().map(|x| x.granted + 1).max().unwrap_or(0);
+    customer.credits.push(credit.clone());
+    p.upsert_customer(customer).await?;
+    Ok(HttpResponse::Created().json(credit))
+}
+
+async fn add_discount(
+    engine: web::Data<Engine>,
+    limits: web::Data<LimitSettings>,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, Problem> {
+    let (p, c) = path.into_inner();
+    let p = partition(&engine, &p)?;
+    let body = wire::read_body(payload, limits.max_body_bytes).await?;
+    let discount: Discount = json_body(&body)?;
+    discount.validate().map_err(|e| {
+        Problem::bad_request(
+            "invalid-field",
+            "Invalid field",
+            format!("{}: {}", e.field, e.message),
+        )
+    })?;
+    let mut customer = p.customer(&c).await?;
+    if customer.discounts.iter().any(|x| x.id == discount.id) {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "Conflict",
+            format!("customer {c:?} already has a discount {:?}", discount.id),
+        ));
+    }
+    customer.discounts.push(discount.clone());
+    p.upsert_customer(customer).await?;
+    Ok(HttpResponse::Created().json(discount))
+}
+
+/// A customer's running bill as API.md shows it.
+#[derive(Serialize)]
+struct CustomerBillView {
+    customer: String,
+    period: Period,
+    currency: Currency,
+    accounts: Vec<AccountBill>,
+    lines: Vec<MeterLine>,
+    discounts: Vec<DiscountLine>,
+    credits: Vec<CreditLine>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commitment: Option<CommitmentLine>,
+    tax_rate: Decimal,
+    tax: Decimal,
+    subtotal: Decimal,
+    total: Decimal,
+}
+
+impl From<Bill> for CustomerBillView {
+    fn from(b: Bill) -> Self {
+        CustomerBillView {
+            customer: b.customer,
+            period: b.period,
+            currency: b.currency,
+            accounts: b.accounts,
+            lines: b.lines,
+            discounts: b.discounts,
+            credits: b.credits,
+            commitment: b.commitment,
+            tax_rate: b.tax.rate,
+            tax: b.tax.amount,
+            subtotal: b.subtotal,
+            total: b.total,
+        }
+    }
+}
+
+async fn customer_bill(
+    engine: web::Data<Engine>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Problem> {
+    let (p, c) = path.into_inner();
+    let bill = partition(&engine, &p)?.customer_bill(&c).await?;
+    Ok(HttpResponse::Ok().json(CustomerBillView::from(bill)))
+}
+
+async fn account_bill(
+    engine: web::Data<Engine>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Problem> {
+    let (p, a) = path.into_inner();
+    let statement = partition(&engine, &p)?.account_bill(&a).await?;
+    Ok(HttpResponse::Ok().json(statement))
+}
+
+async fn ingest(
+    engine: web::Data<Engine>,
+    limits: web::Data<LimitSettings>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, Problem> {
+    let p = partition(&engine, &path)?;
+    let body = wire::read_body(payload, limits.max_body_bytes).await?;
+    let items = wire::items(&body, wire::is_ndjson(&req), limits.max_events_per_request)?;
+    let events = wire::usage_events(&items).map_err(|errors| {
+        Problem::bad_request(
+            "invalid-events",
+            "Invalid events",
+            format!(
+                "{} problem(s) in the batch; nothing was applied: fix the events listed in `errors` and send the batch again",
+                errors.len()
+            ),
+        )
+        .with_errors(errors)
+    })?;
+    let summary = p.ingest(events).await?;
+    Ok(HttpResponse::Ok().json(summary))
+}

@@ -1,0 +1,141 @@
+//! A `tallyd` process for end-to-end tests, and a minimal HTTP/1.1 client for it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const TALLYD: &str = env!("CARGO_BIN_EXE_tallyd");
+
+/// A folder removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("tallyd-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A tallyd started on a free loopback port, killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+    pub dir: TempDir,
+}
+
+/// An HTTP response: status, content type, body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: String,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+impl Daemon {
+    /// Starts tallyd on port 0 and waits for its "listening on ADDR" line (no sleeps).
+    pub fn start(tag: &str) -> Daemon {
+        Self::start_with(tag, None)
+    }
+
+    /// Same, with a configuration file overriding the embedded default.
+    pub fn start_with(tag: &str, config: Option<&str>) -> Daemon {
+        let dir = TempDir::new(tag);
+        let mut command = Command::new(TALLYD);
+        command
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.0.join("data"));
+        if let Some(text) = config {
+            let file = dir.0.join("config.toml");
+            std::fs::write(&file, text).unwrap();
+            command.arg("--config").arg(file);
+        }
+        let mut child = command
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut addr = None;
+        let mut lines = stderr.lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                addr = Some(rest.split_whitespace().next().unwrap().to_string());
+                break;
+            }
+        }
+        // Keep draining the log so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Daemon {
+            child,
+            addr: addr.expect("tallyd logs `listening on ADDR`"),
+            dir,
+        }
+    }
+
+    pub fn request(&self, method: &str, path: &str, content_type: &str, body: &str) -> Response {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let status = head[9..12].parse().unwrap();
+        let content_type = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-type: ")
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        Response {
+            status,
+            content_type,
+            headers: head.to_string(),
+            body: body.to_string(),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let r = self.request("GET", path, "application/json", "");
+        (r.status, r.body)
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Response {
+        self.request("POST", path, "application/json", body)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,332 @@
+//! The HTTP API end to end: a real `tallyd` on loopback, the full flow with numbers worked
+//! out by hand, and every kind of bad request, each answered with problem+json and
+//! changing nothing.
+
+mod common;
+
+use common::{Daemon, Response};
+use serde_json::{json, Value};
+
+/// One partition with the sample catalog, its open period fixed, no sample customers,
+/// and small limits so that the limit tests stay small.
+const CONFIG: &str = r#"
+[limits]
+max_body_bytes = 4096
+max_events_per_request = 5
+max_customers_per_request = 100
+
+[[partitions]]
+id = "aws"
+currency = "USD"
+catalog = "cloud-usd"
+open_period = "2026-11"
+"#;
+
+fn daemon(tag: &str) -> Daemon {
+    Daemon::start_with(tag, Some(CONFIG))
+}
+
+fn event(id: &str, account: &str, meter: &str, quantity: Value) -> Value {
+    json!({"id": id, "account": account, "meter": meter, "quantity": quantity, "time": "2026-11-03T10:00:00Z"})
+}
+
+fn setup(d: &Daemon) {
+    let r = d.post(
+        "/v1/partitions/aws/customers",
+        r#"{"id": "acme", "payer": "111111111111", "accounts": ["111111111111", "222222222222"], "profile": "standard", "tax_rate": "0.0"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+fn ingest(d: &Daemon, events: &[Value]) -> Response {
+    d.post(
+        "/v1/partitions/aws/usage",
+        &serde_json::to_string(events).unwrap(),
+    )
+}
+
+fn assert_problem(r: &Response, status: u16) -> Value {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert_eq!(r.content_type, "application/problem+json", "{}", r.headers);
+    let p = r.json();
+    assert_eq!(p["status"], status);
+    assert!(p["type"].as_str().unwrap().starts_with("https://"));
+    assert!(!p["title"].as_str().unwrap().is_empty());
+    assert!(!p["detail"].as_str().unwrap().is_empty());
+    p
+}
+
+fn customer_total(d: &Daemon) -> String {
+    let (status, body) = d.get("/v1/partitions/aws/customers/acme/bill");
+    assert_eq!(status, 200, "{body}");
+    let bill: Value = serde_json::from_str(&body).unwrap();
+    bill["total"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn full_flow_with_numbers_worked_out_by_hand() {
+    let d = daemon("flow");
+    setup(&d);
+    // A credit of 10.00 for instance hours only.
+    let r = d.post(
+        "/v1/partitions/aws/customers/acme/credits",
+        r#"{"id": "promo-7", "amount": "10.00", "expires": "2026-12-31", "meters": ["ec2.instance_hours"]}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    // 720 instance hours on the payer: 720 × 0.0416 = 29.952 → 29.95.
+    // 4196 GB out on the linked account: the first 100 GB are free, 4096 × 0.09 = 368.64.
+    // The first event is sent twice: it counts once.
+    let events = [
+        event("e1", "111111111111", "ec2.instance_hours", json!(720)),
+        event("e2", "222222222222", "data_transfer_out.gb", json!("4196")),
+        event("e1", "111111111111", "ec2.instance_hours", json!(720)),
+    ];
+    let r = ingest(&d, &events);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), json!({"accepted": 2, "duplicates": 1}));
+
+    let (status, body) = d.get("/v1/partitions/aws/accounts/222222222222/bill");
+    assert_eq!(status, 200, "{body}");
+    let account: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(account["customer"], "acme");
+    assert_eq!(account["period"], "2026-11");
+    assert_eq!(account["currency"], "USD");
+    assert_eq!(account["lines"][0]["meter"], "data_transfer_out.gb");
+    assert_eq!(account["lines"][0]["quantity"], "4196");
+    assert_eq!(account["lines"][0]["amount"], "368.64");
+    assert_eq!(account["total"], "368.64");
+
+    // Customer: subtotal 29.95 + 368.64 = 398.59; the credit pays 10.00 of the instance
+    // hours (19.95 left); total 388.59; no tax.
+    let (status, body) = d.get("/v1/partitions/aws/customers/acme/bill");
+    assert_eq!(status, 200, "{body}");
+    let bill: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(bill["subtotal"], "398.59");
+    assert_eq!(bill["credits"][0]["id"], "promo-7");
+    assert_eq!(bill["credits"][0]["amount"], "10.00");
+    assert_eq!(bill["credits"][0]["remaining"], "0.00");
+    assert_eq!(bill["tax"], "0.00");
+    assert_eq!(bill["total"], "388.59");
+    assert_eq!(bill["accounts"].as_array().unwrap().len(), 2);
+    assert_eq!(bill["lines"][1]["tiers"][0]["kind"], "free");
+
+    // NDJSON works too, and a 10% discount on everything applies to later bills:
+    // 29.95 → 3.00 (2.995 half-even), 368.64 → 36.86; discounts 39.86;
+    // the credit then pays 10.00 of 26.95; total 398.59 − 39.86 − 10.00 = 348.73.
+    let r = d.post(
+        "/v1/partitions/aws/customers/acme/discounts",
+        r#"{"id": "edp", "percent": "10"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let ndjson = format!("{}\n", event("e3", "222222222222", "apigw.calls", json!(1)));
+    let r = d.request(
+        "POST",
+        "/v1/partitions/aws/usage",
+        "application/x-ndjson",
+        &ndjson,
+    );
+    assert_eq!(r.json(), json!({"accepted": 1, "duplicates": 0}));
+    // One API call at 0.0000035 rounds to 0.00 and changes nothing.
+    assert_eq!(customer_total(&d), "348.73");
+
+    let (status, body) = d.get("/v1/partitions");
+    assert_eq!(status, 200);
+    let partitions: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(partitions[0]["id"], "aws");
+    assert_eq!(partitions[0]["currency"], "USD");
+    assert_eq!(partitions[0]["customers"], 1);
+    assert_eq!(partitions[0]["accounts"], 2);
+}
+
+#[test]
+fn catalog_versions_are_published_and_read_back() {
+    let d = daemon("catalog");
+    let (status, body) = d.get("/v1/partitions/aws/catalog?at=2026-11-15");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["effective_from"], "2026-11-01");
+    assert_eq!(v["meters"][0]["price"]["unit_price"], "0.0416");
+    let new = json!({"effective_from": "2027-01-01", "meters": [
+        {"name": "ec2.instance_hours", "aggregation": "sum", "price": {"model": "per_unit", "unit_price": "0.0390"}}]});
+    let r = d.request(
+        "PUT",
+        "/v1/partitions/aws/catalog",
+        "application/json",
+        &new.to_string(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (_, body) = d.get("/v1/partitions/aws/catalog?at=2027-01-02");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["meters"][0]["price"]["unit_price"],
+        "0.0390"
+    );
+    // Versions are only appended: an earlier date is refused, naming the field.
+    let r = d.request(
+        "PUT",
+        "/v1/partitions/aws/catalog",
+        "application/json",
+        &new.to_string(),
+    );
+    let p = assert_problem(&r, 400);
+    assert!(p["detail"].as_str().unwrap().starts_with("effective_from"), "{p}");
+}
+
+#[test]
+fn every_bad_request_gets_a_problem_and_changes_nothing() {
+    let d = daemon("errors");
+    setup(&d);
+    let good = event("g1", "111111111111", "ec2.instance_hours", json!(1));
+    assert_eq!(ingest(&d, std::slice::from_ref(&good)).status, 200);
+    let before = customer_total(&d);
+
+    // Malformed JSON.
+    let r = d.post("/v1/partitions/aws/usage", r#"[{"id": "x", "account": "#);
+    let p = assert_problem(&r, 400);
+    assert!(p["type"].as_str().unwrap().ends_with("malformed-json"));
+
+    // Unknown account, unknown meter, and a missing field, all in one batch with a good
+    // event: each error names its index and field, and nothing of the batch applies.
+    let mut missing = event("m1", "111111111111", "ec2.instance_hours", json!(1));
+    missing.as_object_mut().unwrap().remove("meter");
+    let r = ingest(
+        &d,
+        &[
+            event("n1", "111111111111", "ec2.instance_hours", json!(5)),
+            event("u1", "999999999999", "ec2.instance_hours", json!(1)),
+            event("u2", "111111111111", "ec2.nope", json!(1)),
+            missing,
+        ],
+    );
+    let p = assert_problem(&r, 400);
+    let errors: Vec<(u64, &str)> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["index"].as_u64().unwrap(), e["field"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        errors,
+        [(3, "meter")],
+        "syntax problems are reported before lookups"
+    );
+    let r = ingest(
+        &d,
+        &[
+            event("n1", "111111111111", "ec2.instance_hours", json!(5)),
+            event("u1", "999999999999", "ec2.instance_hours", json!(1)),
+            event("u2", "111111111111", "ec2.nope", json!(1)),
+        ],
+    );
+    let p = assert_problem(&r, 400);
+    assert_eq!(p["errors"][0]["index"], 1);
+    assert_eq!(p["errors"][0]["field"], "account");
+    assert_eq!(p["errors"][1]["index"], 2);
+    assert_eq!(p["errors"][1]["field"], "meter");
+    assert_eq!(customer_total(&d), before, "a rejected batch changes nothing");
+
+    // Negative, non-finite and non-numeric quantities, and a bad timestamp.
+    for (quantity, needle) in [
+        (json!(-1), "negative"),
+        (json!("NaN"), "finite"),
+        (json!("ten"), "not a decimal number"),
+        (json!(true), "boolean"),
+    ] {
+        let r = ingest(&d, &[event("q", "111111111111", "ec2.instance_hours", quantity)]);
+        let p = assert_problem(&r, 400);
+        assert_eq!(p["errors"][0]["field"], "quantity");
+        assert!(
+            p["errors"][0]["message"].as_str().unwrap().contains(needle),
+            "{p}"
+        );
+    }
+    let mut bad_time = good.clone();
+    bad_time["time"] = json!("03/11/2026 10:00");
+    let p = assert_problem(&ingest(&d, &[bad_time]), 400);
+    assert_eq!(p["errors"][0]["field"], "time");
+
+    // Unknown partition.
+    let r = d.post("/v1/partitions/nope/usage", "[]");
+    assert_problem(&r, 404);
+
+    // Too many events in one request (the limit here is 5).
+    let six: Vec<Value> = (0..6)
+        .map(|i| event(&format!("t{i}"), "111111111111", "ec2.instance_hours", json!(1)))
+        .collect();
+    let p = assert_problem(&ingest(&d, &six), 413);
+    assert!(p["detail"].as_str().unwrap().contains("at most 5"));
+
+    // An oversized body (the limit here is 4096 bytes).
+    let big = format!("[{}]", "1,".repeat(3000) + "1");
+    let p = assert_problem(&d.post("/v1/partitions/aws/usage", &big), 413);
+    assert!(p["detail"].as_str().unwrap().contains("4096 bytes"));
+
+    // Unknown customer and account in reads; unknown routes.
+    assert_problem(
+        &d.request(
+            "GET",
+            "/v1/partitions/aws/customers/nobody/bill",
+            "application/json",
+            "",
+        ),
+        404,
+    );
+    assert_problem(
+        &d.request(
+            "GET",
+            "/v1/partitions/aws/accounts/000/bill",
+            "application/json",
+            "",
+        ),
+        404,
+    );
+    assert_problem(&d.request("GET", "/v1/nothing-here", "application/json", ""), 404);
+
+    assert_eq!(customer_total(&d), before, "no rejected request changed anything");
+}
+
+#[test]
+fn bulk_customers_all_or_nothing() {
+    let d = daemon("bulk");
+    let ok =
+        "{\"id\": \"c1\", \"payer\": \"a1\"}\n{\"id\": \"c2\", \"payer\": \"a2\", \"accounts\": [\"a3\"]}\n";
+    let r = d.request(
+        "POST",
+        "/v1/partitions/aws/customers/bulk",
+        "application/x-ndjson",
+        ok,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), json!({"created": 2}));
+    // The second line claims an account of c1, the third has a bad tax rate: nothing is
+    // created and both are reported.
+    let bad = "{\"id\": \"c3\", \"payer\": \"a4\"}\n{\"id\": \"c4\", \"payer\": \"a5\", \"tax_rate\": \"7\"}\n{\"id\": \"c5\", \"payre\": \"a6\"}\n";
+    let r = d.request(
+        "POST",
+        "/v1/partitions/aws/customers/bulk",
+        "application/x-ndjson",
+        bad,
+    );
+    let p = assert_problem(&r, 400);
+    let fields: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["tax_rate", "payre"]);
+    let (_, body) = d.get("/v1/partitions/aws/customers");
+    let list: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        2,
+        "nothing of the bad batch was created"
+    );
+    // An account that belongs to another customer is a conflict.
+    let r = d.post("/v1/partitions/aws/customers", r#"{"id": "c9", "payer": "a1"}"#);
+    assert_problem(&r, 409);
+    let (status, body) = d.get("/v1/partitions/aws/customers/c2");
+    assert_eq!(status, 200);
+    let c: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(c["accounts"], json!(["a2", "a3"]));
+    assert_eq!(c["profile"], "standard");
+}
