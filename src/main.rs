@@ -18,10 +18,10 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The address to listen on (overrides server.listen), e.g. 127.0.0.1:8080.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR")]
     listen: Option<String>,
     /// The data folder (overrides server.data_dir).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -119,6 +119,15 @@ fn run(settings: Validated) -> ExitCode {
         segments = settings.runtime.segments,
         "configuration loaded"
     );
+    if settings.auth.enabled {
+        tracing::info!(tokens = settings.auth.tokens.len(), "authentication on");
+    } else {
+        tracing::warn!(
+            listen = %settings.listen,
+            "AUTHENTICATION IS OFF: every request is allowed. This is for local use only \
+             (tallyd refuses a non-loopback address this way); set [auth] enabled = true and configure tokens"
+        );
+    }
     let system = actix_rt::System::new();
     let result = system.block_on(async {
         let engine = match Engine::start(&settings, EngineOptions::default()).await {
@@ -149,6 +158,7 @@ fn run(settings: Validated) -> ExitCode {
         );
         let served = tallyman::api::serve(
             engine.clone(),
+            settings.auth.clone(),
             settings.limits.clone(),
             settings.listen,
             settings.http_workers,

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::json;
 
-use crate::config::LimitSettings;
+use crate::config::{AuthConfig, LimitSettings};
 use crate::engine::Engine;
 
+pub mod auth;
 pub mod problem;
 mod v1;
 pub mod wire;
@@ -84,6 +85,7 @@ async fn ready(engine: web::Data<Engine>) -> HttpResponse {
 /// is bound, so a signal that follows the `listening on` line is never missed.
 pub async fn serve(
     engine: Arc<Engine>,
+    auth: AuthConfig,
     limits: LimitSettings,
     listen: SocketAddr,
     workers: usize,
@@ -93,10 +95,13 @@ pub async fn serve(
     let mut sigint = signal(SignalKind::interrupt())?;
     let data = web::Data::from(engine);
     let limits = web::Data::new(limits);
+    let auth = web::Data::new(auth);
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .app_data(limits.clone())
+            .app_data(auth.clone())
+            .wrap(actix_web::middleware::from_fn(auth::check))
             .configure(routes)
             .default_service(web::to(not_found))
     })

@@ -33,6 +33,8 @@ pub struct Daemon {
     pub child: Child,
     pub addr: String,
     pub dir: TempDir,
+    /// Every line tallyd logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// An HTTP response: status, content type, body.
@@ -77,28 +79,51 @@ impl Daemon {
         let stderr = BufReader::new(child.stderr.take().unwrap());
         let mut addr = None;
         let mut lines = stderr.lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         for line in lines.by_ref() {
             let line = line.unwrap();
+            log.lock().unwrap().push(line.clone());
             if let Some(rest) = line.split("listening on ").nth(1) {
                 addr = Some(rest.split_whitespace().next().unwrap().to_string());
                 break;
             }
         }
         // Keep draining the log so the daemon never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            lines
+                .map_while(Result::ok)
+                .for_each(|l| keep.lock().unwrap().push(l))
+        });
         Daemon {
             child,
             addr: addr.expect("tallyd logs `listening on ADDR`"),
             dir,
+            log,
         }
     }
 
     pub fn request(&self, method: &str, path: &str, content_type: &str, body: &str) -> Response {
+        self.request_as(None, method, path, content_type, body)
+    }
+
+    /// A request with `Authorization: Bearer <token>` when a token is given.
+    pub fn request_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> Response {
         let mut s = TcpStream::connect(&self.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
             self.addr,
             body.len()
         )
