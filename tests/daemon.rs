@@ -32,6 +32,25 @@ fn admin_lists_segments_with_arbiter_and_load() {
 }
 
 #[test]
+fn metrics_in_prometheus_text() {
+    let d = Daemon::start("metrics");
+    assert_eq!(d.get("/health").0, 200);
+    let (status, body) = d.get("/metrics");
+    assert_eq!(status, 200);
+    for needle in [
+        "# TYPE tallyman_events_accepted_total counter",
+        "tallyman_events_accepted_total{partition=\"aws\"} 0",
+        "# TYPE tallyman_segment_mailbox_depth gauge",
+        "tallyman_segment_restarts_total 0",
+        "tallyman_rebalance_moves_total 0",
+        "tallyman_http_request_duration_seconds_count{method=\"GET\",route=\"/health\",status=\"2xx\"} 1",
+        "le=\"+Inf\"",
+    ] {
+        assert!(body.contains(needle), "missing {needle:?} in\n{body}");
+    }
+}
+
+#[test]
 fn sigterm_stops_it_cleanly() {
     let mut d = Daemon::start("sigterm");
     let pid = d.child.id().to_string();

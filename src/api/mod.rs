@@ -12,6 +12,7 @@ use crate::config::{AuthConfig, LimitSettings};
 use crate::engine::Engine;
 
 pub mod auth;
+pub mod metrics;
 pub mod problem;
 mod v1;
 pub mod wire;
@@ -21,7 +22,8 @@ use problem::Problem;
 /// Registers the routes on an actix-web app.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     v1::routes(cfg);
-    cfg.route("/health", web::get().to(health))
+    cfg.route("/metrics", web::get().to(metrics::render))
+        .route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready))
         .route("/v1/admin/segments", web::get().to(segments))
         .route("/v1/admin/rebalance", web::post().to(rebalance))
@@ -96,12 +98,15 @@ pub async fn serve(
     let data = web::Data::from(engine);
     let limits = web::Data::new(limits);
     let auth = web::Data::new(auth);
+    let http_metrics = web::Data::new(metrics::HttpMetrics::default());
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .app_data(limits.clone())
             .app_data(auth.clone())
+            .app_data(http_metrics.clone())
             .wrap(actix_web::middleware::from_fn(auth::check))
+            .wrap(actix_web::middleware::from_fn(metrics::time))
             .configure(routes)
             .default_service(web::to(not_found))
     })

@@ -17,7 +17,9 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use serde::Serialize;
 use tallyman_actors::journal::MemoryJournal;
-use tallyman_actors::partition::{PartitionConfig as RuntimePartitionConfig, SegmentInfo};
+use tallyman_actors::partition::PartitionConfig as RuntimePartitionConfig;
+/// A segment's arbiter, state and counters, as the runtime reports them.
+pub use tallyman_actors::partition::SegmentInfo;
 use tallyman_actors::router::{Loads, RebalanceConfig, RebalanceNow, Register, Router};
 use tallyman_actors::{ArbiterPool, FaultHook, MemorySnapshots, Partition, SubmitError, SupervisionConfig};
 
@@ -121,6 +123,15 @@ pub struct DeadLetterView {
     pub attempts: u32,
 }
 
+/// Ingest counters of a partition since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub accepted: u64,
+    pub duplicates: u64,
+    /// Events in batches refused as invalid.
+    pub rejected: u64,
+}
+
 /// What an ingest did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct IngestSummary {
@@ -148,6 +159,9 @@ pub struct PartitionEngine {
     /// The latest event date accepted so far (days since 1970-01-01), so that a new
     /// catalog version never takes effect under usage already priced by an older one.
     latest_usage_day: std::sync::atomic::AtomicI64,
+    accepted: std::sync::atomic::AtomicU64,
+    duplicates: std::sync::atomic::AtomicU64,
+    rejected: std::sync::atomic::AtomicU64,
     profiles: Arc<BTreeMap<String, BillingProfile>>,
     /// Which customer each account belongs to.
     directory: DashMap<AccountId, (CustomerKey, u32), Hashing>,
@@ -273,6 +287,9 @@ impl Engine {
                 catalog_name: p.catalog_name.clone(),
                 catalog: RwLock::new(Arc::new(p.catalog.clone())),
                 latest_usage_day: std::sync::atomic::AtomicI64::new(i64::MIN),
+                accepted: Default::default(),
+                duplicates: Default::default(),
+                rejected: Default::default(),
                 profiles: profiles.clone(),
                 directory: DashMap::with_hasher(Hashing::default()),
                 customers: DashMap::with_hasher(Hashing::default()),
@@ -544,11 +561,28 @@ impl PartitionEngine {
     /// Checks every event, then applies the batch; any invalid event rejects the whole
     /// batch before anything is journaled.
     pub async fn ingest(&self, events: Vec<UsageEvent>) -> Result<IngestSummary, EngineError> {
-        let batch = self.resolve(events)?;
+        use std::sync::atomic::Ordering::Relaxed;
+        let count = events.len() as u64;
+        let batch = self.resolve(events).inspect_err(|_| {
+            self.rejected.fetch_add(count, Relaxed);
+        })?;
         if batch.is_empty() {
             return Ok(IngestSummary::default());
         }
-        self.apply(batch).await
+        let summary = self.apply(batch).await?;
+        self.accepted.fetch_add(summary.accepted, Relaxed);
+        self.duplicates.fetch_add(summary.duplicates, Relaxed);
+        Ok(summary)
+    }
+
+    /// Ingest counters since start.
+    pub fn counters(&self) -> Counters {
+        use std::sync::atomic::Ordering::Relaxed;
+        Counters {
+            accepted: self.accepted.load(Relaxed),
+            duplicates: self.duplicates.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+        }
     }
 
     /// Checks and resolves every event against the catalog in force; on any error, none.
