@@ -1,6 +1,5 @@
 //! The `/v1` routes of API.md: partitions and catalogs, customers, usage, running bills.
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -11,7 +10,7 @@ use crate::config::LimitSettings;
 use crate::domain::customer::{Credit, Discount};
 use crate::domain::invoice::{AccountBill, CommitmentLine, CreditLine, DiscountLine, MeterLine};
 use crate::domain::{Bill, CatalogVersionSpec, Currency, Customer, CustomerSpec, Period};
-use crate::engine::{Engine, PartitionEngine};
+use crate::engine::{Engine, EngineError, PartitionEngine};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/partitions", web::get().to(partitions))
@@ -165,13 +164,7 @@ impl From<Customer> for CustomerView {
 }
 
 fn checked_customer(spec: CustomerSpec, currency: Currency) -> Result<Customer, Problem> {
-    Customer::from_spec(spec, currency).map_err(|e| {
-        Problem::bad_request(
-            "invalid-field",
-            "Invalid field",
-            format!("{}: {}", e.field, e.message),
-        )
-    })
+    Customer::from_spec(spec, currency).map_err(|e| EngineError::Invalid(e).into())
 }
 
 async fn list_customers(engine: web::Data<Engine>, path: web::Path<String>) -> Result<HttpResponse, Problem> {
@@ -262,26 +255,8 @@ async fn add_credit(
     let (p, c) = path.into_inner();
     let p = partition(&engine, &p)?;
     let body = wire::read_body(payload, limits.max_body_bytes).await?;
-    let mut credit: Credit = json_body(&body)?;
-    credit.validate(p.rounding().currency).map_err(|e| {
-        Problem::bad_request(
-            "invalid-field",
-            "Invalid field",
-            format!("{}: {}", e.field, e.message),
-        )
-    })?;
-    let mut customer = p.customer(&c).await?;
-    if customer.credits.iter().any(|x| x.id == credit.id) {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            "Conflict",
-            format!("customer {c:?} already has a credit {:?}", credit.id),
-        ));
-    }
-    credit.granted = customer.credits.iter().map(|x| x.granted + 1).max().unwrap_or(0);
-    customer.credits.push(credit.clone());
-    p.upsert_customer(customer).await?;
+    let credit: Credit = json_body(&body)?;
+    p.add_credit(&c, credit.clone()).await?;
     Ok(HttpResponse::Created().json(credit))
 }
 
@@ -295,24 +270,7 @@ async fn add_discount(
     let p = partition(&engine, &p)?;
     let body = wire::read_body(payload, limits.max_body_bytes).await?;
     let discount: Discount = json_body(&body)?;
-    discount.validate().map_err(|e| {
-        Problem::bad_request(
-            "invalid-field",
-            "Invalid field",
-            format!("{}: {}", e.field, e.message),
-        )
-    })?;
-    let mut customer = p.customer(&c).await?;
-    if customer.discounts.iter().any(|x| x.id == discount.id) {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            "Conflict",
-            format!("customer {c:?} already has a discount {:?}", discount.id),
-        ));
-    }
-    customer.discounts.push(discount.clone());
-    p.upsert_customer(customer).await?;
+    p.add_discount(&c, discount.clone()).await?;
     Ok(HttpResponse::Created().json(discount))
 }
 

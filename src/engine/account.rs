@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use tallyman_actors::Entity;
 
+use crate::domain::customer::{Credit, Discount};
 use crate::domain::meter::Reading;
 use crate::domain::usage::Applied;
 use crate::domain::{
@@ -42,6 +43,10 @@ pub enum CustomerCommand {
     Upsert(Box<Customer>),
     /// One usage event of one of the customer's accounts.
     Usage(MeteredEvent),
+    /// Grants a credit (refused if the customer has one with the same id).
+    AddCredit(Credit),
+    /// Grants a discount (refused if the customer has one with the same id).
+    AddDiscount(Discount),
 }
 
 /// What applying a command did.
@@ -56,6 +61,10 @@ pub enum CustomerReply {
     Overflowed,
     /// Usage for a customer that does not exist (never happens through the engine).
     NoSuchCustomer,
+    /// A credit or discount was granted.
+    Granted,
+    /// A credit or discount with that id exists already; nothing changed.
+    AlreadyGranted,
 }
 
 /// What a bill is priced against: the partition's catalog and rules at query time.
@@ -164,6 +173,25 @@ impl Entity for CustomerEntity {
                 self.upsert(customer);
                 CustomerReply::Upserted
             }
+            CustomerCommand::AddCredit(credit) => match self.customer.as_deref_mut() {
+                None => CustomerReply::NoSuchCustomer,
+                Some(c) if c.credits.iter().any(|x| x.id == credit.id) => CustomerReply::AlreadyGranted,
+                Some(c) => {
+                    let mut credit = credit.clone();
+                    // Grant order: later than every credit the customer has.
+                    credit.granted = c.credits.iter().map(|x| x.granted + 1).max().unwrap_or(0);
+                    c.credits.push(credit);
+                    CustomerReply::Granted
+                }
+            },
+            CustomerCommand::AddDiscount(discount) => match self.customer.as_deref_mut() {
+                None => CustomerReply::NoSuchCustomer,
+                Some(c) if c.discounts.iter().any(|x| x.id == discount.id) => CustomerReply::AlreadyGranted,
+                Some(c) => {
+                    c.discounts.push(discount.clone());
+                    CustomerReply::Granted
+                }
+            },
             CustomerCommand::Usage(event) => {
                 let Some(customer) = self.customer.as_deref() else {
                     return CustomerReply::NoSuchCustomer;

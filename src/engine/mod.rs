@@ -24,6 +24,7 @@ use tallyman_actors::router::{Loads, RebalanceConfig, RebalanceNow, Register, Ro
 use tallyman_actors::{ArbiterPool, FaultHook, MemorySnapshots, Partition, SubmitError, SupervisionConfig};
 
 use crate::config::{PartitionConfig, RuntimeSettings, Validated};
+use crate::domain::customer::{Credit, Discount};
 use crate::domain::invoice::AccountBill;
 use crate::domain::usage::{event_fingerprint, FieldError};
 use crate::domain::{
@@ -532,7 +533,7 @@ impl PartitionEngine {
             .iter()
             .map(|(k, c)| match c {
                 CustomerCommand::Upsert(c) => (k.clone(), c.accounts.clone()),
-                CustomerCommand::Usage(_) => unreachable!("only upserts here"),
+                _ => unreachable!("only upserts here"),
             })
             .collect();
         let result = async {
@@ -743,11 +744,7 @@ impl PartitionEngine {
 
     /// The running bill of a customer.
     pub async fn customer_bill(&self, customer: &str) -> Result<Bill, EngineError> {
-        let key: CustomerKey = self
-            .customers
-            .get(customer)
-            .map(|r| r.key().clone())
-            .ok_or_else(|| EngineError::UnknownCustomer(customer.to_owned()))?;
+        let key = self.customer_key(customer)?;
         let answer = self.runtime.ask(key, CustomerQuery::Bill(self.view()))?.await?;
         match answer {
             Some(CustomerAnswer::Bill(Ok(bill))) => Ok(*bill),
@@ -780,13 +777,58 @@ impl PartitionEngine {
         })
     }
 
-    /// The customer's current terms.
-    pub async fn customer(&self, customer: &str) -> Result<Customer, EngineError> {
-        let key: CustomerKey = self
-            .customers
+    /// Grants `customer` a credit, checked against the partition's currency and catalog.
+    pub async fn add_credit(&self, customer: &str, credit: Credit) -> Result<(), EngineError> {
+        credit
+            .validate(self.rounding.currency)
+            .map_err(EngineError::Invalid)?;
+        self.check_scope(&credit.meters)?;
+        self.grant(customer, CustomerCommand::AddCredit(credit)).await
+    }
+
+    /// Grants `customer` a discount, checked against the partition's catalog.
+    pub async fn add_discount(&self, customer: &str, discount: Discount) -> Result<(), EngineError> {
+        discount.validate().map_err(EngineError::Invalid)?;
+        self.check_scope(&discount.meters)?;
+        self.grant(customer, CustomerCommand::AddDiscount(discount)).await
+    }
+
+    fn check_scope(&self, meters: &Option<Vec<String>>) -> Result<(), EngineError> {
+        let catalog = self.catalog();
+        for (i, m) in meters.iter().flatten().enumerate() {
+            if catalog.meter_id(m).is_none() {
+                return Err(EngineError::Invalid(FieldError::new(
+                    format!("meters[{i}]"),
+                    format!("unknown meter {m:?}"),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn grant(&self, customer: &str, command: CustomerCommand) -> Result<(), EngineError> {
+        let key = self.customer_key(customer)?;
+        let outcome = self.runtime.submit(vec![(key, command)])?.await?.pop();
+        match outcome {
+            Some(Ok(CustomerReply::Granted)) => Ok(()),
+            Some(Ok(CustomerReply::AlreadyGranted)) => Err(EngineError::Conflict(format!(
+                "customer {customer:?} already has one with that id; ids are unique per customer"
+            ))),
+            Some(Ok(CustomerReply::NoSuchCustomer)) => Err(EngineError::UnknownCustomer(customer.to_owned())),
+            other => Err(EngineError::Failed(format!("{other:?}"))),
+        }
+    }
+
+    fn customer_key(&self, customer: &str) -> Result<CustomerKey, EngineError> {
+        self.customers
             .get(customer)
             .map(|r| r.key().clone())
-            .ok_or_else(|| EngineError::UnknownCustomer(customer.to_owned()))?;
+            .ok_or_else(|| EngineError::UnknownCustomer(customer.to_owned()))
+    }
+
+    /// The customer's current terms.
+    pub async fn customer(&self, customer: &str) -> Result<Customer, EngineError> {
+        let key = self.customer_key(customer)?;
         match self.runtime.ask(key, CustomerQuery::Terms)?.await? {
             Some(CustomerAnswer::Terms(Some(c))) => Ok(*c),
             _ => Err(EngineError::UnknownCustomer(customer.to_owned())),
