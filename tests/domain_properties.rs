@@ -317,3 +317,25 @@ proptest! {
         prop_assert_eq!(got, expected);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Usage folded in two parts and merged equals usage folded whole: what moving an
+    /// account between customers relies on.
+    #[test]
+    fn merging_split_usage_equals_folding_it_whole(
+        catalog in catalog(),
+        events in events(1),
+        mask in prop::collection::vec(any::<bool>(), 60),
+    ) {
+        let (left, right): (Vec<(usize, &Event)>, Vec<(usize, &Event)>) =
+            events.iter().enumerate().partition(|(i, _)| mask[*i]);
+        let left: Vec<Event> = left.into_iter().map(|(_, e)| e.clone()).collect();
+        let right: Vec<Event> = right.into_iter().map(|(_, e)| e.clone()).collect();
+        let whole = fold(&catalog, 1, &events).pop().unwrap().1;
+        let mut merged = fold(&catalog, 1, &left).pop().unwrap().1;
+        merged.merge(&fold(&catalog, 1, &right).pop().unwrap().1).unwrap();
+        prop_assert_eq!(merged, whole);
+    }
+}

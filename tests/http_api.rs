@@ -330,3 +330,74 @@ fn bulk_customers_all_or_nothing() {
     assert_eq!(c["accounts"], json!(["a2", "a3"]));
     assert_eq!(c["profile"], "standard");
 }
+
+#[test]
+fn moving_an_account_re_rates_both_customers() {
+    let d = daemon("move");
+    for body in [
+        r#"{"id": "c1", "payer": "a1", "accounts": ["a2"]}"#,
+        r#"{"id": "c2", "payer": "b1"}"#,
+    ] {
+        assert_eq!(d.post("/v1/partitions/aws/customers", body).status, 201);
+    }
+    let r = ingest(
+        &d,
+        &[
+            event("m1", "a2", "data_transfer_out.gb", json!("4196")),
+            event("m2", "b1", "data_transfer_out.gb", json!("10000")),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let total = |c: &str| {
+        let (_, body) = d.get(&format!("/v1/partitions/aws/customers/{c}/bill"));
+        serde_json::from_str::<Value>(&body).unwrap()["total"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Before: c1 (4196 − 100 free) × 0.09 = 368.64; c2 (10000 − 100) × 0.09 = 891.00.
+    assert_eq!((total("c1"), total("c2")), ("368.64".into(), "891.00".into()));
+    let r = d.request(
+        "PUT",
+        "/v1/partitions/aws/customers/c2/accounts/a2",
+        "application/json",
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["from"], "c1");
+    // After: c1 has no usage left; c2 pools 14196 GB from the start of the period:
+    // 100 free, 10240 × 0.09 = 921.60, 3856 × 0.085 = 327.76; total 1249.36.
+    assert_eq!((total("c1"), total("c2")), ("0.00".into(), "1249.36".into()));
+    // New usage of the moved account goes to its new customer, and a retry of an event it
+    // sent before the move is still a duplicate: 3856 + 100 more GB at 0.085 = 8.50 more.
+    let r = ingest(
+        &d,
+        &[
+            event("m3", "a2", "data_transfer_out.gb", json!("100")),
+            event("m1", "a2", "data_transfer_out.gb", json!("4196")),
+        ],
+    );
+    assert_eq!(r.json(), json!({"accepted": 1, "duplicates": 1}));
+    assert_eq!(total("c2"), "1257.86");
+    // The payer cannot leave its customer; an account nobody has is simply added.
+    let r = d.request(
+        "PUT",
+        "/v1/partitions/aws/customers/c2/accounts/a1",
+        "application/json",
+        "",
+    );
+    assert_problem(&r, 409);
+    let r = d.request(
+        "PUT",
+        "/v1/partitions/aws/customers/c1/accounts/z9",
+        "application/json",
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["from"], Value::Null);
+    let (_, body) = d.get("/v1/partitions/aws/customers/c1");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["accounts"],
+        json!(["a1", "z9"])
+    );
+}

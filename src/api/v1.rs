@@ -39,6 +39,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/v1/partitions/{p}/accounts/{a}/bill",
             web::get().to(account_bill),
         )
+        .route(
+            "/v1/partitions/{p}/customers/{c}/accounts/{a}",
+            web::put().to(move_account),
+        )
         .route("/v1/partitions/{p}/usage", web::post().to(ingest));
 }
 
@@ -244,6 +248,15 @@ async fn get_customer(
     let (p, c) = path.into_inner();
     let customer = partition(&engine, &p)?.customer(&c).await?;
     Ok(HttpResponse::Ok().json(CustomerView::from(customer)))
+}
+
+async fn move_account(
+    engine: web::Data<Engine>,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, Problem> {
+    let (p, c, a) = path.into_inner();
+    let from = partition(&engine, &p)?.move_account(&c, &a).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"account": a, "customer": c, "from": from})))
 }
 
 async fn add_credit(

@@ -98,6 +98,8 @@ pub enum MeterAggregate {
     Additive(Spans),
     /// `max` and `latest`: the one event that defines the aggregate.
     Extreme {
+        /// `Max` or `Latest`.
+        fold: Fold,
         quantity: Decimal,
         time: DateTime<Utc>,
         tiebreak: u64,
@@ -155,6 +157,7 @@ impl MeterAggregate {
             Fold::Sum => MeterAggregate::Additive(Spans::One((reading.version, reading.quantity))),
             Fold::Count => MeterAggregate::Additive(Spans::One((reading.version, Decimal::ONE))),
             Fold::Max | Fold::Latest => MeterAggregate::Extreme {
+                fold: reading.fold,
                 quantity: reading.quantity,
                 time: reading.time,
                 tiebreak: reading.tiebreak,
@@ -181,6 +184,7 @@ impl MeterAggregate {
                     time,
                     tiebreak,
                     version,
+                    ..
                 },
                 fold @ (Fold::Max | Fold::Latest),
             ) => {
@@ -216,6 +220,52 @@ impl MeterAggregate {
             (state, fold) => panic!(
                 "aggregate {state:?} does not match fold {fold:?}: the catalog forbids changing a meter's aggregation"
             ),
+        }
+    }
+
+    /// Folds another aggregate of the same meter in, as if its readings had been applied
+    /// here: sums add, the extreme keeps the winner, distinct values unite.
+    pub fn merge(&mut self, other: &MeterAggregate) -> Result<(), Overflow> {
+        match (self, other) {
+            (MeterAggregate::Additive(mine), MeterAggregate::Additive(theirs)) => {
+                for &(version, quantity) in theirs.as_slice() {
+                    mine.add(version, quantity)?;
+                }
+                Ok(())
+            }
+            (
+                me @ MeterAggregate::Extreme { .. },
+                MeterAggregate::Extreme {
+                    fold,
+                    quantity,
+                    time,
+                    tiebreak,
+                    version,
+                },
+            ) => {
+                // Replaying the other extreme as a reading keeps the same winner rules.
+                me.apply(&Reading {
+                    fold: *fold,
+                    quantity: *quantity,
+                    time: *time,
+                    version: *version,
+                    tiebreak: *tiebreak,
+                    dimension: None,
+                })
+            }
+            (MeterAggregate::Distinct(mine), MeterAggregate::Distinct(theirs)) => {
+                for (value, first) in theirs {
+                    mine.entry(*value)
+                        .and_modify(|e| {
+                            if first.0 < e.0 {
+                                *e = *first;
+                            }
+                        })
+                        .or_insert(*first);
+                }
+                Ok(())
+            }
+            (me, other) => panic!("cannot merge {other:?} into {me:?}: different aggregations"),
         }
     }
 

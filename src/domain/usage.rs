@@ -263,6 +263,21 @@ impl AccountUsage {
         Ok(Applied::New)
     }
 
+    /// Folds another account usage in (the same account's usage kept elsewhere): the
+    /// aggregates merge and the seen ids unite. An event id present in both was applied
+    /// twice, so both must come from disjoint streams; the engine guarantees it by
+    /// pausing the account's traffic while its usage moves.
+    pub fn merge(&mut self, other: &AccountUsage) -> Result<(), Overflow> {
+        for (meter, aggregate) in &other.meters {
+            match self.meters.binary_search_by_key(meter, |m| m.0) {
+                Ok(i) => self.meters[i].1.merge(aggregate)?,
+                Err(i) => self.meters.insert(i, (*meter, aggregate.clone())),
+            }
+        }
+        self.seen.extend(other.seen.iter().copied());
+        Ok(())
+    }
+
     /// The aggregates, ascending by meter id.
     pub fn meters(&self) -> &[(MeterId, MeterAggregate)] {
         &self.meters

@@ -47,6 +47,10 @@ pub enum CustomerCommand {
     AddCredit(Credit),
     /// Grants a discount (refused if the customer has one with the same id).
     AddDiscount(Discount),
+    /// Takes an account out of the customer, with its usage of the period.
+    Release(AccountId),
+    /// Takes an account in, with the usage it brings.
+    Adopt(AccountId, Option<Box<AccountUsage>>),
 }
 
 /// What applying a command did.
@@ -65,6 +69,12 @@ pub enum CustomerReply {
     Granted,
     /// A credit or discount with that id exists already; nothing changed.
     AlreadyGranted,
+    /// The account left, with its usage of the period (if any).
+    Released(Option<Box<AccountUsage>>),
+    /// The account joined.
+    Adopted,
+    /// Refused, with the reason; nothing changed.
+    Refused(String),
 }
 
 /// What a bill is priced against: the partition's catalog and rules at query time.
@@ -141,6 +151,58 @@ impl CustomerEntity {
         self.customer = Some(Box::new(customer.clone()));
     }
 
+    fn release(&mut self, account: &AccountId) -> CustomerReply {
+        let Some(customer) = self.customer.as_deref_mut() else {
+            return CustomerReply::NoSuchCustomer;
+        };
+        if customer.payer == *account {
+            return CustomerReply::Refused(format!(
+                "account {account:?} is the payer of customer {:?} and cannot leave it",
+                customer.id
+            ));
+        }
+        let mut usage = match customer.accounts.binary_search(account) {
+            Ok(i) => {
+                customer.accounts.remove(i);
+                Some(self.usage.remove(i))
+            }
+            Err(_) => None,
+        };
+        if let Some(i) = self.departed.iter().position(|(a, _)| a == account) {
+            let (_, departed) = self.departed.swap_remove(i);
+            match &mut usage {
+                Some(u) => {
+                    // Usage that stayed behind for this account rejoins it: disjoint streams.
+                    let _ = u.merge(&departed);
+                }
+                None => usage = Some(departed),
+            }
+        }
+        CustomerReply::Released(usage.filter(|u| !u.is_empty()).map(Box::new))
+    }
+
+    fn adopt(&mut self, account: &AccountId, usage: Option<&AccountUsage>) -> CustomerReply {
+        let Some(customer) = self.customer.as_deref_mut() else {
+            return CustomerReply::NoSuchCustomer;
+        };
+        let i = match customer.accounts.binary_search(account) {
+            Ok(i) => i,
+            Err(i) => {
+                customer.accounts.insert(i, account.clone());
+                self.usage.insert(i, AccountUsage::default());
+                i
+            }
+        };
+        if let Some(j) = self.departed.iter().position(|(a, _)| a == account) {
+            let (_, departed) = self.departed.swap_remove(j);
+            let _ = self.usage[i].merge(&departed);
+        }
+        if let Some(u) = usage {
+            let _ = self.usage[i].merge(u);
+        }
+        CustomerReply::Adopted
+    }
+
     /// Where `event`'s account is in `usage`: the slot hint when it still holds, else a search.
     fn position(&self, customer: &Customer, event: &MeteredEvent) -> Option<usize> {
         let slot = event.slot as usize;
@@ -192,6 +254,8 @@ impl Entity for CustomerEntity {
                     CustomerReply::Granted
                 }
             },
+            CustomerCommand::Release(account) => self.release(account),
+            CustomerCommand::Adopt(account, usage) => self.adopt(account, usage.as_deref()),
             CustomerCommand::Usage(event) => {
                 let Some(customer) = self.customer.as_deref() else {
                     return CustomerReply::NoSuchCustomer;

@@ -166,8 +166,11 @@ pub struct PartitionEngine {
     profiles: Arc<BTreeMap<String, BillingProfile>>,
     /// Which customer each account belongs to.
     directory: DashMap<AccountId, (CustomerKey, u32), Hashing>,
-    /// Each customer's accounts, as last upserted.
+    /// Each customer's accounts, sorted.
     customers: DashMap<CustomerKey, Vec<AccountId>, Hashing>,
+    /// Held for reading from an ingest's directory lookups to its journal append, and for
+    /// writing while accounts change hands, so no event is routed by a stale owner.
+    routing: tokio::sync::RwLock<()>,
     runtime: Arc<Partition<CustomerEntity>>,
 }
 
@@ -294,6 +297,7 @@ impl Engine {
                 profiles: profiles.clone(),
                 directory: DashMap::with_hasher(Hashing::default()),
                 customers: DashMap::with_hasher(Hashing::default()),
+                routing: tokio::sync::RwLock::new(()),
                 runtime,
             };
             for customer in &p.customers {
@@ -484,6 +488,7 @@ impl PartitionEngine {
     /// Creates or updates many customers in one journal record: all of them, or (when
     /// one names an unknown profile or another customer's account) none of them.
     pub async fn upsert_customers(&self, customers: Vec<Customer>) -> Result<(), EngineError> {
+        let _routing = self.routing.write().await;
         for c in &customers {
             if !self.profiles.contains_key(&c.profile) {
                 let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
@@ -564,13 +569,18 @@ impl PartitionEngine {
     pub async fn ingest(&self, events: Vec<UsageEvent>) -> Result<IngestSummary, EngineError> {
         use std::sync::atomic::Ordering::Relaxed;
         let count = events.len() as u64;
+        // Routing (which customer owns which account) holds still from the lookup to the
+        // journal append; a move of an account waits for it, and ingest for the move.
+        let routing = self.routing.read().await;
         let batch = self.resolve(events).inspect_err(|_| {
             self.rejected.fetch_add(count, Relaxed);
         })?;
         if batch.is_empty() {
             return Ok(IngestSummary::default());
         }
-        let summary = self.apply(batch).await?;
+        let pending = self.runtime.submit(batch)?;
+        drop(routing);
+        let summary = Self::summarize(pending.await?)?;
         self.accepted.fetch_add(summary.accepted, Relaxed);
         self.duplicates.fetch_add(summary.duplicates, Relaxed);
         Ok(summary)
@@ -655,8 +665,9 @@ impl PartitionEngine {
         Ok(batch)
     }
 
-    async fn apply(&self, batch: Vec<(CustomerKey, CustomerCommand)>) -> Result<IngestSummary, EngineError> {
-        let outcomes = self.runtime.submit(batch)?.await?;
+    fn summarize(
+        outcomes: Vec<Result<CustomerReply, tallyman_actors::Failure>>,
+    ) -> Result<IngestSummary, EngineError> {
         let mut summary = IngestSummary::default();
         let (mut overflowed, mut failed) = (0u64, Vec::new());
         for outcome in outcomes {
@@ -775,6 +786,84 @@ impl PartitionEngine {
             currency: bill.currency,
             bill: part,
         })
+    }
+
+    /// Moves `account` to `customer` (or adds it, when no customer has it). The account's
+    /// usage of the open period moves with it, so both customers are re-rated from the
+    /// start of the period. Ingest pauses while the account changes hands.
+    pub async fn move_account(&self, customer: &str, account: &str) -> Result<Option<String>, EngineError> {
+        let to = self.customer_key(customer)?;
+        let _routing = self.routing.write().await;
+        let owner = self
+            .directory
+            .get(account)
+            .map(|r| (r.key().clone(), r.value().0.clone()));
+        let (account_id, from) = match owner {
+            Some((_, from)) if from == to => return Ok(Some(customer.to_owned())),
+            Some((id, from)) => (id, Some(from)),
+            None => {
+                let name = account.trim();
+                if name.is_empty() || name.len() > crate::domain::usage::MAX_ID_LEN {
+                    return Err(EngineError::Invalid(FieldError::new(
+                        "account",
+                        "must be 1 to 128 bytes",
+                    )));
+                }
+                (AccountId::from(name), None)
+            }
+        };
+        let mut usage = None;
+        if let Some(from) = &from {
+            let released = self
+                .runtime
+                .submit(vec![(from.clone(), CustomerCommand::Release(account_id.clone()))])?
+                .await?
+                .pop();
+            match released {
+                Some(Ok(CustomerReply::Released(u))) => usage = u,
+                Some(Ok(CustomerReply::Refused(why))) => return Err(EngineError::Conflict(why)),
+                other => return Err(EngineError::Failed(format!("{other:?}"))),
+            }
+        }
+        let adopted = self
+            .runtime
+            .submit(vec![(
+                to.clone(),
+                CustomerCommand::Adopt(account_id.clone(), usage),
+            )])?
+            .await?
+            .pop();
+        if !matches!(adopted, Some(Ok(CustomerReply::Adopted))) {
+            return Err(EngineError::Failed(format!(
+                "account {account:?} left {from:?} but {customer:?} did not take it: {adopted:?}"
+            )));
+        }
+        self.directory.insert(account_id.clone(), (to.clone(), 0));
+        if let Some(from) = &from {
+            if let Some(mut list) = self.customers.get_mut(from) {
+                list.retain(|a| *a != account_id);
+            }
+            self.reindex(from);
+        }
+        if let Some(mut list) = self.customers.get_mut(&to) {
+            if let Err(i) = list.binary_search(&account_id) {
+                list.insert(i, account_id);
+            }
+        }
+        self.reindex(&to);
+        tracing::info!(partition = %self.id, account, from = ?from, to = %to, "account moved");
+        Ok(from.map(|f| f.to_string()))
+    }
+
+    /// Refreshes the slot hints of a customer's accounts after its list changed.
+    fn reindex(&self, customer: &CustomerKey) {
+        if let Some(list) = self.customers.get(customer) {
+            for (slot, a) in list.iter().enumerate() {
+                if let Some(mut entry) = self.directory.get_mut(a) {
+                    entry.1 = slot as u32;
+                }
+            }
+        }
     }
 
     /// Grants `customer` a credit, checked against the partition's currency and catalog.
