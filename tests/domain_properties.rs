@@ -329,10 +329,10 @@ proptest! {
         events in events(1),
         mask in prop::collection::vec(any::<bool>(), 60),
     ) {
-        let (left, right): (Vec<(usize, &Event)>, Vec<(usize, &Event)>) =
-            events.iter().enumerate().partition(|(i, _)| mask[*i]);
-        let left: Vec<Event> = left.into_iter().map(|(_, e)| e.clone()).collect();
-        let right: Vec<Event> = right.into_iter().map(|(_, e)| e.clone()).collect();
+        let side = |keep: bool| -> Vec<Event> {
+            events.iter().enumerate().filter(|(i, _)| mask[*i] == keep).map(|(_, e)| e.clone()).collect()
+        };
+        let (left, right) = (side(true), side(false));
         let whole = fold(&catalog, 1, &events).pop().unwrap().1;
         let mut merged = fold(&catalog, 1, &left).pop().unwrap().1;
         merged.merge(&fold(&catalog, 1, &right).pop().unwrap().1).unwrap();
