@@ -124,6 +124,8 @@ pub struct LimitSettings {
     pub max_events_per_request: usize,
     /// Most customers in one bulk request.
     pub max_customers_per_request: usize,
+    /// Most open connections per HTTP worker; past it, new connections wait in the backlog.
+    pub max_connections_per_worker: usize,
 }
 
 impl LimitSettings {

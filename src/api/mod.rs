@@ -96,6 +96,7 @@ pub async fn serve(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let data = web::Data::from(engine);
+    let max_connections = limits.max_connections_per_worker;
     let limits = web::Data::new(limits);
     let auth = web::Data::new(auth);
     let http_metrics = web::Data::new(metrics::HttpMetrics::default());
@@ -111,6 +112,7 @@ pub async fn serve(
             .default_service(web::to(not_found))
     })
     .disable_signals()
+    .max_connections(max_connections)
     .shutdown_timeout(30);
     if workers > 0 {
         server = server.workers(workers);
