@@ -78,6 +78,17 @@ fn scope_and_partition_matrix() {
     // read-cn: reads in aws-cn only.
     assert_eq!(call(Some("read-cn"), "GET", bill_cn, ""), 200);
     assert_eq!(call(Some("read-cn"), "GET", bill_aws, ""), 403);
+    // Escaped paths are judged as the router decodes them.
+    assert_eq!(call(Some("read-all"), "GET", "/v1/%61dmin/dead-letters", ""), 403);
+    assert_eq!(
+        call(
+            Some("read-cn"),
+            "GET",
+            "/v1/p%61rtitions/aws/customers/acme/bill",
+            ""
+        ),
+        403
+    );
     // admin: everything.
     assert_eq!(call(Some("admin"), "GET", "/v1/admin/segments", ""), 200);
     assert_eq!(

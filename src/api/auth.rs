@@ -24,7 +24,33 @@ pub struct Requirement<'a> {
     pub partition: Option<&'a str>,
 }
 
-/// The scope and partition a request needs; `None` for the open routes.
+/// `path` with every `%XX` escape decoded. The router decodes most escapes before it
+/// matches, so the decision must be taken on the decoded path, or `/v1/%61dmin/…` would
+/// pass as a read route.
+pub fn decode(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The scope and partition a request needs; `None` for the open routes. Anything that
+/// is not a read needs the admin scope, unless it is ingest into a named partition.
 pub fn requirement<'a>(method: &Method, path: &'a str) -> Option<Requirement<'a>> {
     if path == "/health" || path == "/ready" {
         return None;
@@ -90,7 +116,8 @@ pub async fn check(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let auth = req.app_data::<web::Data<AuthConfig>>().cloned();
     if let Some(auth) = auth.filter(|a| a.enabled) {
-        if let Some(need) = requirement(req.method(), req.path()) {
+        let path = decode(req.path()).into_owned();
+        if let Some(need) = requirement(req.method(), &path) {
             let presented = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -159,6 +186,18 @@ mod tests {
             Some((Scope::Admin, None))
         );
         assert_eq!(need(Method::GET, "/metrics"), Some((Scope::Read, None)));
+    }
+
+    #[test]
+    fn escaped_paths_are_judged_as_the_router_sees_them() {
+        let decoded = decode("/v1/%61dmin/dead-letters");
+        assert_eq!(decoded, "/v1/admin/dead-letters");
+        let need = requirement(&Method::GET, &decoded).unwrap();
+        assert_eq!(need.scope, Scope::Admin);
+        let decoded = decode("/v1/p%61rtitions/aws-cn/customers/acme/bill");
+        let need = requirement(&Method::GET, &decoded).unwrap();
+        assert_eq!(need.partition, Some("aws-cn"));
+        assert_eq!(decode("/a%2"), "/a%2", "a truncated escape stays as it is");
     }
 
     #[test]
