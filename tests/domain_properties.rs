@@ -76,16 +76,55 @@ fn version(date: &'static str) -> impl Strategy<Value = CatalogVersionSpec> {
     })
 }
 
-/// A catalog with one version, or two when a price change falls on November 15th.
+/// `plan` with every price and fee scaled by `factor` percent: the same shape.
+fn repriced(plan: &PriceModel, factor: i64) -> PriceModel {
+    let scale = |d: Decimal| d * Decimal::new(factor, 2);
+    let tiers = |tiers: &[Tier]| {
+        tiers
+            .iter()
+            .map(|t| Tier {
+                up_to: t.up_to,
+                unit_price: scale(t.unit_price),
+                flat_fee: scale(t.flat_fee),
+            })
+            .collect()
+    };
+    match plan {
+        PriceModel::PerUnit { unit_price } => PriceModel::PerUnit {
+            unit_price: scale(*unit_price),
+        },
+        PriceModel::Graduated { tiers: t } => PriceModel::Graduated { tiers: tiers(t) },
+        PriceModel::Volume { tiers: t } => PriceModel::Volume { tiers: tiers(t) },
+        PriceModel::Package {
+            package_size,
+            package_price,
+        } => PriceModel::Package {
+            package_size: *package_size,
+            package_price: scale(*package_price),
+        },
+    }
+}
+
+/// A catalog with one version, or two when a price change (new prices and fees, same
+/// shape) falls on November 15th.
 fn catalog() -> impl Strategy<Value = Catalog> {
-    (version("2026-11-01"), prop::option::of(version("2026-11-15"))).prop_map(|(v0, v1)| {
-        let mut c = Catalog::new();
-        c.publish(&v0).unwrap();
-        if let Some(v1) = v1 {
-            c.publish(&v1).unwrap();
-        }
-        c
-    })
+    (
+        version("2026-11-01"),
+        prop::option::of(prop::collection::vec(0i64..300, METERS.len())),
+    )
+        .prop_map(|(v0, change)| {
+            let mut c = Catalog::new();
+            c.publish(&v0).unwrap();
+            if let Some(factors) = change {
+                let mut v1 = v0.clone();
+                v1.effective_from = "2026-11-15".parse().unwrap();
+                for (m, f) in v1.meters.iter_mut().zip(factors) {
+                    m.price = repriced(&m.price, f);
+                }
+                c.publish(&v1).unwrap();
+            }
+            c
+        })
 }
 
 #[derive(Clone, Debug)]

@@ -321,6 +321,13 @@ fn bulk_customers_all_or_nothing() {
         2,
         "nothing of the bad batch was created"
     );
+    // A JSON array on one line is accepted too.
+    let r = d.post(
+        "/v1/partitions/aws/customers/bulk",
+        r#"[{"id": "c6", "payer": "a6"}, {"id": "c7", "payer": "a7"}]"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), json!({"created": 2}));
     // An account that belongs to another customer is a conflict.
     let r = d.post("/v1/partitions/aws/customers", r#"{"id": "c9", "payer": "a1"}"#);
     assert_problem(&r, 409);

@@ -88,6 +88,15 @@ struct Slot<E: Entity> {
     intensity: Mutex<RestartIntensity>,
 }
 
+/// Why a dead letter was not replayed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    #[error("no dead letter {0}")]
+    Unknown(u64),
+    #[error("{0}")]
+    Submit(SubmitError),
+}
+
 /// What one segment looks like from outside.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentInfo {
@@ -358,7 +367,7 @@ impl<E: Entity> Partition<E> {
                 // bug; refuse rather than stall.
                 Err((back, false)) => {
                     tracing::error!(partition = %self.env.partition, segment, "segment mailbox overflow");
-                    refuse(back, "the segment's mailbox overflowed");
+                    refuse(&self.env.dead_letters, back, "the segment's mailbox overflowed");
                     return;
                 }
             },
@@ -367,7 +376,7 @@ impl<E: Entity> Partition<E> {
                 return;
             }
             SlotState::Failed { reason } => {
-                refuse(envelope, reason);
+                refuse(&self.env.dead_letters, envelope, reason);
                 return;
             }
         };
@@ -416,20 +425,37 @@ impl<E: Entity> Partition<E> {
         };
         let partition = self.clone();
         let stop_at = Box::new(move || partition.first_buffered(segment));
-        let addr = self
+        match self
             .spawn_segment(segment, generation, arbiter, Origin::Recover { stop_at })
-            .await;
-        self.activate(segment, addr, arbiter, generation);
+            .await
+        {
+            Some(addr) => self.activate(segment, addr, arbiter, generation),
+            None => self.report_down(segment, generation, "recovery failed"),
+        }
     }
 
-    /// Starts a segment actor on `arbiter` and waits until it holds its state.
+    /// Tells the supervisor that the slot's actor of `generation` is gone, so that it is
+    /// restarted (within the restart intensity) rather than left buffering.
+    fn report_down(&self, segment: u32, generation: u64, reason: &str) {
+        tracing::error!(partition = %self.env.partition, segment, %reason, "segment actor did not start");
+        if let Some(supervisor) = self.supervisor.get() {
+            supervisor.do_send(SegmentDown {
+                segment,
+                generation,
+                reason: reason.into(),
+            });
+        }
+    }
+
+    /// Starts a segment actor on `arbiter` and waits until it holds its state; `None`
+    /// when it never came up (its recovery panicked, or its arbiter died first).
     async fn spawn_segment(
         &self,
         segment: u32,
         generation: u64,
         arbiter: usize,
         origin: Origin<E>,
-    ) -> Addr<Segment<E>> {
+    ) -> Option<Addr<Segment<E>>> {
         let env = self.env.clone();
         let stats = self.slots[segment as usize].stats.clone();
         let capacity = self.capacity;
@@ -442,8 +468,7 @@ impl<E: Entity> Partition<E> {
             let _ = ready_tx.send(());
             segment
         });
-        let _ = ready_rx.await;
-        addr
+        ready_rx.await.ok().map(|()| addr)
     }
 
     /// Makes `addr` the slot's actor, sending it the buffered traffic first, in order.
@@ -525,7 +550,9 @@ impl<E: Entity> Partition<E> {
                 },
             );
             if let SlotState::Buffering { queue, .. } = old {
-                queue.into_iter().for_each(|e| refuse(e, &message));
+                queue
+                    .into_iter()
+                    .for_each(|e| refuse(&self.env.dead_letters, e, &message));
             }
             self.alerts.lock().unwrap_or_else(|p| p.into_inner()).push(Alert {
                 partition: self.env.partition.clone(),
@@ -583,9 +610,21 @@ impl<E: Entity> Partition<E> {
             ));
         };
         let generation = generation + 1;
-        let addr = self
+        let Some(addr) = self
             .spawn_segment(segment, generation, to, Origin::Handed(state))
-            .await;
+            .await
+        else {
+            // The handed state is gone with the failed start: recover from the journal.
+            if let SlotState::Buffering { generation: g, .. } =
+                &mut *slot.state.lock().unwrap_or_else(|p| p.into_inner())
+            {
+                *g = generation;
+            }
+            self.report_down(segment, generation, "the moved segment did not start");
+            return Err(format!(
+                "segment {segment} did not start on arbiter {to}; it is being recovered"
+            ));
+        };
         self.activate(segment, addr, to, generation);
         self.moves.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
@@ -598,6 +637,9 @@ impl<E: Entity> Partition<E> {
     /// Snapshots every running segment, then lets the journal forget what all of them
     /// have moved past. Resolves with the LSN the journal was truncated to.
     pub async fn snapshot_all(&self) -> Lsn {
+        // Every record up to here has been delivered (delivery happens in journal order,
+        // at append), so a segment that got none of them is still current as of it.
+        let journaled = self.env.journal.last_lsn();
         let mut lowest = Lsn::MAX;
         for slot in &self.slots {
             let addr = match &*slot.state.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -605,7 +647,7 @@ impl<E: Entity> Partition<E> {
                 _ => None,
             };
             let lsn = match addr {
-                Some(addr) => addr.send(TakeSnapshot).await.ok(),
+                Some(addr) => addr.send(TakeSnapshot(journaled)).await.ok(),
                 None => None,
             };
             match lsn {
@@ -645,19 +687,25 @@ impl<E: Entity> Partition<E> {
 
     /// Replays dead letter `id`: its command is journaled again as a new record and
     /// applied. Resolves with the command's outcome.
-    pub async fn replay_dead_letter(self: &Arc<Self>, id: u64) -> Result<Result<E::Reply, Failure>, String>
+    pub async fn replay_dead_letter(
+        self: &Arc<Self>,
+        id: u64,
+    ) -> Result<Result<E::Reply, Failure>, ReplayError>
     where
         E::Key: Clone,
         E::Command: Clone,
     {
-        let letter = self
-            .env
-            .dead_letters
-            .take(id)
-            .ok_or_else(|| format!("no dead letter {id}"))?;
+        let letter = self.env.dead_letters.take(id).ok_or(ReplayError::Unknown(id))?;
         let batch = vec![(letter.key().clone(), letter.command().clone())];
-        let pending = self.submit(batch).map_err(|e| e.to_string())?;
-        let mut outcomes = pending.await.map_err(|e| e.to_string())?;
+        let pending = match self.submit(batch) {
+            Ok(p) => p,
+            Err(e) => {
+                // Nothing was journaled: the letter stays in the queue.
+                self.env.dead_letters.put_back(letter);
+                return Err(ReplayError::Submit(e));
+            }
+        };
+        let mut outcomes = pending.await.map_err(ReplayError::Submit)?;
         Ok(outcomes.pop().expect("one command, one outcome"))
     }
 }
@@ -679,12 +727,17 @@ fn send<E: Entity>(addr: &Addr<Segment<E>>, envelope: Envelope<E>) -> Result<(),
     }
 }
 
-fn refuse<E: Entity>(envelope: Envelope<E>, reason: &str) {
+/// Answers a message that will not be handled. A refused delivery was journaled already:
+/// its commands are marked skipped, so no rebuild applies what the client saw refused.
+fn refuse<E: Entity>(dead_letters: &DeadLetters<E>, envelope: Envelope<E>, reason: &str) {
     let failure = Failure::Unavailable {
         reason: reason.to_string(),
     };
     match envelope {
         Envelope::Deliver(d) => {
+            for &i in &d.items {
+                dead_letters.skip(d.lsn, i);
+            }
             let _ = d
                 .reply
                 .send(d.items.iter().map(|_| Err(failure.clone())).collect());

@@ -120,8 +120,10 @@ impl<E: Entity> Message for Ask<E> {
     type Result = ();
 }
 
-/// Asks the segment to save a snapshot; replies with its LSN.
-pub struct TakeSnapshot;
+/// Asks the segment to save a snapshot; replies with its LSN. The LSN given is the
+/// journal's last at sending: every record up to it has been delivered before this
+/// message, so the snapshot reflects the journal up to it (or to later ones applied).
+pub struct TakeSnapshot(pub Lsn);
 impl Message for TakeSnapshot {
     type Result = Lsn;
 }
@@ -332,14 +334,14 @@ impl<E: Entity> Handler<Ask<E>> for Segment<E> {
 impl<E: Entity> Handler<TakeSnapshot> for Segment<E> {
     type Result = Lsn;
 
-    fn handle(&mut self, _: TakeSnapshot, _: &mut Context<Self>) -> Lsn {
+    fn handle(&mut self, msg: TakeSnapshot, _: &mut Context<Self>) -> Lsn {
         let entities = self
             .state
             .entities
             .iter()
             .map(|(k, e)| (k.clone(), e.snapshot()))
             .collect();
-        let lsn = self.state.applied;
+        let lsn = self.state.applied.max(msg.0);
         self.env
             .snapshots
             .save(self.index, SegmentSnapshot { lsn, entities });
@@ -464,17 +466,22 @@ fn recover<E: Entity>(index: u32, env: &SegmentEnv<E>, stop_at: &dyn Fn() -> Opt
         true
     });
     if let Err(e) = result {
-        tracing::error!(partition = %env.partition, segment = index, error = %e, "journal replay failed");
+        // Never serve partial state: the actor does not start, and supervision restarts
+        // it (and marks it failed past the restart intensity, with an alert).
+        panic!(
+            "segment {index} of partition {}: journal replay failed: {e}",
+            env.partition
+        );
     }
     for key in broken {
         match rebuild::<E>(env, index, &key, state.applied + 1, 0) {
             Ok(entity) => {
                 state.entities.insert(key, entity);
             }
-            Err(e) => {
-                tracing::error!(partition = %env.partition, segment = index, key = ?key, error = %e, "entity dropped: cannot rebuild");
-                state.entities.remove(&key);
-            }
+            Err(e) => panic!(
+                "segment {index} of partition {}: entity {key:?} cannot be rebuilt: {e}",
+                env.partition
+            ),
         }
     }
     tracing::info!(

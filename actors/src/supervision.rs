@@ -147,6 +147,18 @@ impl<E: Entity> DeadLetters<E> {
         });
     }
 
+    /// Marks the journaled command at `(lsn, index)` as never to be applied: it was
+    /// refused (its segment failed or overflowed) after it was journaled, so a rebuild
+    /// must not apply what the live segment never did.
+    pub(crate) fn skip(&self, lsn: Lsn, index: u32) {
+        self.lock().skipped.insert((lsn, index));
+    }
+
+    /// Puts a letter taken for replay back at the front, when the replay could not start.
+    pub(crate) fn put_back(&self, letter: DeadLetter<E>) {
+        self.lock().letters.push_front(letter);
+    }
+
     /// Whether the command at `(lsn, index)` was dead-lettered (and so is never re-applied
     /// from the journal).
     pub fn is_skipped(&self, lsn: Lsn, index: u32) -> bool {

@@ -54,14 +54,13 @@ async fn dead_letters(engine: web::Data<Engine>) -> HttpResponse {
     HttpResponse::Ok().json(engine.dead_letters())
 }
 
-async fn replay_dead_letter(engine: web::Data<Engine>, path: web::Path<(String, u64)>) -> HttpResponse {
+async fn replay_dead_letter(
+    engine: web::Data<Engine>,
+    path: web::Path<(String, u64)>,
+) -> Result<HttpResponse, Problem> {
     let (partition, id) = path.into_inner();
-    match engine.replay_dead_letter(&partition, id).await {
-        Ok(outcome) => HttpResponse::Ok().json(json!({"replayed": id, "outcome": outcome})),
-        Err(e) => HttpResponse::NotFound()
-            .content_type("application/problem+json")
-            .json(json!({"type": "about:blank", "title": "dead letter not replayed", "status": 404, "detail": e.to_string()})),
-    }
+    let outcome = engine.replay_dead_letter(&partition, id).await?;
+    Ok(HttpResponse::Ok().json(json!({"replayed": id, "outcome": outcome})))
 }
 
 async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, Problem> {

@@ -136,6 +136,12 @@ impl From<EngineError> for Problem {
                 p.retry_after = Some(1);
                 p
             }
+            EngineError::Unprocessable(_) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable",
+                "Unprocessable",
+                detail,
+            ),
             EngineError::Failed(_) => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "failed",

@@ -204,14 +204,9 @@ async fn bulk_customers(
 ) -> Result<HttpResponse, Problem> {
     let p = partition(&engine, &path)?;
     let body = wire::read_body(payload, limits.max_body_bytes).await?;
-    let items = wire::items(&body, true, limits.max_customers_per_request).or_else(|e| {
-        // Accept a JSON array too.
-        if wire::is_ndjson(&req) {
-            Err(e)
-        } else {
-            wire::items(&body, false, limits.max_customers_per_request)
-        }
-    })?;
+    // NDJSON, or a JSON array (which may sit on one line).
+    let array = !wire::is_ndjson(&req) && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let items = wire::items(&body, !array, limits.max_customers_per_request)?;
     let currency = p.rounding().currency;
     let mut customers = Vec::with_capacity(items.len());
     let mut errors: Vec<ItemError> = Vec::new();

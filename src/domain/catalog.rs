@@ -76,7 +76,7 @@ struct Version {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Catalog {
     meters: Vec<Meter>,
-    by_name: HashMap<String, MeterId, foldhash::fast::RandomState>,
+    by_name: HashMap<String, MeterId, foldhash::fast::FixedState>,
     versions: Vec<Version>,
 }
 
@@ -166,6 +166,22 @@ impl Catalog {
                 .map_err(|e| FieldError::new(at(&e.field), e.message))?;
             match self.by_name.get(&def.name) {
                 Some(&id) => {
+                    if let Some(previous) = self
+                        .versions
+                        .last()
+                        .and_then(|v| v.plans[usize::from(id.0)].as_ref())
+                    {
+                        if let Some(why) = structure_change(previous, &plan) {
+                            return Err(FieldError::new(
+                                at("price"),
+                                format!(
+                                    "meter {:?}: {why}; a new version may change prices and fees, not the shape \
+                                     of the plan, because units already used keep their positions (publish a new meter instead)",
+                                    def.name
+                                ),
+                            ));
+                        }
+                    }
                     let existing = &self.meters[usize::from(id.0)].aggregation;
                     if *existing != aggregation {
                         return Err(FieldError::new(
@@ -329,6 +345,24 @@ impl Catalog {
     }
 }
 
+/// Why `next` cannot follow `previous` within a period, if it cannot: tiers keep their
+/// bounds, packages their size, and the model its kind, so that every unit position is
+/// in the same tier under both and fees and packages are counted once.
+fn structure_change(previous: &PricePlan, next: &PricePlan) -> Option<String> {
+    use PriceModel::*;
+    let bounds = |tiers: &[crate::domain::price::Tier]| tiers.iter().map(|t| t.up_to).collect::<Vec<_>>();
+    match (&previous.model, &next.model) {
+        (PerUnit { .. }, PerUnit { .. }) => None,
+        (Graduated { tiers: a }, Graduated { tiers: b }) | (Volume { tiers: a }, Volume { tiers: b }) => {
+            (bounds(a) != bounds(b)).then(|| "the tier bounds change".to_owned())
+        }
+        (Package { package_size: a, .. }, Package { package_size: b, .. }) => {
+            (a != b).then(|| "the package size changes".to_owned())
+        }
+        _ => Some("the price model changes".to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +414,24 @@ mod tests {
         let err = c.publish(&v).unwrap_err();
         assert_eq!(err.field, "meters[0].aggregation");
         assert_eq!(c.version_count(), 1);
+    }
+
+    #[test]
+    fn prices_may_change_but_not_the_shape_of_a_plan() {
+        let mut c = Catalog::new();
+        c.publish(&version("2026-11-01", dec!(1))).unwrap();
+        let mut v = version("2026-12-01", dec!(2));
+        v.meters[0].price = PriceModel::Package {
+            package_size: dec!(10),
+            package_price: dec!(1),
+        };
+        let err = c.publish(&v).unwrap_err();
+        assert_eq!(err.field, "meters[0].price");
+        assert!(err.message.contains("the price model changes"));
+        assert!(
+            c.publish(&version("2026-12-01", dec!(2))).is_ok(),
+            "a new price is fine"
+        );
     }
 
     #[test]

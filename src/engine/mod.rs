@@ -73,6 +73,9 @@ pub enum EngineError {
     UnknownDeadLetter(String),
     #[error("{0}")]
     UnknownCatalogVersion(String),
+    /// Well-formed but impossible to apply; resending will not help.
+    #[error("{0}")]
+    Unprocessable(String),
     /// Backpressure: retry later. Nothing was journaled.
     #[error("{0}")]
     Busy(String),
@@ -423,7 +426,10 @@ impl Engine {
         match p.runtime.replay_dead_letter(id).await {
             Ok(Ok(reply)) => Ok(format!("{reply:?}")),
             Ok(Err(failure)) => Err(EngineError::Failed(format!("{failure:?}"))),
-            Err(e) => Err(EngineError::UnknownDeadLetter(e)),
+            Err(tallyman_actors::partition::ReplayError::Unknown(id)) => Err(EngineError::UnknownDeadLetter(
+                format!("no dead letter {id} in partition {partition:?}"),
+            )),
+            Err(tallyman_actors::partition::ReplayError::Submit(e)) => Err(e.into()),
         }
     }
 
@@ -665,44 +671,45 @@ impl PartitionEngine {
         Ok(batch)
     }
 
+    /// Counts a batch's outcomes. Events that did not apply make the whole answer an
+    /// error that says how many did and what to do about the rest: resend (503) when
+    /// they were interrupted or replayed, nothing to resend (422) when they would overflow,
+    /// and look at the dead letters (500) when they panicked.
     fn summarize(
         outcomes: Vec<Result<CustomerReply, tallyman_actors::Failure>>,
     ) -> Result<IngestSummary, EngineError> {
+        use tallyman_actors::Failure;
         let mut summary = IngestSummary::default();
-        let (mut overflowed, mut failed) = (0u64, Vec::new());
+        let (mut overflowed, mut retry, mut dead) = (0u64, 0u64, Vec::new());
         for outcome in outcomes {
             match outcome {
                 Ok(CustomerReply::Accepted) => summary.accepted += 1,
                 Ok(CustomerReply::Duplicate) => summary.duplicates += 1,
                 Ok(CustomerReply::Overflowed) => overflowed += 1,
-                Ok(other) => failed.push(format!("unexpected reply {other:?}")),
-                Err(f) => failed.push(format!("{f:?}")),
+                Ok(other) => dead.push(format!("unexpected reply {other:?}")),
+                Err(Failure::Replayed | Failure::Unavailable { .. }) => retry += 1,
+                Err(f) => dead.push(format!("{f:?}")),
             }
         }
+        let done = format!(
+            "{} event(s) applied, {} duplicate(s)",
+            summary.accepted, summary.duplicates
+        );
+        if !dead.is_empty() {
+            return Err(EngineError::Failed(format!("{done}, but: {}", dead.join("; "))));
+        }
+        if retry > 0 {
+            return Err(EngineError::Unavailable(format!(
+                "{done}; {retry} event(s) were interrupted by a segment restart: send the batch again \
+                 (what was applied counts as duplicates)"
+            )));
+        }
         if overflowed > 0 {
-            failed.push(format!(
-                "{overflowed} event(s) would overflow a meter's aggregate"
-            ));
+            return Err(EngineError::Unprocessable(format!(
+                "{done}; {overflowed} event(s) would overflow a meter's aggregate (28 significant digits) and were not applied"
+            )));
         }
-        if failed.is_empty() {
-            Ok(summary)
-        } else {
-            Err(EngineError::Failed(format!(
-                "{} event(s) applied, {} duplicate(s), but: {}",
-                summary.accepted,
-                summary.duplicates,
-                failed.join("; ")
-            )))
-        }
-    }
-
-    fn view(&self) -> Arc<PricingView> {
-        Arc::new(PricingView {
-            catalog: self.catalog(),
-            rounding: self.rounding,
-            period: self.period,
-            profiles: self.profiles.clone(),
-        })
+        Ok(summary)
     }
 
     /// Publishes a catalog version. It must take effect after the latest one and after
@@ -756,7 +763,19 @@ impl PartitionEngine {
     /// The running bill of a customer.
     pub async fn customer_bill(&self, customer: &str) -> Result<Bill, EngineError> {
         let key = self.customer_key(customer)?;
-        let answer = self.runtime.ask(key, CustomerQuery::Bill(self.view()))?.await?;
+        // The catalog is read and the query queued under the catalog lock: usage priced by
+        // a version published later can only queue behind the query, never ahead of it.
+        let pending = {
+            let catalog = self.catalog.read().unwrap_or_else(|p| p.into_inner());
+            let view = Arc::new(PricingView {
+                catalog: catalog.clone(),
+                rounding: self.rounding,
+                period: self.period,
+                profiles: self.profiles.clone(),
+            });
+            self.runtime.ask(key, CustomerQuery::Bill(view))?
+        };
+        let answer = pending.await?;
         match answer {
             Some(CustomerAnswer::Bill(Ok(bill))) => Ok(*bill),
             Some(CustomerAnswer::Bill(Err(e))) => Err(EngineError::Failed(e)),
@@ -814,28 +833,34 @@ impl PartitionEngine {
         };
         let mut usage = None;
         if let Some(from) = &from {
-            let released = self
-                .runtime
-                .submit(vec![(from.clone(), CustomerCommand::Release(account_id.clone()))])?
+            match self
+                .submit_one(from.clone(), CustomerCommand::Release(account_id.clone()))
                 .await?
-                .pop();
-            match released {
-                Some(Ok(CustomerReply::Released(u))) => usage = u,
-                Some(Ok(CustomerReply::Refused(why))) => return Err(EngineError::Conflict(why)),
+            {
+                CustomerReply::Released(u) => usage = u,
+                CustomerReply::Refused(why) => return Err(EngineError::Conflict(why)),
                 other => return Err(EngineError::Failed(format!("{other:?}"))),
             }
         }
         let adopted = self
-            .runtime
-            .submit(vec![(
+            .submit_one(
                 to.clone(),
-                CustomerCommand::Adopt(account_id.clone(), usage),
-            )])?
-            .await?
-            .pop();
-        if !matches!(adopted, Some(Ok(CustomerReply::Adopted))) {
-            return Err(EngineError::Failed(format!(
-                "account {account:?} left {from:?} but {customer:?} did not take it: {adopted:?}"
+                CustomerCommand::Adopt(account_id.clone(), usage.clone()),
+            )
+            .await;
+        if !matches!(adopted, Ok(CustomerReply::Adopted)) {
+            // Give the account and its usage back to where they were.
+            if let Some(from) = &from {
+                let back = self
+                    .submit_one(from.clone(), CustomerCommand::Adopt(account_id.clone(), usage))
+                    .await;
+                if !matches!(back, Ok(CustomerReply::Adopted)) {
+                    tracing::error!(partition = %self.id, account, from = %from, to = %to,
+                        "account left its customer and could not be put back: {back:?}");
+                }
+            }
+            return Err(EngineError::Unavailable(format!(
+                "account {account:?} could not move to {customer:?} ({adopted:?}); nothing changed, try again"
             )));
         }
         self.directory.insert(account_id.clone(), (to.clone(), 0));
@@ -853,6 +878,33 @@ impl PartitionEngine {
         self.reindex(&to);
         tracing::info!(partition = %self.id, account, from = ?from, to = %to, "account moved");
         Ok(from.map(|f| f.to_string()))
+    }
+
+    /// Submits one command and waits for its reply. While routing is held for writing,
+    /// ingest is paused, so a busy segment drains: a refusal for backpressure (nothing
+    /// journaled) is retried for up to five seconds.
+    async fn submit_one(
+        &self,
+        key: CustomerKey,
+        command: CustomerCommand,
+    ) -> Result<CustomerReply, EngineError> {
+        let mut wait = std::time::Duration::from_millis(1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match self.runtime.submit(vec![(key.clone(), command.clone())]) {
+                Ok(pending) => {
+                    return match pending.await?.pop() {
+                        Some(Ok(reply)) => Ok(reply),
+                        other => Err(EngineError::Unavailable(format!("{other:?}"))),
+                    }
+                }
+                Err(SubmitError::Busy { .. }) if std::time::Instant::now() < deadline => {
+                    actix_rt::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Refreshes the slot hints of a customer's accounts after its list changed.
