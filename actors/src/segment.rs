@@ -306,6 +306,9 @@ impl<E: Entity> Handler<Deliver<E>> for Segment<E> {
         self.stats
             .busy_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        // The mailbox place is given back before the answer, so a caller that sends its
+        // next message as soon as it is answered finds the place free.
+        drop(msg.permit);
         let _ = msg.reply.send(outcomes);
     }
 }
@@ -327,6 +330,7 @@ impl<E: Entity> Handler<Ask<E>> for Segment<E> {
         self.stats
             .busy_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        drop(msg.permit);
         let _ = msg.reply.send(answer);
     }
 }
