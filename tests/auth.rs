@@ -52,6 +52,14 @@ fn scope_and_partition_matrix() {
     // No token, or an unknown one: 401.
     assert_eq!(call(None, "GET", bill_aws, ""), 401);
     assert_eq!(call(Some("nobody"), "GET", bill_aws, ""), 401);
+    let r = d.request("GET", bill_aws, "application/json", "");
+    assert!(
+        r.headers
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{}",
+        r.headers
+    );
     // ingest-aws: ingest in aws only, nothing else.
     assert_eq!(
         call(Some("ingest-aws"), "POST", "/v1/partitions/aws/usage", USAGE_AWS),

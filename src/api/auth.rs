@@ -122,8 +122,9 @@ pub async fn check(
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim());
             let Some(presented) = presented else {
                 return Err(Problem::new(
                     StatusCode::UNAUTHORIZED,

@@ -105,6 +105,12 @@ pub async fn serve(
             .app_data(limits.clone())
             .app_data(auth.clone())
             .app_data(http_metrics.clone())
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                Problem::bad_request("invalid-query", "Invalid query string", e.to_string()).into()
+            }))
+            .app_data(web::PathConfig::default().error_handler(|e, _| {
+                Problem::bad_request("invalid-path", "Invalid path", e.to_string()).into()
+            }))
             .wrap(actix_web::middleware::from_fn(auth::check))
             .wrap(actix_web::middleware::from_fn(metrics::time))
             .configure(routes)
