@@ -20,7 +20,7 @@ use crate::journal::{Journal, JournalError, Lsn};
 use crate::router::ArbiterPool;
 use crate::segment::{
     Ask, Deliver, Failure, FaultHook, Handoff, Origin, Outcomes, Permit, Segment, SegmentDown, SegmentEnv,
-    SegmentState, SegmentStats, TakeSnapshot,
+    SegmentStats, TakeSnapshot,
 };
 use crate::snapshot::SnapshotStore;
 use crate::supervision::{DeadLetters, RestartIntensity, SupervisionConfig};
@@ -763,16 +763,5 @@ impl<E: Entity> Handler<SegmentDown> for PartitionSupervisor<E> {
     fn handle(&mut self, msg: SegmentDown, _: &mut Context<Self>) {
         let partition = self.partition.clone();
         actix_rt::spawn(partition.restart(msg.segment, msg.generation, msg.reason));
-    }
-}
-
-// A segment's actor handle is only ever used through its slot.
-impl<E: Entity> SegmentState<E> {
-    pub fn len(&self) -> usize {
-        self.entities.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entities.is_empty()
     }
 }

@@ -50,6 +50,14 @@ fn partition<'e>(engine: &'e Engine, id: &str) -> Result<&'e PartitionEngine, Pr
     engine.partition(id).map_err(Problem::from)
 }
 
+/// Reads a JSON body within the size limit and parses it as `T`.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    payload: web::Payload,
+    limits: &LimitSettings,
+) -> Result<T, Problem> {
+    json_body(&wire::read_body(payload, limits.max_body_bytes).await?)
+}
+
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
     serde_json::from_slice(body).map_err(|e| {
         let message = e.to_string();
@@ -125,8 +133,7 @@ async fn put_catalog(
     payload: web::Payload,
 ) -> Result<HttpResponse, Problem> {
     let p = partition(&engine, &path)?;
-    let body = wire::read_body(payload, limits.max_body_bytes).await?;
-    let spec: CatalogVersionSpec = json_body(&body)?;
+    let spec: CatalogVersionSpec = read_json(payload, &limits).await?;
     let version = p.publish_catalog(&spec)?;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "partition": p.id,
@@ -188,8 +195,7 @@ async fn create_customer(
     payload: web::Payload,
 ) -> Result<HttpResponse, Problem> {
     let p = partition(&engine, &path)?;
-    let body = wire::read_body(payload, limits.max_body_bytes).await?;
-    let spec: CustomerSpec = json_body(&body)?;
+    let spec: CustomerSpec = read_json(payload, &limits).await?;
     let customer = checked_customer(spec, p.rounding().currency)?;
     p.upsert_customer(customer.clone()).await?;
     Ok(HttpResponse::Created().json(CustomerView::from(customer)))
@@ -262,8 +268,7 @@ async fn add_credit(
 ) -> Result<HttpResponse, Problem> {
     let (p, c) = path.into_inner();
     let p = partition(&engine, &p)?;
-    let body = wire::read_body(payload, limits.max_body_bytes).await?;
-    let credit: Credit = json_body(&body)?;
+    let credit: Credit = read_json(payload, &limits).await?;
     p.add_credit(&c, credit.clone()).await?;
     Ok(HttpResponse::Created().json(credit))
 }
@@ -276,8 +281,7 @@ async fn add_discount(
 ) -> Result<HttpResponse, Problem> {
     let (p, c) = path.into_inner();
     let p = partition(&engine, &p)?;
-    let body = wire::read_body(payload, limits.max_body_bytes).await?;
-    let discount: Discount = json_body(&body)?;
+    let discount: Discount = read_json(payload, &limits).await?;
     p.add_discount(&c, discount.clone()).await?;
     Ok(HttpResponse::Created().json(discount))
 }

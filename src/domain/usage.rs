@@ -283,11 +283,6 @@ impl AccountUsage {
         &self.meters
     }
 
-    /// How many distinct events were applied.
-    pub fn events(&self) -> usize {
-        self.seen.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.meters.is_empty()
     }

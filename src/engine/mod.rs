@@ -586,7 +586,7 @@ impl PartitionEngine {
         }
         let pending = self.runtime.submit(batch)?;
         drop(routing);
-        let summary = Self::summarize(pending.await?)?;
+        let summary = Self::tally(pending.await?)?;
         self.accepted.fetch_add(summary.accepted, Relaxed);
         self.duplicates.fetch_add(summary.duplicates, Relaxed);
         Ok(summary)
@@ -675,7 +675,7 @@ impl PartitionEngine {
     /// error that says how many did and what to do about the rest: resend (503) when
     /// they were interrupted or replayed, nothing to resend (422) when they would overflow,
     /// and look at the dead letters (500) when they panicked.
-    fn summarize(
+    fn tally(
         outcomes: Vec<Result<CustomerReply, tallyman_actors::Failure>>,
     ) -> Result<IngestSummary, EngineError> {
         use tallyman_actors::Failure;
@@ -974,10 +974,5 @@ impl PartitionEngine {
             Some(CustomerAnswer::Terms(Some(c))) => Ok(*c),
             _ => Err(EngineError::UnknownCustomer(customer.to_owned())),
         }
-    }
-
-    /// Every customer id, in no particular order.
-    pub fn customer_ids(&self) -> Vec<CustomerKey> {
-        self.customers.iter().map(|r| r.key().clone()).collect()
     }
 }
