@@ -18,6 +18,10 @@ pub enum JournalError {
     /// Writing or syncing failed: nothing of this record is acknowledged.
     #[error("the journal is unavailable: {0}")]
     Unavailable(String),
+    /// A record is damaged before the tail; the message names the file, the offset and
+    /// what to do. Nothing is ever skipped silently.
+    #[error("the journal is corrupt: {0}")]
+    Corrupt(String),
     /// Records the caller needs have been discarded (or were never kept).
     #[error("the journal no longer holds records from LSN {from}")]
     NotRetained { from: Lsn },

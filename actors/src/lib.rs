@@ -13,6 +13,7 @@
 //! - [`journal::Journal`] and [`snapshot::SnapshotStore`] are the persistence interfaces.
 
 pub mod entity;
+pub mod file_journal;
 pub mod journal;
 pub mod partition;
 pub mod router;
