@@ -80,7 +80,7 @@ pub struct Credit {
 }
 
 /// A checked customer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Customer {
     pub id: String,
     pub payer: AccountId,

@@ -77,7 +77,7 @@ impl Aggregation {
 
 /// One usage event reduced to what an aggregate needs. Built by
 /// [`crate::domain::catalog::Catalog::resolve`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reading {
     /// How the meter aggregates.
     pub fold: Fold,

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use tallyman_actors::Entity;
 
 use crate::domain::customer::{Credit, Discount};
@@ -24,7 +25,7 @@ use crate::domain::{
 pub type CustomerKey = Arc<str>;
 
 /// One usage event, resolved and checked: ready to apply.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeteredEvent {
     pub account: AccountId,
     /// The account's position in its customer's (sorted) account list when the event was
@@ -37,7 +38,7 @@ pub struct MeteredEvent {
 }
 
 /// What changes a customer.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CustomerCommand {
     /// Creates the customer, or replaces its terms (accounts, profile, credits, …).
     Upsert(Box<Customer>),

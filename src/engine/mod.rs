@@ -8,6 +8,7 @@
 //! and never to the domain's state directly.
 
 pub mod account;
+pub mod codec;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
