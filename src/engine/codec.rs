@@ -195,7 +195,7 @@ mod tests {
         .unwrap();
         let reading = |fold, dimension| Reading {
             fold,
-            quantity: Decimal::new(12_345_678_9012, 9),
+            quantity: Decimal::new(123_456_789_012, 9),
             time: "2026-11-03T10:00:00.123456789Z".parse().unwrap(),
             version: 3,
             tiebreak: u64::MAX - 7,
