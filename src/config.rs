@@ -34,6 +34,7 @@ pub const CUSTOMERS_TOML: &str = include_str!("../config/customers.toml");
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
+    pub journal: JournalSettings,
     pub auth: AuthSettings,
     pub runtime: RuntimeSettings,
     pub limits: LimitSettings,
@@ -60,6 +61,25 @@ pub struct ServerSettings {
     /// HTTP worker threads; 0 means one per core.
     #[serde(default)]
     pub http_workers: usize,
+}
+
+/// Where acknowledged usage is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalSettings {
+    /// `file`: durable, in `<data_dir>/<partition>/journal`; `memory`: nothing survives
+    /// a restart.
+    pub mode: JournalKind,
+    /// Sync every batch before acknowledging it. Turning it off risks losing acknowledged
+    /// usage on a power cut; for tests and benchmarks only.
+    pub fsync: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalKind {
+    File,
+    Memory,
 }
 
 /// What a bearer token may do.
@@ -236,6 +256,7 @@ pub struct PartitionConfig {
 /// Checked settings.
 #[derive(Clone, Debug)]
 pub struct Validated {
+    pub journal: JournalSettings,
     pub auth: AuthConfig,
     pub runtime: RuntimeSettings,
     pub limits: LimitSettings,
@@ -413,6 +434,7 @@ impl Settings {
         }
         let auth = self.validate_auth(&listen)?;
         Ok(Validated {
+            journal: self.journal.clone(),
             auth,
             runtime: self.runtime.validate()?,
             limits: self.limits.validate()?,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use tallyman::config::{Settings, Validated};
-use tallyman::engine::{summarize, Engine, EngineOptions};
+use tallyman::engine::{summarize, Engine, EngineOptions, JournalMode};
 
 /// Tallyman's daemon: streams metered usage into running bills and closes billing periods.
 #[derive(Debug, Parser)]
@@ -130,7 +130,18 @@ fn run(settings: Validated) -> ExitCode {
     }
     let system = actix_rt::System::new();
     let result = system.block_on(async {
-        let engine = match Engine::start(&settings, EngineOptions::default()).await {
+        let journal = match settings.journal.mode {
+            tallyman::config::JournalKind::File => JournalMode::File {
+                dir: settings.data_dir.clone(),
+                fsync: settings.journal.fsync,
+            },
+            tallyman::config::JournalKind::Memory => JournalMode::Retained,
+        };
+        let options = EngineOptions {
+            journal,
+            ..EngineOptions::default()
+        };
+        let engine = match Engine::start(&settings, options).await {
             Ok(engine) => Arc::new(engine),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the engine");

@@ -17,11 +17,13 @@ use actix::prelude::*;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use serde::Serialize;
-use tallyman_actors::journal::MemoryJournal;
+use tallyman_actors::file_journal::{FileJournal, FileJournalConfig, FsyncPolicy};
+use tallyman_actors::journal::{Journal, MemoryJournal};
 use tallyman_actors::partition::PartitionConfig as RuntimePartitionConfig;
 /// A segment's arbiter, state and counters, as the runtime reports them.
 pub use tallyman_actors::partition::SegmentInfo;
 use tallyman_actors::router::{Loads, RebalanceConfig, RebalanceNow, Register, Router};
+use tallyman_actors::Batch;
 use tallyman_actors::{ArbiterPool, FaultHook, MemorySnapshots, Partition, SubmitError, SupervisionConfig};
 
 use crate::config::{PartitionConfig, RuntimeSettings, Validated};
@@ -31,6 +33,37 @@ use crate::domain::usage::{event_fingerprint, FieldError};
 use crate::domain::{
     AccountId, Bill, BillingProfile, Catalog, CatalogVersionSpec, Customer, Period, Rounding, UsageEvent,
 };
+
+/// The catalog versions published through the API and kept in `file` (none if absent).
+fn published_versions(file: &std::path::Path) -> Result<Vec<CatalogVersionSpec>, EngineError> {
+    match std::fs::read(file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            EngineError::Unavailable(format!(
+                "{} is not a list of catalog versions: {e}",
+                file.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(EngineError::Unavailable(format!(
+            "cannot read {}: {e}",
+            file.display()
+        ))),
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new one, whole:
+/// a temporary file, synced, renamed over, and the folder synced.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
 
 /// Days since 1970-01-01.
 fn days(date: chrono::NaiveDate) -> i64 {
@@ -161,6 +194,8 @@ pub struct PartitionEngine {
     period: Period,
     catalog_name: String,
     catalog: RwLock<Arc<Catalog>>,
+    /// Where versions published through the API are kept, when the journal is durable.
+    catalog_file: Option<std::path::PathBuf>,
     /// The latest event date accepted so far (days since 1970-01-01), so that a new
     /// catalog version never takes effect under usage already priced by an older one.
     latest_usage_day: std::sync::atomic::AtomicI64,
@@ -179,7 +214,7 @@ pub struct PartitionEngine {
 }
 
 /// Whether the in-memory journal keeps records for replay.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum JournalMode {
     /// Records are kept until every segment's snapshot has moved past them, so a panic
     /// or a segment crash is recovered by replay.
@@ -188,6 +223,9 @@ pub enum JournalMode {
     /// Records are numbered and delivered but not kept: for measuring the runtime alone.
     /// A panicking command then crashes its segment and state is lost.
     Discarded,
+    /// Durable: a file journal per partition in `<dir>/<partition>/journal`, with group
+    /// commit; everything is recovered from it at start.
+    File { dir: std::path::PathBuf, fsync: bool },
 }
 
 /// Test hooks and other knobs that are not configuration.
@@ -271,13 +309,45 @@ impl Engine {
         let profiles = Arc::new(settings.profiles.clone());
         let mut partitions = BTreeMap::new();
         for p in &settings.partitions {
-            let journal = match options.journal {
-                JournalMode::Retained => MemoryJournal::new(),
-                JournalMode::Discarded => MemoryJournal::discarding(),
+            let started = std::time::Instant::now();
+            let journal: Arc<dyn Journal<Batch<CustomerEntity>>> = match &options.journal {
+                JournalMode::Retained => Arc::new(MemoryJournal::new()),
+                JournalMode::Discarded => Arc::new(MemoryJournal::discarding()),
+                JournalMode::File { dir, fsync } => Arc::new(
+                    FileJournal::open(
+                        FileJournalConfig {
+                            dir: dir.join(&p.id).join("journal"),
+                            segment_bytes: 128 << 20,
+                            fsync: if *fsync {
+                                FsyncPolicy::EveryBatch
+                            } else {
+                                FsyncPolicy::Never
+                            },
+                            fault: None,
+                        },
+                        Arc::new(codec::BatchCodec),
+                    )
+                    .map_err(|e| EngineError::Unavailable(format!("partition {:?}: {e}", p.id)))?,
+                ),
             };
+            let catalog_file = match &options.journal {
+                JournalMode::File { dir, .. } => Some(dir.join(&p.id).join("catalog.json")),
+                _ => None,
+            };
+            let mut catalog = p.catalog.clone();
+            if let Some(file) = &catalog_file {
+                for spec in published_versions(file)? {
+                    catalog.publish(&spec).map_err(|e| {
+                        EngineError::Unavailable(format!(
+                            "{}: a published version no longer follows the configured catalog: {e}",
+                            file.display()
+                        ))
+                    })?;
+                }
+            }
             let runtime = Partition::start(
                 runtime_config(&p.id, &settings.runtime),
-                Arc::new(journal),
+                journal.clone(),
                 Arc::new(MemorySnapshots::default()),
                 pool.clone(),
                 options.fault_hook.clone(),
@@ -293,7 +363,8 @@ impl Engine {
                 rounding: p.rounding,
                 period,
                 catalog_name: p.catalog_name.clone(),
-                catalog: RwLock::new(Arc::new(p.catalog.clone())),
+                catalog: RwLock::new(Arc::new(catalog)),
+                catalog_file,
                 latest_usage_day: std::sync::atomic::AtomicI64::new(i64::MIN),
                 accepted: Default::default(),
                 duplicates: Default::default(),
@@ -304,9 +375,25 @@ impl Engine {
                 routing: tokio::sync::RwLock::new(()),
                 runtime,
             };
-            for customer in &p.customers {
-                engine.upsert_customer(customer.clone()).await?;
+            let replayed = engine.rebuild_directory(journal.as_ref())?;
+            // Configured customers are created once; later runs keep what the journal holds.
+            let missing: Vec<Customer> = p
+                .customers
+                .iter()
+                .filter(|c| !engine.customers.contains_key(c.id.as_str()))
+                .cloned()
+                .collect();
+            if !missing.is_empty() {
+                engine.upsert_customers(missing).await?;
             }
+            tracing::info!(
+                partition = %p.id,
+                records = replayed,
+                customers = engine.customers.len(),
+                accounts = engine.directory.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "partition recovered"
+            );
             partitions.insert(p.id.clone(), engine);
         }
         if r.snapshot_interval_secs > 0 && options.journal == JournalMode::Retained {
@@ -730,6 +817,15 @@ impl PartitionEngine {
         }
         let mut next = (**guard).clone();
         let version = next.publish(spec).map_err(EngineError::Invalid)?;
+        if let Some(file) = &self.catalog_file {
+            let mut published = published_versions(file)?;
+            published.push(spec.clone());
+            write_atomically(
+                file,
+                &serde_json::to_vec_pretty(&published).expect("specs serialize"),
+            )
+            .map_err(|e| EngineError::Unavailable(format!("cannot keep the new catalog version: {e}")))?;
+        }
         *guard = Arc::new(next);
         tracing::info!(partition = %self.id, version, effective_from = %spec.effective_from, "catalog version published");
         Ok(version)
@@ -906,6 +1002,54 @@ impl PartitionEngine {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Rebuilds who owns which account (and the latest usage date) from the journal:
+    /// the directory is a projection of the journal's customer commands.
+    fn rebuild_directory(&self, journal: &dyn Journal<Batch<CustomerEntity>>) -> Result<u64, EngineError> {
+        let mut records = 0u64;
+        let mut latest = i64::MIN;
+        journal
+            .replay(0, &mut |_, batch| {
+                records += 1;
+                for (key, command) in batch.iter() {
+                    match command {
+                        CustomerCommand::Upsert(c) => {
+                            if let Some(previous) = self.customers.insert(key.clone(), c.accounts.clone()) {
+                                for a in previous.iter().filter(|a| !c.accounts.contains(a)) {
+                                    self.directory.remove_if(a, |_, owner| owner.0 == *key);
+                                }
+                            }
+                            for (slot, a) in c.accounts.iter().enumerate() {
+                                self.directory.insert(a.clone(), (key.clone(), slot as u32));
+                            }
+                        }
+                        CustomerCommand::Release(a) => {
+                            if let Some(mut list) = self.customers.get_mut(key) {
+                                list.retain(|x| x != a);
+                            }
+                            self.directory.remove_if(a, |_, owner| owner.0 == *key);
+                            self.reindex(key);
+                        }
+                        CustomerCommand::Adopt(a, _) => {
+                            if let Some(mut list) = self.customers.get_mut(key) {
+                                if let Err(i) = list.binary_search(a) {
+                                    list.insert(i, a.clone());
+                                }
+                            }
+                            self.directory.insert(a.clone(), (key.clone(), 0));
+                            self.reindex(key);
+                        }
+                        CustomerCommand::Usage(e) => latest = latest.max(days(e.reading.time.date_naive())),
+                        CustomerCommand::AddCredit(_) | CustomerCommand::AddDiscount(_) => {}
+                    }
+                }
+                true
+            })
+            .map_err(|e| EngineError::Unavailable(format!("partition {:?}: {e}", self.id)))?;
+        self.latest_usage_day
+            .fetch_max(latest, std::sync::atomic::Ordering::AcqRel);
+        Ok(records)
     }
 
     /// Refreshes the slot hints of a customer's accounts after its list changed.

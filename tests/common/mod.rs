@@ -32,7 +32,8 @@ impl Drop for TempDir {
 pub struct Daemon {
     pub child: Child,
     pub addr: String,
-    pub dir: TempDir,
+    /// The folder removed when the daemon is dropped, if it owns one.
+    pub dir: Option<TempDir>,
     /// Every line tallyd logged so far.
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -61,12 +62,20 @@ impl Daemon {
     /// Same, with a configuration file overriding the embedded default.
     pub fn start_with(tag: &str, config: Option<&str>) -> Daemon {
         let dir = TempDir::new(tag);
+        let mut d = Self::start_at(&dir.0, config);
+        d.dir = Some(dir);
+        d
+    }
+
+    /// Starts tallyd on the folder `at` (its data in `at/data`), which outlives it: for
+    /// restarts on the same data.
+    pub fn start_at(at: &std::path::Path, config: Option<&str>) -> Daemon {
         let mut command = Command::new(TALLYD);
         command
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.0.join("data"));
+            .arg(at.join("data"));
         if let Some(text) = config {
-            let file = dir.0.join("config.toml");
+            let file = at.join("config.toml");
             std::fs::write(&file, text).unwrap();
             command.arg("--config").arg(file);
         }
@@ -98,7 +107,7 @@ impl Daemon {
         Daemon {
             child,
             addr: addr.expect("tallyd logs `listening on ADDR`"),
-            dir,
+            dir: None,
             log,
         }
     }

@@ -1,0 +1,157 @@
+//! Crash tests with a real process and real files: tallyd is SIGKILLed while usage streams
+//! in (one batch in flight), restarted on the same data, and every batch it did not
+//! acknowledge is sent again. The bills must then equal a re-computation, through the
+//! domain's functions, of every event once — for several seeds.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::TcpStream;
+
+use common::{Daemon, TempDir};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+use tallyman::config::Settings;
+use tallyman::domain::usage::event_fingerprint;
+use tallyman::domain::*;
+
+const CONFIG: &str = r#"
+[[partitions]]
+id = "aws"
+currency = "USD"
+catalog = "cloud-usd"
+customers = "sample-aws"
+open_period = "2026-11"
+"#;
+
+const ACCOUNTS: [&str; 6] = [
+    "111111111111",
+    "222222222222",
+    "333333333333",
+    "444444444444",
+    "555555555555",
+    "666666666666",
+];
+const METERS: [&str; 4] = [
+    "ec2.instance_hours",
+    "s3.storage_gb_month",
+    "data_transfer_out.gb",
+    "lambda.requests",
+];
+
+fn batches(seed: u64) -> Vec<Vec<Value>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..30)
+        .map(|b| {
+            (0..40)
+                .map(|i| {
+                    json!({
+                        "id": format!("s{seed}-b{b}-e{i}"),
+                        "account": ACCOUNTS[rng.random_range(0..ACCOUNTS.len())],
+                        "meter": METERS[rng.random_range(0..METERS.len())],
+                        "quantity": format!("{}.{:03}", rng.random_range(0..5000), rng.random_range(0..1000)),
+                        "time": format!("2026-11-{:02}T{:02}:00:00Z", rng.random_range(1..=30), rng.random_range(0..24)),
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The bills of every customer, computed from `events` by folding them through the domain.
+fn expected(dir: &std::path::Path, events: &[Value]) -> HashMap<String, String> {
+    let file = dir.join("expected.toml");
+    std::fs::write(&file, CONFIG).unwrap();
+    let settings = Settings::load(Some(&file)).unwrap().validate().unwrap();
+    let p = &settings.partitions[0];
+    let mut usage: HashMap<AccountId, AccountUsage> = HashMap::new();
+    for e in events {
+        let event: UsageEvent = serde_json::from_value(json!({
+            "id": e["id"], "account": e["account"], "meter": e["meter"],
+            "quantity": e["quantity"], "time": e["time"],
+        }))
+        .unwrap();
+        let (meter, reading) = p.catalog.resolve(&event, event.time.date_naive()).unwrap();
+        usage
+            .entry(event.account.as_str().into())
+            .or_default()
+            .apply(event_fingerprint(&event.id), meter, &reading)
+            .unwrap();
+    }
+    let ctx = BillingContext {
+        catalog: &p.catalog,
+        rounding: p.rounding,
+        period: "2026-11".parse().unwrap(),
+    };
+    p.customers
+        .iter()
+        .map(|c| {
+            let mine = usage.iter().filter(|(a, _)| c.accounts.contains(a));
+            let bill = bill_customer(&ctx, c, &settings.profiles[&c.profile], mine);
+            (c.id.clone(), bill.total.to_string())
+        })
+        .collect()
+}
+
+fn post_usage(d: &Daemon, batch: &[Value]) -> Value {
+    let r = d.post("/v1/partitions/aws/usage", &serde_json::to_string(batch).unwrap());
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+#[test]
+fn sigkill_mid_stream_loses_nothing_acknowledged() {
+    for seed in [1u64, 2, 3] {
+        let dir = TempDir::new(&format!("crash-{seed}"));
+        let all = batches(seed);
+        let kill_at = ChaCha8Rng::seed_from_u64(seed + 100).random_range(3..all.len() - 3);
+        let mut acknowledged = vec![false; all.len()];
+        {
+            let mut d = Daemon::start_at(&dir.0, Some(CONFIG));
+            for (i, batch) in all.iter().enumerate() {
+                if i == kill_at {
+                    // Send one more batch and kill tallyd without waiting for its answer.
+                    let body = serde_json::to_string(batch).unwrap();
+                    let mut s = TcpStream::connect(&d.addr).unwrap();
+                    write!(
+                        s,
+                        "POST /v1/partitions/aws/usage HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .unwrap();
+                    d.child.kill().unwrap();
+                    d.child.wait().unwrap();
+                    break;
+                }
+                post_usage(&d, batch);
+                acknowledged[i] = true;
+            }
+        }
+        // Restart on the same data and send again everything not acknowledged.
+        let d = Daemon::start_at(&dir.0, Some(CONFIG));
+        for (i, batch) in all.iter().enumerate() {
+            if !acknowledged[i] {
+                let r = post_usage(&d, batch);
+                let total = r["accepted"].as_u64().unwrap() + r["duplicates"].as_u64().unwrap();
+                assert_eq!(total as usize, batch.len());
+            }
+        }
+        // Everything acknowledged before the crash is there, and nothing twice.
+        let events: Vec<Value> = all.iter().flatten().cloned().collect();
+        for (customer, total) in expected(&dir.0, &events) {
+            let (status, body) = d.get(&format!("/v1/partitions/aws/customers/{customer}/bill"));
+            assert_eq!(status, 200, "{}", body);
+            let bill: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                bill["total"],
+                total.as_str(),
+                "seed {seed}, customer {customer}, killed at batch {kill_at}"
+            );
+        }
+        // A retry of an acknowledged batch after the restart is all duplicates.
+        let r = post_usage(&d, &all[0]);
+        assert_eq!(r, json!({"accepted": 0, "duplicates": 40}), "seed {seed}");
+    }
+}
