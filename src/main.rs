@@ -65,6 +65,16 @@ fn check_config(settings: &Validated) -> ExitCode {
         writeln!(out, "configuration OK")?;
         writeln!(out, "listen: {}", settings.listen)?;
         writeln!(out, "data dir: {}", settings.data_dir.display())?;
+        writeln!(
+            out,
+            "journal: {:?}{}",
+            settings.journal.mode,
+            if settings.journal.fsync {
+                ", synced before every acknowledgement"
+            } else {
+                ", NOT synced"
+            }
+        )?;
         writeln!(out, "profiles:")?;
         let r = &settings.runtime;
         writeln!(

@@ -155,3 +155,67 @@ fn sigkill_mid_stream_loses_nothing_acknowledged() {
         assert_eq!(r, json!({"accepted": 0, "duplicates": 40}), "seed {seed}");
     }
 }
+
+#[test]
+fn sigterm_drains_and_loses_nothing_acknowledged() {
+    let dir = TempDir::new("sigterm");
+    let all = batches(9);
+    let mut d = Daemon::start_at(&dir.0, Some(CONFIG));
+    let addr = d.addr.clone();
+    let pid = d.child.id().to_string();
+    // A sender streams batches until the daemon stops answering, and says when each one
+    // is acknowledged.
+    let (acked_tx, acked_rx) = std::sync::mpsc::channel::<usize>();
+    let sender = {
+        let all = all.clone();
+        std::thread::spawn(move || {
+            let mut acknowledged = Vec::new();
+            for (i, batch) in all.iter().enumerate() {
+                let body = serde_json::to_string(batch).unwrap();
+                let Ok(mut s) = TcpStream::connect(&addr) else {
+                    break;
+                };
+                let request = format!(
+                    "POST /v1/partitions/aws/usage HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if s.write_all(request.as_bytes()).is_err() {
+                    break;
+                }
+                let mut response = String::new();
+                let _ = std::io::Read::read_to_string(&mut s, &mut response);
+                if response.starts_with("HTTP/1.1 200") {
+                    acknowledged.push(i);
+                    let _ = acked_tx.send(i);
+                } else {
+                    break;
+                }
+            }
+            acknowledged
+        })
+    };
+    // Stop it while the sender is busy, once three batches have been acknowledged.
+    for _ in 0..3 {
+        acked_rx.recv().unwrap();
+    }
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exit = d.child.wait().unwrap();
+    assert!(exit.success(), "tallyd exits 0 after SIGTERM: {exit}");
+    let acknowledged = sender.join().unwrap();
+    assert!(acknowledged.len() >= 3);
+    // Everything acknowledged before the stop is there after a restart: sent again, it is
+    // all duplicates.
+    let d = Daemon::start_at(&dir.0, Some(CONFIG));
+    for &i in &acknowledged {
+        let r = post_usage(&d, &all[i]);
+        assert_eq!(
+            r,
+            json!({"accepted": 0, "duplicates": 40}),
+            "batch {i} of {acknowledged:?}"
+        );
+    }
+}
