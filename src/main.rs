@@ -121,6 +121,29 @@ fn run(settings: Validated) -> ExitCode {
         tracing::error!(data_dir = %settings.data_dir.display(), error = %e, "cannot create the data folder");
         return ExitCode::from(2);
     }
+    // One tallyd per data folder: two writers would interleave their journals.
+    let lock_path = settings.data_dir.join("tallyd.lock");
+    let _lock = match std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+    {
+        Ok(file) => match file.try_lock() {
+            Ok(()) => file,
+            Err(_) => {
+                tracing::error!(
+                    data_dir = %settings.data_dir.display(),
+                    "another tallyd is using this data folder; stop it, or give this one its own --data-dir"
+                );
+                return ExitCode::from(2);
+            }
+        },
+        Err(e) => {
+            tracing::error!(file = %lock_path.display(), error = %e, "cannot open the lock file");
+            return ExitCode::from(2);
+        }
+    };
     tracing::info!(
         listen = %settings.listen,
         data_dir = %settings.data_dir.display(),

@@ -219,3 +219,17 @@ fn sigterm_drains_and_loses_nothing_acknowledged() {
         );
     }
 }
+
+#[test]
+fn a_second_tallyd_on_the_same_data_is_refused() {
+    let dir = TempDir::new("lock");
+    let _first = Daemon::start_at(&dir.0, Some(CONFIG));
+    let out = std::process::Command::new(common::TALLYD)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.0.join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("another tallyd is using this data folder"), "{log}");
+}
