@@ -13,36 +13,95 @@ use crate::engine::Engine;
 
 pub mod auth;
 pub mod metrics;
+pub mod openapi;
 pub mod problem;
 mod v1;
 pub mod wire;
 
 use problem::Problem;
 
-/// Registers the routes on an actix-web app.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    v1::routes(cfg);
-    cfg.route("/metrics", web::get().to(metrics::render))
-        .route("/health", web::get().to(health))
-        .route("/ready", web::get().to(ready))
-        .route("/v1/admin/segments", web::get().to(segments))
-        .route("/v1/admin/rebalance", web::post().to(rebalance))
-        .route("/v1/admin/dead-letters", web::get().to(dead_letters))
-        .route(
-            "/v1/admin/dead-letters/{partition}/{id}/replay",
-            web::post().to(replay_dead_letter),
-        );
+/// Declares every route once: registered with actix-web, and documented in
+/// `/v1/openapi.json` from the same lines, so the two always agree.
+macro_rules! api {
+    ($( $method:ident $path:literal => $handler:path {
+        $summary:literal, scope: $scope:expr, request: $req:expr, ok: $status:literal, response: $resp:expr
+    } )*) => {
+        /// Registers the routes on an actix-web app.
+        pub fn routes(cfg: &mut web::ServiceConfig) {
+            $( cfg.route($path, web::$method().to($handler)); )*
+        }
+
+        /// Every route, documented.
+        pub fn operations() -> Vec<openapi::Operation> {
+            vec![$( openapi::Operation {
+                method: stringify!($method),
+                path: $path,
+                summary: $summary,
+                scope: $scope,
+                request: $req,
+                status: $status,
+                response: $resp,
+            }, )*]
+        }
+    };
+}
+
+use crate::domain::customer::{Credit, CustomerSpec, Discount};
+use crate::domain::{CatalogVersionSpec, UsageEvent};
+use crate::engine::{AccountStatement, DeadLetterView, IngestSummary, SegmentView};
+use openapi::schema;
+
+api! {
+    get "/health" => health { "Liveness: the process answers.", scope: None, request: None, ok: 200, response: None }
+    get "/ready" => ready { "Readiness: recovery has finished and traffic is accepted.", scope: None, request: None, ok: 200, response: None }
+    get "/metrics" => metrics::render { "Prometheus text metrics.", scope: Some("read"), request: None, ok: 200, response: None }
+    get "/v1/openapi.json" => openapi_json { "This document.", scope: Some("read"), request: None, ok: 200, response: None }
+    get "/v1/partitions" => v1::partitions { "Partitions with their currency, segments, customers and accounts.", scope: Some("read"), request: None, ok: 200, response: Some(schema::<Vec<v1::PartitionView>>) }
+    get "/v1/partitions/{p}/catalog" => v1::get_catalog { "The catalog version in force (today, or `?at=YYYY-MM-DD`).", scope: Some("read"), request: None, ok: 200, response: Some(schema::<CatalogVersionSpec>) }
+    put "/v1/partitions/{p}/catalog" => v1::put_catalog { "Publishes a catalog version effective from a date.", scope: Some("admin"), request: Some(schema::<CatalogVersionSpec>), ok: 201, response: Some(schema::<v1::Published>) }
+    get "/v1/partitions/{p}/customers" => v1::list_customers { "Every customer with its accounts.", scope: Some("read"), request: None, ok: 200, response: Some(schema::<Vec<v1::CustomerItem>>) }
+    post "/v1/partitions/{p}/customers" => v1::create_customer { "Creates a customer (or replaces its terms).", scope: Some("admin"), request: Some(schema::<CustomerSpec>), ok: 201, response: Some(schema::<v1::CustomerView>) }
+    post "/v1/partitions/{p}/customers/bulk" => v1::bulk_customers { "Creates many customers: NDJSON or a JSON array; all or nothing.", scope: Some("admin"), request: Some(schema::<Vec<CustomerSpec>>), ok: 200, response: Some(schema::<v1::Created>) }
+    get "/v1/partitions/{p}/customers/{c}" => v1::get_customer { "A customer's terms.", scope: Some("read"), request: None, ok: 200, response: Some(schema::<v1::CustomerView>) }
+    put "/v1/partitions/{p}/customers/{c}/accounts/{a}" => v1::move_account { "Moves an account to this customer (or adds it); its usage moves too.", scope: Some("admin"), request: None, ok: 200, response: Some(schema::<v1::Moved>) }
+    post "/v1/partitions/{p}/customers/{c}/credits" => v1::add_credit { "Grants a credit.", scope: Some("admin"), request: Some(schema::<Credit>), ok: 201, response: Some(schema::<Credit>) }
+    post "/v1/partitions/{p}/customers/{c}/discounts" => v1::add_discount { "Grants a percentage discount.", scope: Some("admin"), request: Some(schema::<Discount>), ok: 201, response: Some(schema::<Discount>) }
+    get "/v1/partitions/{p}/customers/{c}/bill" => v1::customer_bill { "The customer's running bill for the open period.", scope: Some("read"), request: None, ok: 200, response: Some(schema::<v1::CustomerBillView>) }
+    get "/v1/partitions/{p}/accounts/{a}/bill" => v1::account_bill { "One account's share of its customer's running bill.", scope: Some("read"), request: None, ok: 200, response: Some(schema::<AccountStatement>) }
+    post "/v1/partitions/{p}/usage" => v1::ingest { "Ingests usage events (a JSON array or NDJSON); answered once durable.", scope: Some("ingest"), request: Some(schema::<Vec<UsageEvent>>), ok: 200, response: Some(schema::<IngestSummary>) }
+    get "/v1/admin/segments" => segments { "Segments with their arbiter, state and load.", scope: Some("admin"), request: None, ok: 200, response: Some(schema::<SegmentReport>) }
+    post "/v1/admin/rebalance" => rebalance { "Runs one rebalancing round now.", scope: Some("admin"), request: None, ok: 202, response: None }
+    get "/v1/admin/dead-letters" => dead_letters { "Commands that kept failing.", scope: Some("admin"), request: None, ok: 200, response: Some(schema::<Vec<DeadLetterView>>) }
+    post "/v1/admin/dead-letters/{partition}/{id}/replay" => replay_dead_letter { "Applies a dead letter again.", scope: Some("admin"), request: None, ok: 200, response: None }
+}
+
+/// The document, built once.
+async fn openapi_json() -> HttpResponse {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let body = DOCUMENT.get_or_init(|| openapi::document(&operations()).to_string());
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body.as_str())
+}
+
+/// What `GET /v1/admin/segments` answers.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct SegmentReport {
+    arbiters: usize,
+    moves: u64,
+    restarts: u64,
+    segments: Vec<SegmentView>,
 }
 
 /// Segments with their arbiter, state and load.
 async fn segments(engine: web::Data<Engine>) -> HttpResponse {
     let (moves, restarts) = engine.moves_and_restarts();
-    HttpResponse::Ok().json(json!({
-        "arbiters": engine.arbiters(),
-        "moves": moves,
-        "restarts": restarts,
-        "segments": engine.segment_report().await,
-    }))
+    HttpResponse::Ok().json(SegmentReport {
+        arbiters: engine.arbiters(),
+        moves,
+        restarts,
+        segments: engine.segment_report().await,
+    })
 }
 
 /// One rebalancing round, now.

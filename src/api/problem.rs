@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::engine::{EngineError, EventError};
 
 /// The `errors` entry of a batch problem.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ItemError {
     pub index: usize,
     pub field: String,
@@ -20,7 +20,7 @@ pub struct ItemError {
 }
 
 /// An RFC 9457 problem.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,

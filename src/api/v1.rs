@@ -12,40 +12,6 @@ use crate::domain::invoice::{AccountBill, CommitmentLine, CreditLine, DiscountLi
 use crate::domain::{Bill, CatalogVersionSpec, Currency, Customer, CustomerSpec, Period};
 use crate::engine::{Engine, EngineError, PartitionEngine};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/partitions", web::get().to(partitions))
-        .route("/v1/partitions/{p}/catalog", web::get().to(get_catalog))
-        .route("/v1/partitions/{p}/catalog", web::put().to(put_catalog))
-        .route("/v1/partitions/{p}/customers", web::get().to(list_customers))
-        .route("/v1/partitions/{p}/customers", web::post().to(create_customer))
-        .route(
-            "/v1/partitions/{p}/customers/bulk",
-            web::post().to(bulk_customers),
-        )
-        .route("/v1/partitions/{p}/customers/{c}", web::get().to(get_customer))
-        .route(
-            "/v1/partitions/{p}/customers/{c}/credits",
-            web::post().to(add_credit),
-        )
-        .route(
-            "/v1/partitions/{p}/customers/{c}/discounts",
-            web::post().to(add_discount),
-        )
-        .route(
-            "/v1/partitions/{p}/customers/{c}/bill",
-            web::get().to(customer_bill),
-        )
-        .route(
-            "/v1/partitions/{p}/accounts/{a}/bill",
-            web::get().to(account_bill),
-        )
-        .route(
-            "/v1/partitions/{p}/customers/{c}/accounts/{a}",
-            web::put().to(move_account),
-        )
-        .route("/v1/partitions/{p}/usage", web::post().to(ingest));
-}
-
 fn partition<'e>(engine: &'e Engine, id: &str) -> Result<&'e PartitionEngine, Problem> {
     engine.partition(id).map_err(Problem::from)
 }
@@ -75,21 +41,23 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> 
     })
 }
 
-async fn partitions(engine: web::Data<Engine>) -> HttpResponse {
-    #[derive(Serialize)]
-    struct View {
-        id: String,
-        currency: String,
-        segments: u32,
-        customers: usize,
-        accounts: usize,
-        open_period: Period,
-    }
-    let views: Vec<View> = engine
+/// A partition as `GET /v1/partitions` lists it.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(super) struct PartitionView {
+    id: String,
+    currency: String,
+    segments: u32,
+    customers: usize,
+    accounts: usize,
+    open_period: Period,
+}
+
+pub(super) async fn partitions(engine: web::Data<Engine>) -> HttpResponse {
+    let views: Vec<PartitionView> = engine
         .partitions()
         .map(|p| {
             let s = p.summary();
-            View {
+            PartitionView {
                 id: s.id,
                 currency: s.currency,
                 segments: s.segments,
@@ -103,11 +71,11 @@ async fn partitions(engine: web::Data<Engine>) -> HttpResponse {
 }
 
 #[derive(Deserialize)]
-struct At {
+pub(super) struct At {
     at: Option<String>,
 }
 
-async fn get_catalog(
+pub(super) async fn get_catalog(
     engine: web::Data<Engine>,
     path: web::Path<String>,
     query: web::Query<At>,
@@ -126,7 +94,7 @@ async fn get_catalog(
     Ok(HttpResponse::Ok().json(p.catalog_at(date)?))
 }
 
-async fn put_catalog(
+pub(super) async fn put_catalog(
     engine: web::Data<Engine>,
     limits: web::Data<LimitSettings>,
     path: web::Path<String>,
@@ -135,16 +103,45 @@ async fn put_catalog(
     let p = partition(&engine, &path)?;
     let spec: CatalogVersionSpec = read_json(payload, &limits).await?;
     let version = p.publish_catalog(&spec)?;
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "partition": p.id,
-        "version": version,
-        "effective_from": spec.effective_from,
-    })))
+    Ok(HttpResponse::Created().json(Published {
+        partition: p.id.clone(),
+        version,
+        effective_from: spec.effective_from,
+    }))
+}
+
+/// A catalog version accepted.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(super) struct Published {
+    partition: String,
+    version: u16,
+    effective_from: chrono::NaiveDate,
+}
+
+/// A customer in a list.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(super) struct CustomerItem {
+    id: String,
+    accounts: Vec<String>,
+}
+
+/// How many customers a bulk request created or updated.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(super) struct Created {
+    created: usize,
+}
+
+/// An account that changed customer (`from` is null when it was new).
+#[derive(Serialize, schemars::JsonSchema)]
+pub(super) struct Moved {
+    account: String,
+    customer: String,
+    from: Option<String>,
 }
 
 /// A customer as the API shows it.
-#[derive(Serialize)]
-struct CustomerView {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(super) struct CustomerView {
     id: String,
     payer: String,
     accounts: Vec<String>,
@@ -178,17 +175,20 @@ fn checked_customer(spec: CustomerSpec, currency: Currency) -> Result<Customer, 
     Customer::from_spec(spec, currency).map_err(|e| EngineError::Invalid(e).into())
 }
 
-async fn list_customers(engine: web::Data<Engine>, path: web::Path<String>) -> Result<HttpResponse, Problem> {
+pub(super) async fn list_customers(
+    engine: web::Data<Engine>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
     let p = partition(&engine, &path)?;
-    let list: Vec<serde_json::Value> = p
+    let list: Vec<CustomerItem> = p
         .customer_list()
         .into_iter()
-        .map(|(id, accounts)| serde_json::json!({"id": id, "accounts": accounts}))
+        .map(|(id, accounts)| CustomerItem { id, accounts })
         .collect();
     Ok(HttpResponse::Ok().json(list))
 }
 
-async fn create_customer(
+pub(super) async fn create_customer(
     engine: web::Data<Engine>,
     limits: web::Data<LimitSettings>,
     path: web::Path<String>,
@@ -201,7 +201,7 @@ async fn create_customer(
     Ok(HttpResponse::Created().json(CustomerView::from(customer)))
 }
 
-async fn bulk_customers(
+pub(super) async fn bulk_customers(
     engine: web::Data<Engine>,
     limits: web::Data<LimitSettings>,
     req: HttpRequest,
@@ -239,10 +239,10 @@ async fn bulk_customers(
     }
     let count = customers.len();
     p.upsert_customers(customers).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"created": count})))
+    Ok(HttpResponse::Ok().json(Created { created: count }))
 }
 
-async fn get_customer(
+pub(super) async fn get_customer(
     engine: web::Data<Engine>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, Problem> {
@@ -251,16 +251,20 @@ async fn get_customer(
     Ok(HttpResponse::Ok().json(CustomerView::from(customer)))
 }
 
-async fn move_account(
+pub(super) async fn move_account(
     engine: web::Data<Engine>,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, Problem> {
     let (p, c, a) = path.into_inner();
     let from = partition(&engine, &p)?.move_account(&c, &a).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"account": a, "customer": c, "from": from})))
+    Ok(HttpResponse::Ok().json(Moved {
+        account: a,
+        customer: c,
+        from,
+    }))
 }
 
-async fn add_credit(
+pub(super) async fn add_credit(
     engine: web::Data<Engine>,
     limits: web::Data<LimitSettings>,
     path: web::Path<(String, String)>,
@@ -273,7 +277,7 @@ async fn add_credit(
     Ok(HttpResponse::Created().json(credit))
 }
 
-async fn add_discount(
+pub(super) async fn add_discount(
     engine: web::Data<Engine>,
     limits: web::Data<LimitSettings>,
     path: web::Path<(String, String)>,
@@ -287,8 +291,8 @@ async fn add_discount(
 }
 
 /// A customer's running bill as API.md shows it.
-#[derive(Serialize)]
-struct CustomerBillView {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(super) struct CustomerBillView {
     customer: String,
     period: Period,
     currency: Currency,
@@ -323,7 +327,7 @@ impl From<Bill> for CustomerBillView {
     }
 }
 
-async fn customer_bill(
+pub(super) async fn customer_bill(
     engine: web::Data<Engine>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, Problem> {
@@ -332,7 +336,7 @@ async fn customer_bill(
     Ok(HttpResponse::Ok().json(CustomerBillView::from(bill)))
 }
 
-async fn account_bill(
+pub(super) async fn account_bill(
     engine: web::Data<Engine>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, Problem> {
@@ -341,7 +345,7 @@ async fn account_bill(
     Ok(HttpResponse::Ok().json(statement))
 }
 
-async fn ingest(
+pub(super) async fn ingest(
     engine: web::Data<Engine>,
     limits: web::Data<LimitSettings>,
     req: HttpRequest,

@@ -22,7 +22,7 @@ use super::usage::{fingerprint64, FieldError, UsageEvent, MAX_ID_LEN};
 pub struct MeterId(pub u16);
 
 /// The aggregation names of the API (`"aggregation": "unique_count"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AggregationKind {
     Sum,
@@ -33,7 +33,7 @@ pub enum AggregationKind {
 }
 
 /// A meter and its price as published (the JSON and TOML shape).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MeterDefinition {
     pub name: String,
@@ -50,7 +50,7 @@ pub struct MeterDefinition {
 }
 
 /// A catalog version as published: `PUT /v1/partitions/{p}/catalog`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogVersionSpec {
     pub effective_from: NaiveDate,

@@ -17,7 +17,7 @@ pub type AccountId = Arc<str>;
 pub const MAX_ACCOUNTS_PER_CUSTOMER: usize = 10_000;
 
 /// A customer as created through the API or configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerSpec {
     pub id: String,
@@ -44,7 +44,7 @@ fn default_profile() -> String {
 }
 
 /// A monthly budget with alert thresholds in percent of the amount.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
     pub amount: Decimal,
@@ -52,7 +52,7 @@ pub struct Budget {
 }
 
 /// A percentage discount on some meters (`meters` absent: on the whole bill).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Discount {
     pub id: String,
@@ -62,7 +62,7 @@ pub struct Discount {
 }
 
 /// A prepaid credit: a balance that pays for charges until it runs out or expires.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Credit {
     pub id: String,

@@ -20,7 +20,7 @@ use super::period::Period;
 use super::price::TierCharge;
 
 /// One meter's pooled charge for the whole family.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MeterLine {
     pub meter: Arc<str>,
     /// The family's quantity: the sum of its accounts' quantities.
@@ -32,7 +32,7 @@ pub struct MeterLine {
 }
 
 /// One account's share of one meter line.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AccountLine {
     pub meter: Arc<str>,
     pub quantity: Decimal,
@@ -40,7 +40,7 @@ pub struct AccountLine {
 }
 
 /// One account's part of the bill.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AccountBill {
     pub account: AccountId,
     pub lines: Vec<AccountLine>,
@@ -48,7 +48,7 @@ pub struct AccountBill {
 }
 
 /// A percentage discount as applied.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DiscountLine {
     pub id: String,
     pub percent: Decimal,
@@ -59,7 +59,7 @@ pub struct DiscountLine {
 }
 
 /// A credit as applied.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CreditLine {
     pub id: String,
     /// The amount paid by the credit (positive).
@@ -69,7 +69,7 @@ pub struct CreditLine {
 }
 
 /// The true-up to a minimum commitment.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CommitmentLine {
     pub minimum: Decimal,
     /// Net usage charges when the step ran.

@@ -120,6 +120,15 @@ impl<'de> Deserialize<'de> for Period {
     }
 }
 
+impl schemars::JsonSchema for Period {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Period".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$", "examples": ["2026-11"]})
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

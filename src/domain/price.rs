@@ -19,7 +19,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 /// One tier of a graduated or volume plan.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tier {
     /// Inclusive upper bound in units; `None` for the last, open-ended tier.
@@ -32,7 +32,7 @@ pub struct Tier {
 }
 
 /// How the chargeable quantity is priced.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "model", rename_all = "snake_case")]
 pub enum PriceModel {
     PerUnit {
@@ -74,7 +74,7 @@ fn plan_error(field: impl Into<String>, message: impl Into<String>) -> PlanError
 }
 
 /// Which part of a plan a [`TierCharge`] comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ChargeKind {
     /// Units covered by the free allowance (amount 0).
@@ -88,7 +88,7 @@ pub enum ChargeKind {
 }
 
 /// One row of a line's tier breakdown: how many units were priced at what.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TierCharge {
     #[serde(flatten)]
     pub kind: ChargeKind,

@@ -26,7 +26,7 @@ pub const MAX_QUANTITY: Decimal = Decimal::from_parts(0xA4C6_8000, 0x3_8D7E, 0, 
 pub const MAX_QUANTITY_SCALE: u32 = 12;
 
 /// A checked usage event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UsageEvent {
     pub id: String,
     pub account: String,

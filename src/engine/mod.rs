@@ -79,7 +79,7 @@ use account::{MeteredEvent, PricingView};
 type Hashing = foldhash::fast::RandomState;
 
 /// One problem with one event of a batch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct EventError {
     pub index: usize,
     pub field: String,
@@ -130,7 +130,7 @@ impl From<SubmitError> for EngineError {
 }
 
 /// A segment as the admin API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct SegmentView {
     pub partition: String,
     pub segment: u32,
@@ -149,7 +149,7 @@ pub struct SegmentView {
 }
 
 /// A dead letter as the admin API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct DeadLetterView {
     pub partition: String,
     pub id: u64,
@@ -171,14 +171,14 @@ pub struct Counters {
 }
 
 /// What an ingest did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct IngestSummary {
     pub accepted: u64,
     pub duplicates: u64,
 }
 
 /// An account's running bill: its share of its customer's bill.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct AccountStatement {
     pub customer: String,
     pub period: Period,
