@@ -71,6 +71,8 @@ pub struct JournalStats {
 
 struct Pending<R> {
     lsn: Lsn,
+    /// The whole record, header and payload, encoded by the appender.
+    bytes: Vec<u8>,
     record: Arc<R>,
     on_durable: OnDurable<R>,
 }
@@ -221,13 +223,13 @@ impl<R: Send + Sync + 'static> FileJournal<R> {
         let size = file.metadata().map_err(io)?.len();
         let stats = Arc::new(JournalStats::default());
         let (tx, rx) = mpsc::channel();
-        let writer = Writer {
+        let writer = Writer::<R> {
             config: config.clone(),
-            codec: codec.clone(),
             file,
             size,
             last,
             stats: stats.clone(),
+            _records: std::marker::PhantomData,
         };
         let handle = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -263,12 +265,12 @@ impl<R: Send + Sync + 'static> Drop for FileJournal<R> {
 
 struct Writer<R> {
     config: FileJournalConfig,
-    codec: Arc<dyn Codec<R>>,
     file: File,
     size: u64,
     /// The LSN of the last record written.
     last: Lsn,
     stats: Arc<JournalStats>,
+    _records: std::marker::PhantomData<fn(R)>,
 }
 
 impl<R: Send + Sync + 'static> Writer<R> {
@@ -283,14 +285,7 @@ impl<R: Send + Sync + 'static> Writer<R> {
             }
             buf.clear();
             for p in &batch {
-                let start = buf.len();
-                buf.extend_from_slice(&[0; HEADER]);
-                self.codec.encode(&p.record, &mut buf);
-                let len = (buf.len() - start - HEADER) as u32;
-                let crc = checksum(p.lsn, &buf[start + HEADER..]);
-                buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-                buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-                buf[start + 8..start + 16].copy_from_slice(&p.lsn.to_le_bytes());
+                buf.extend_from_slice(&p.bytes);
             }
             let result = self.write(&buf);
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -359,11 +354,23 @@ impl<R: Send + Sync + 'static> Writer<R> {
 
 impl<R: Send + Sync + 'static> Journal<R> for FileJournal<R> {
     fn append(&self, record: Arc<R>, on_durable: OnDurable<R>) {
+        // Encoding and checksumming happen here, on the appender's thread, so that many
+        // appenders share the work; only the LSN is written under the lock.
+        let mut bytes = Vec::with_capacity(HEADER + 256);
+        bytes.extend_from_slice(&[0; HEADER]);
+        self.codec.encode(&record, &mut bytes);
+        let len = bytes.len() - HEADER;
+        let payload_crc = crc32c::crc32c(&bytes[HEADER..]);
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         queue.0 += 1;
         let lsn = queue.0;
+        let crc = crc32c::crc32c_combine(crc32c::crc32c(&lsn.to_le_bytes()), payload_crc, len);
+        bytes[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+        bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+        bytes[8..16].copy_from_slice(&lsn.to_le_bytes());
         let pending = Pending {
             lsn,
+            bytes,
             record,
             on_durable,
         };
