@@ -10,6 +10,8 @@
 //!    rounds of the router's rebalancer: per-arbiter busy time before and after.
 //!
 //! Sizes can be scaled down for a quick look: `cargo bench --bench ingest -- --accounts 100000`.
+//! With `-- --durable`, the journal is the file journal with an `fdatasync` before every
+//! acknowledgement (16 batches in flight so that group commit has something to group).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -30,6 +32,8 @@ struct Args {
     timed_events: usize,
     batch: usize,
     in_flight: usize,
+    /// Journal to files, synced before every acknowledgement.
+    durable: bool,
 }
 
 fn args() -> Args {
@@ -40,6 +44,7 @@ fn args() -> Args {
         timed_events: 2_000_000,
         batch: 1000,
         in_flight: 4,
+        durable: false,
     };
     let argv: Vec<String> = std::env::args().collect();
     let value = |name: &str| {
@@ -56,6 +61,11 @@ fn args() -> Args {
     }
     if let Some(v) = value("--batch") {
         a.batch = v;
+    }
+    if argv.iter().any(|x| x == "--durable") {
+        a.durable = true;
+        // Many batches in flight, so that group commit has something to group.
+        a.in_flight = 16;
     }
     a
 }
@@ -208,10 +218,27 @@ async fn run() {
     let a = args();
     let settings = settings();
     let usd = Currency::from_code("USD").unwrap();
+    let journal_dir = std::env::temp_dir().join(format!("tallyman-ingest-bench-{}", std::process::id()));
+    let journal = if a.durable {
+        JournalMode::File {
+            dir: journal_dir.clone(),
+            fsync: true,
+        }
+    } else {
+        JournalMode::Discarded
+    };
+    println!(
+        "journal: {}",
+        if a.durable {
+            "files, fdatasync before every acknowledgement"
+        } else {
+            "none (records numbered, not kept)"
+        }
+    );
     let engine = Engine::start(
         &settings,
         EngineOptions {
-            journal: JournalMode::Discarded,
+            journal,
             ..EngineOptions::default()
         },
     )
@@ -344,6 +371,7 @@ async fn run() {
         segments, before, moved, after
     );
     engine.stop();
+    let _ = std::fs::remove_dir_all(&journal_dir);
 }
 
 fn main() {
