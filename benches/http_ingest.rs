@@ -194,20 +194,23 @@ fn main() {
         .arg(&config)
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .env("RUST_LOG", "warn,tallyman::api=info")
+        .env("RUST_LOG", "warn,tallyman::api=info,tallyd=info")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = lines
-        .by_ref()
-        .find_map(|l| {
-            let l = l.ok()?;
-            l.split("listening on ")
-                .nth(1)
-                .map(|r| r.split_whitespace().next().unwrap().to_string())
-        })
-        .expect("tallyd logs `listening on ADDR`");
+    // tallyd listens first and recovers after: wait for both lines.
+    let mut addr = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            addr = Some(rest.split_whitespace().next().unwrap().to_string());
+        }
+        if line.contains("start-up finished") {
+            break;
+        }
+    }
+    let addr = addr.expect("tallyd logs `listening on ADDR`");
     std::thread::spawn(move || lines.for_each(drop));
 
     // Customers, through the bulk API.

@@ -174,45 +174,54 @@ fn run(settings: Validated) -> ExitCode {
             journal,
             ..EngineOptions::default()
         };
-        let engine = match Engine::start(&settings, options).await {
-            Ok(engine) => Arc::new(engine),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the engine");
-                return Err(2);
+        // The HTTP server listens at once (/health answers, /ready says 503); the engine
+        // recovers meanwhile and takes traffic when it is done.
+        let recovery_settings = settings.clone();
+        let startup = async move {
+            let engine = Engine::start(&recovery_settings, options)
+                .await
+                .map_err(|e| format!("cannot start the engine: {e}"))?;
+            for p in engine.partition_summaries() {
+                tracing::info!(
+                    partition = %p.id,
+                    currency = %p.currency,
+                    rounding = %p.rounding,
+                    catalog = %p.catalog,
+                    catalog_versions = p.catalog_versions,
+                    meters = p.meters.len(),
+                    segments = p.segments,
+                    customers = p.customers,
+                    accounts = p.accounts,
+                    "partition loaded"
+                );
             }
-        };
-        for p in engine.partition_summaries() {
             tracing::info!(
-                partition = %p.id,
-                currency = %p.currency,
-                rounding = %p.rounding,
-                catalog = %p.catalog,
-                catalog_versions = p.catalog_versions,
-                meters = p.meters.len(),
-                segments = p.segments,
-                customers = p.customers,
-                accounts = p.accounts,
-                "partition loaded"
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                arbiters = engine.arbiters(),
+                "engine recovered"
             );
-        }
-        tracing::info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            arbiters = engine.arbiters(),
-            "start-up finished"
-        );
+            Ok(Arc::new(engine))
+        };
         let served = tallyman::api::serve(
-            engine.clone(),
+            startup,
             settings.auth.clone(),
             settings.limits.clone(),
             settings.listen,
             settings.http_workers,
         )
         .await;
-        engine.stop();
-        served.map_err(|e| {
-            tracing::error!(listen = %settings.listen, error = %e, "cannot serve");
-            1
-        })
+        match served {
+            Ok(engine) => {
+                if let Some(engine) = engine {
+                    engine.stop();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(listen = %settings.listen, error = %e, "tallyd stops");
+                Err(2)
+            }
+        }
     });
     match result {
         Ok(()) => {

@@ -80,10 +80,12 @@ fn a_saturated_segment_answers_429_with_retry_after() {
             )
             .await
             .unwrap();
-            let engine = web::Data::new(engine);
+            let engine = std::sync::Arc::new(engine);
+            let cell = tallyman::api::EngineCell::new();
+            let _ = cell.set(engine.clone());
+            let e = web::Data::new(cell);
             let limits = web::Data::new(settings.limits.clone());
             let auth = web::Data::new(AuthConfig::default());
-            let e = engine.clone();
             let server = HttpServer::new(move || {
                 App::new()
                     .app_data(e.clone())

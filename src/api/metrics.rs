@@ -11,7 +11,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpResponse};
 use dashmap::DashMap;
 
-use crate::engine::Engine;
+use super::Ready;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -88,7 +88,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: impl In
 }
 
 /// `GET /metrics`.
-pub async fn render(engine: web::Data<Engine>, http: web::Data<HttpMetrics>) -> HttpResponse {
+pub async fn render(engine: Ready, http: web::Data<HttpMetrics>) -> HttpResponse {
     let mut out = String::new();
     let partitions: Vec<(String, crate::engine::Counters)> = engine
         .partitions()

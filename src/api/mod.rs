@@ -94,7 +94,7 @@ struct SegmentReport {
 }
 
 /// Segments with their arbiter, state and load.
-async fn segments(engine: web::Data<Engine>) -> HttpResponse {
+async fn segments(engine: Ready) -> HttpResponse {
     let (moves, restarts) = engine.moves_and_restarts();
     HttpResponse::Ok().json(SegmentReport {
         arbiters: engine.arbiters(),
@@ -105,18 +105,15 @@ async fn segments(engine: web::Data<Engine>) -> HttpResponse {
 }
 
 /// One rebalancing round, now.
-async fn rebalance(engine: web::Data<Engine>) -> HttpResponse {
+async fn rebalance(engine: Ready) -> HttpResponse {
     HttpResponse::Accepted().json(json!({"moves_started": engine.rebalance_now().await}))
 }
 
-async fn dead_letters(engine: web::Data<Engine>) -> HttpResponse {
+async fn dead_letters(engine: Ready) -> HttpResponse {
     HttpResponse::Ok().json(engine.dead_letters())
 }
 
-async fn replay_dead_letter(
-    engine: web::Data<Engine>,
-    path: web::Path<(String, u64)>,
-) -> Result<HttpResponse, Problem> {
+async fn replay_dead_letter(engine: Ready, path: web::Path<(String, u64)>) -> Result<HttpResponse, Problem> {
     let (partition, id) = path.into_inner();
     let outcome = engine.replay_dead_letter(&partition, id).await?;
     Ok(HttpResponse::Ok().json(json!({"replayed": id, "outcome": outcome})))
@@ -135,25 +132,71 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Readiness: the engine has loaded its partitions and accepts traffic.
-async fn ready(engine: web::Data<Engine>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({"ready": true, "partitions": engine.partition_summaries().len()}))
+/// Readiness: recovery has finished and the engine accepts traffic (503 before).
+async fn ready(cell: web::Data<EngineCell>) -> HttpResponse {
+    match cell.get() {
+        Some(engine) => {
+            HttpResponse::Ok().json(json!({"ready": true, "partitions": engine.partition_summaries().len()}))
+        }
+        None => HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(json!({"ready": false, "detail": "recovering from the journal"})),
+    }
+}
+
+/// The engine, once it has recovered; empty while it recovers.
+pub type EngineCell = std::sync::OnceLock<Arc<Engine>>;
+
+/// Extracts the engine, or answers 503 while it is still recovering.
+pub struct Ready(Arc<Engine>);
+
+impl std::ops::Deref for Ready {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.0
+    }
+}
+
+impl actix_web::FromRequest for Ready {
+    type Error = Problem;
+    type Future = std::future::Ready<Result<Ready, Problem>>;
+
+    fn from_request(req: &actix_web::HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let engine = req
+            .app_data::<web::Data<EngineCell>>()
+            .and_then(|cell| cell.get().cloned());
+        std::future::ready(engine.map(Ready).ok_or_else(|| {
+            let mut p = Problem::new(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "recovering",
+                "Recovering",
+                "tallyd is recovering its state from the journal; try again shortly (GET /ready says when)",
+            );
+            p.retry_after = Some(1);
+            p
+        }))
+    }
 }
 
 /// Binds `listen` and serves until SIGINT or SIGTERM, then stops accepting, drains the
 /// requests in flight and returns. The signal handlers are installed before the address
 /// is bound, so a signal that follows the `listening on` line is never missed.
+///
+/// It listens before the engine has recovered, so `/health` answers at once and `/ready`
+/// says when recovery is done; `startup` yields the engine (or why it could not start,
+/// which stops the server and is returned as the error).
 pub async fn serve(
-    engine: Arc<Engine>,
+    startup: impl std::future::Future<Output = Result<Arc<Engine>, String>> + 'static,
     auth: AuthConfig,
     limits: LimitSettings,
     listen: SocketAddr,
     workers: usize,
-) -> std::io::Result<()> {
+) -> std::io::Result<Option<Arc<Engine>>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let data = web::Data::from(engine);
+    let cell: web::Data<EngineCell> = web::Data::new(EngineCell::new());
+    let data = cell.clone();
     let max_connections = limits.max_connections_per_worker;
     let limits = web::Data::new(limits);
     let auth = web::Data::new(auth);
@@ -187,13 +230,33 @@ pub async fn serve(
     }
     let server = server.run();
     let handle = server.handle();
+    let stopper = handle.clone();
     actix_rt::spawn(async move {
         let which = tokio::select! {
             _ = sigterm.recv() => "SIGTERM",
             _ = sigint.recv() => "SIGINT",
         };
         tracing::info!(signal = which, "stopping: draining requests in flight");
-        handle.stop(true).await;
+        stopper.stop(true).await;
     });
-    server.await
+    let failure: Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    let failed = failure.clone();
+    let recovering = cell.clone();
+    actix_rt::spawn(async move {
+        match startup.await {
+            Ok(engine) => {
+                let _ = recovering.set(engine);
+                tracing::info!("start-up finished: ready");
+            }
+            Err(e) => {
+                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                handle.stop(false).await;
+            }
+        }
+    });
+    server.await?;
+    if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(std::io::Error::other(e));
+    }
+    Ok(cell.get().cloned())
 }

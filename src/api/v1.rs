@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::problem::{ItemError, Problem};
 use super::wire;
+use super::Ready;
 use crate::config::LimitSettings;
 use crate::domain::customer::{Credit, Discount};
 use crate::domain::invoice::{AccountBill, CommitmentLine, CreditLine, DiscountLine, MeterLine};
@@ -52,7 +53,7 @@ pub(super) struct PartitionView {
     open_period: Period,
 }
 
-pub(super) async fn partitions(engine: web::Data<Engine>) -> HttpResponse {
+pub(super) async fn partitions(engine: Ready) -> HttpResponse {
     let views: Vec<PartitionView> = engine
         .partitions()
         .map(|p| {
@@ -76,7 +77,7 @@ pub(super) struct At {
 }
 
 pub(super) async fn get_catalog(
-    engine: web::Data<Engine>,
+    engine: Ready,
     path: web::Path<String>,
     query: web::Query<At>,
 ) -> Result<HttpResponse, Problem> {
@@ -95,7 +96,7 @@ pub(super) async fn get_catalog(
 }
 
 pub(super) async fn put_catalog(
-    engine: web::Data<Engine>,
+    engine: Ready,
     limits: web::Data<LimitSettings>,
     path: web::Path<String>,
     payload: web::Payload,
@@ -175,10 +176,7 @@ fn checked_customer(spec: CustomerSpec, currency: Currency) -> Result<Customer, 
     Customer::from_spec(spec, currency).map_err(|e| EngineError::Invalid(e).into())
 }
 
-pub(super) async fn list_customers(
-    engine: web::Data<Engine>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, Problem> {
+pub(super) async fn list_customers(engine: Ready, path: web::Path<String>) -> Result<HttpResponse, Problem> {
     let p = partition(&engine, &path)?;
     let list: Vec<CustomerItem> = p
         .customer_list()
@@ -189,7 +187,7 @@ pub(super) async fn list_customers(
 }
 
 pub(super) async fn create_customer(
-    engine: web::Data<Engine>,
+    engine: Ready,
     limits: web::Data<LimitSettings>,
     path: web::Path<String>,
     payload: web::Payload,
@@ -202,7 +200,7 @@ pub(super) async fn create_customer(
 }
 
 pub(super) async fn bulk_customers(
-    engine: web::Data<Engine>,
+    engine: Ready,
     limits: web::Data<LimitSettings>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -243,7 +241,7 @@ pub(super) async fn bulk_customers(
 }
 
 pub(super) async fn get_customer(
-    engine: web::Data<Engine>,
+    engine: Ready,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, Problem> {
     let (p, c) = path.into_inner();
@@ -252,7 +250,7 @@ pub(super) async fn get_customer(
 }
 
 pub(super) async fn move_account(
-    engine: web::Data<Engine>,
+    engine: Ready,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, Problem> {
     let (p, c, a) = path.into_inner();
@@ -265,7 +263,7 @@ pub(super) async fn move_account(
 }
 
 pub(super) async fn add_credit(
-    engine: web::Data<Engine>,
+    engine: Ready,
     limits: web::Data<LimitSettings>,
     path: web::Path<(String, String)>,
     payload: web::Payload,
@@ -278,7 +276,7 @@ pub(super) async fn add_credit(
 }
 
 pub(super) async fn add_discount(
-    engine: web::Data<Engine>,
+    engine: Ready,
     limits: web::Data<LimitSettings>,
     path: web::Path<(String, String)>,
     payload: web::Payload,
@@ -328,7 +326,7 @@ impl From<Bill> for CustomerBillView {
 }
 
 pub(super) async fn customer_bill(
-    engine: web::Data<Engine>,
+    engine: Ready,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, Problem> {
     let (p, c) = path.into_inner();
@@ -337,7 +335,7 @@ pub(super) async fn customer_bill(
 }
 
 pub(super) async fn account_bill(
-    engine: web::Data<Engine>,
+    engine: Ready,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, Problem> {
     let (p, a) = path.into_inner();
@@ -346,7 +344,7 @@ pub(super) async fn account_bill(
 }
 
 pub(super) async fn ingest(
-    engine: web::Data<Engine>,
+    engine: Ready,
     limits: web::Data<LimitSettings>,
     req: HttpRequest,
     path: web::Path<String>,

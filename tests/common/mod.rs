@@ -54,7 +54,8 @@ impl Response {
 }
 
 impl Daemon {
-    /// Starts tallyd on port 0 and waits for its "listening on ADDR" line (no sleeps).
+    /// Starts tallyd on port 0 and waits for its "listening on ADDR" and "start-up
+    /// finished" lines (no sleeps).
     pub fn start(tag: &str) -> Daemon {
         Self::start_with(tag, None)
     }
@@ -89,11 +90,14 @@ impl Daemon {
         let mut addr = None;
         let mut lines = stderr.lines();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        // tallyd listens first and recovers after: wait for both lines.
         for line in lines.by_ref() {
             let line = line.unwrap();
             log.lock().unwrap().push(line.clone());
             if let Some(rest) = line.split("listening on ").nth(1) {
                 addr = Some(rest.split_whitespace().next().unwrap().to_string());
+            }
+            if line.contains("start-up finished") {
                 break;
             }
         }
