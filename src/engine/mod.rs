@@ -234,8 +234,6 @@ pub struct EngineOptions {
     pub journal: JournalMode,
     /// Test-only: makes the command for a customer at an LSN panic on its first try.
     pub fault_hook: Option<FaultHook<CustomerKey>>,
-    /// The open period of every partition that does not configure one.
-    pub open_period: Option<Period>,
 }
 
 /// What the engine serves.
@@ -356,7 +354,6 @@ impl Engine {
             let _ = router.send(Register(Box::new(runtime.clone()))).await;
             let period = p
                 .open_period
-                .or(options.open_period)
                 .unwrap_or_else(|| Period::containing(chrono::Utc::now().date_naive()));
             let engine = PartitionEngine {
                 id: p.id.clone(),
