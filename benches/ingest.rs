@@ -223,6 +223,7 @@ async fn run() {
         JournalMode::File {
             dir: journal_dir.clone(),
             fsync: true,
+            file_bytes: 128 << 20,
         }
     } else {
         JournalMode::Discarded

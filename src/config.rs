@@ -73,6 +73,23 @@ pub struct JournalSettings {
     /// Sync every batch before acknowledging it. Turning it off risks losing acknowledged
     /// usage on a power cut; for tests and benchmarks only.
     pub fsync: bool,
+    /// A journal file is closed and a new one started past this size; whole files are
+    /// deleted once every segment's snapshot has moved past them.
+    pub file_bytes: u64,
+}
+
+impl JournalSettings {
+    fn validate(&self) -> Result<JournalSettings, ConfigError> {
+        const LO: u64 = 4 << 10;
+        const HI: u64 = 4 << 30;
+        if !(LO..=HI).contains(&self.file_bytes) {
+            return Err(invalid(
+                "journal.file_bytes",
+                format!("must be from {LO} to {HI} (got {})", self.file_bytes),
+            ));
+        }
+        Ok(self.clone())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +214,9 @@ pub struct RuntimeSettings {
     /// Seconds between snapshots of every segment, after which the journal forgets
     /// what they cover; 0 never snapshots.
     pub snapshot_interval_secs: u64,
+    /// A snapshot round also starts once this many events were ingested since the last
+    /// one; 0 snapshots by time only.
+    pub snapshot_every_events: u64,
     /// Seconds between rebalancing rounds; 0 turns automatic rebalancing off.
     pub rebalance_interval_secs: u64,
     /// Rebalance when the busiest arbiter is busier than this factor × the least busy one.
@@ -293,6 +313,12 @@ impl RuntimeSettings {
         )?;
         range("rebalance_interval_secs", self.rebalance_interval_secs, 0, 86_400)?;
         range("snapshot_interval_secs", self.snapshot_interval_secs, 0, 86_400)?;
+        range(
+            "snapshot_every_events",
+            self.snapshot_every_events,
+            0,
+            10_000_000_000,
+        )?;
         range("rebalance_max_moves", self.rebalance_max_moves as u64, 0, 1_000)?;
         if !(self.rebalance_factor > 1.0 && self.rebalance_factor.is_finite()) {
             return Err(invalid(
@@ -434,7 +460,7 @@ impl Settings {
         }
         let auth = self.validate_auth(&listen)?;
         Ok(Validated {
-            journal: self.journal.clone(),
+            journal: self.journal.validate()?,
             auth,
             runtime: self.runtime.validate()?,
             limits: self.limits.validate()?,

@@ -17,7 +17,15 @@ use tallyman::config::Settings;
 use tallyman::domain::usage::event_fingerprint;
 use tallyman::domain::*;
 
+/// Small journal files and frequent snapshots, so that snapshots, journal truncation and
+/// recovery from a snapshot plus the journal after it all happen within a short stream.
 const CONFIG: &str = r#"
+[journal]
+file_bytes = 8192
+
+[runtime]
+snapshot_every_events = 200
+
 [[partitions]]
 id = "aws"
 currency = "USD"
@@ -106,11 +114,18 @@ fn sigkill_mid_stream_loses_nothing_acknowledged() {
     for seed in [1u64, 2, 3] {
         let dir = TempDir::new(&format!("crash-{seed}"));
         let all = batches(seed);
-        let kill_at = ChaCha8Rng::seed_from_u64(seed + 100).random_range(3..all.len() - 3);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed + 100);
+        let kill_at = rng.random_range(3..all.len() - 3);
+        let snapshot_at = rng.random_range(1..kill_at);
         let mut acknowledged = vec![false; all.len()];
         {
             let mut d = Daemon::start_at(&dir.0, Some(CONFIG));
             for (i, batch) in all.iter().enumerate() {
+                if i == snapshot_at {
+                    // A snapshot mid-stream: the restart recovers from it and the journal after it.
+                    let r = d.post("/v1/admin/snapshot", "");
+                    assert_eq!(r.status, 200, "{}", r.body);
+                }
                 if i == kill_at {
                     // Send one more batch and kill tallyd without waiting for its answer.
                     let body = serde_json::to_string(batch).unwrap();
@@ -218,6 +233,76 @@ fn sigterm_drains_and_loses_nothing_acknowledged() {
             "batch {i} of {acknowledged:?}"
         );
     }
+}
+
+/// Stops tallyd with SIGTERM and waits for it to exit 0 (it snapshots on the way out).
+fn stop(mut d: Daemon) {
+    let pid = d.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exit = d.child.wait().unwrap();
+    assert!(exit.success(), "tallyd exits 0 after SIGTERM: {exit}");
+}
+
+#[test]
+fn a_damaged_newest_snapshot_falls_back_to_the_older_one() {
+    let dir = TempDir::new("snapshot-fallback");
+    let all = batches(21);
+    // Two runs, each ending in a snapshot at shutdown: two snapshots per segment.
+    let d = Daemon::start_at(&dir.0, Some(CONFIG));
+    for batch in &all[..15] {
+        post_usage(&d, batch);
+    }
+    stop(d);
+    let d = Daemon::start_at(&dir.0, Some(CONFIG));
+    for batch in &all[15..] {
+        post_usage(&d, batch);
+    }
+    stop(d);
+    // Flip one byte in the middle of the newest snapshot of every segment.
+    let snapshots = dir.0.join("data/aws/snapshots");
+    let mut newest: HashMap<String, std::path::PathBuf> = HashMap::new();
+    for entry in std::fs::read_dir(&snapshots).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let segment = name.split('-').next().unwrap().to_string();
+        if newest.get(&segment).is_none_or(|p| *p < path) {
+            newest.insert(segment, path);
+        }
+    }
+    assert!(!newest.is_empty());
+    let journal: Vec<String> = std::fs::read_dir(dir.0.join("data/aws/journal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !journal.contains(&"journal-00000000000000000001.log".to_string()),
+        "the journal files the older snapshots cover were deleted: {journal:?}"
+    );
+    for path in newest.values() {
+        let mut bytes = std::fs::read(path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        std::fs::write(path, bytes).unwrap();
+    }
+    // The restart recovers from the older snapshots plus the journal after them (which
+    // truncation kept for exactly this), says so, and the bills are whole.
+    let d = Daemon::start_at(&dir.0, Some(CONFIG));
+    let log = d.log.lock().unwrap().join("\n");
+    assert!(log.contains("checksum mismatch"), "{log}");
+    assert!(log.contains("recovering from an older snapshot"), "{log}");
+    let events: Vec<Value> = all.iter().flatten().cloned().collect();
+    for (customer, total) in expected(&dir.0, &events) {
+        let (status, body) = d.get(&format!("/v1/partitions/aws/customers/{customer}/bill"));
+        assert_eq!(status, 200, "{}", body);
+        let bill: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(bill["total"], total.as_str(), "customer {customer}");
+    }
+    let r = post_usage(&d, &all[0]);
+    assert_eq!(r, json!({"accepted": 0, "duplicates": 40}));
 }
 
 #[test]

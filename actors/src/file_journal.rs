@@ -85,6 +85,8 @@ pub struct FileJournal<R: Send + Sync + 'static> {
     queue: Mutex<(Lsn, Option<Sender<Pending<R>>>)>,
     writer: Mutex<Option<JoinHandle<()>>>,
     stats: Arc<JournalStats>,
+    /// The LSN up to which every `on_durable` has been called.
+    durable: Arc<AtomicU64>,
 }
 
 /// A file of the journal: its path and the first LSN it holds.
@@ -223,7 +225,9 @@ impl<R: Send + Sync + 'static> FileJournal<R> {
         let size = file.metadata().map_err(io)?.len();
         let stats = Arc::new(JournalStats::default());
         let (tx, rx) = mpsc::channel();
+        let durable = Arc::new(AtomicU64::new(last));
         let writer = Writer::<R> {
+            durable: durable.clone(),
             config: config.clone(),
             file,
             size,
@@ -241,6 +245,7 @@ impl<R: Send + Sync + 'static> FileJournal<R> {
             queue: Mutex::new((last, Some(tx))),
             writer: Mutex::new(Some(handle)),
             stats,
+            durable,
         })
     }
 
@@ -270,6 +275,7 @@ struct Writer<R> {
     /// The LSN of the last record written.
     last: Lsn,
     stats: Arc<JournalStats>,
+    durable: Arc<AtomicU64>,
     _records: std::marker::PhantomData<fn(R)>,
 }
 
@@ -298,6 +304,7 @@ impl<R: Send + Sync + 'static> Writer<R> {
                     for p in batch.drain(..) {
                         (p.on_durable)(Ok(p.lsn), p.record);
                     }
+                    self.durable.store(self.last, Ordering::Release);
                     if self.size >= self.config.segment_bytes {
                         if let Err(e) = self.rotate(self.last + 1) {
                             tracing::error!(error = %e, "cannot start a new journal file; staying on the current one");
@@ -314,9 +321,12 @@ impl<R: Send + Sync + 'static> Writer<R> {
                         let _ = self.rotate(next);
                     }
                     let reason = format!("the journal could not write or sync: {e}");
+                    let failed = batch.back().map_or(0, |p| p.lsn);
                     for p in batch.drain(..) {
                         (p.on_durable)(Err(JournalError::Unavailable(reason.clone())), p.record);
                     }
+                    // Nothing of the batch is in the journal, and nothing was delivered.
+                    self.durable.fetch_max(failed, Ordering::Release);
                 }
             }
         }
@@ -388,6 +398,11 @@ impl<R: Send + Sync + 'static> Journal<R> for FileJournal<R> {
 
     fn replay(&self, after: Lsn, visit: &mut dyn FnMut(Lsn, &Arc<R>) -> bool) -> Result<(), JournalError> {
         let files = segments(&self.dir).map_err(|e| JournalError::Unavailable(e.to_string()))?;
+        // Truncation only drops files whose records every segment has moved past, so a
+        // reader asking for older records has lost its snapshot: never replay partially.
+        if files.first().is_some_and(|f| f.first > after + 1) {
+            return Err(JournalError::NotRetained { from: after + 1 });
+        }
         let mut go_on = true;
         let mut failure = None;
         for (i, file) in files.iter().enumerate() {
@@ -438,5 +453,9 @@ impl<R: Send + Sync + 'static> Journal<R> for FileJournal<R> {
 
     fn last_lsn(&self) -> Lsn {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    fn durable_lsn(&self) -> Lsn {
+        self.durable.load(Ordering::Acquire)
     }
 }

@@ -43,6 +43,9 @@ pub trait Journal<R>: Send + Sync + 'static {
     fn truncate(&self, upto: Lsn);
     /// The LSN of the last record appended (0 when none).
     fn last_lsn(&self) -> Lsn;
+    /// The LSN up to which every record has been handed to its `on_durable` (0 when
+    /// none): whatever a caller delivers from `on_durable` has been delivered up to here.
+    fn durable_lsn(&self) -> Lsn;
 }
 
 /// A journal in memory: for tests, and for runs that need no durability.
@@ -125,5 +128,10 @@ impl<R: Send + Sync + 'static> Journal<R> for MemoryJournal<R> {
 
     fn last_lsn(&self) -> Lsn {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).last
+    }
+
+    fn durable_lsn(&self) -> Lsn {
+        // `on_durable` runs under the lock, inside `append`.
+        self.last_lsn()
     }
 }

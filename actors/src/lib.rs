@@ -14,6 +14,7 @@
 
 pub mod entity;
 pub mod file_journal;
+pub mod file_snapshots;
 pub mod journal;
 pub mod partition;
 pub mod router;
@@ -22,6 +23,7 @@ pub mod snapshot;
 pub mod supervision;
 
 pub use entity::{Batch, Entity};
+pub use file_snapshots::{FileSnapshots, FileSnapshotsConfig, SnapshotCodec};
 pub use journal::{Journal, JournalError, Lsn, MemoryJournal};
 pub use partition::{Partition, PartitionConfig, SubmitError};
 pub use router::{ArbiterPool, RebalanceConfig, Router};

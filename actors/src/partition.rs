@@ -20,9 +20,9 @@ use crate::journal::{Journal, JournalError, Lsn};
 use crate::router::ArbiterPool;
 use crate::segment::{
     Ask, Deliver, Failure, FaultHook, Handoff, Origin, Outcomes, Permit, Segment, SegmentDown, SegmentEnv,
-    SegmentStats, TakeSnapshot,
+    SegmentStats, TakeSnapshot, Visit,
 };
-use crate::snapshot::SnapshotStore;
+use crate::snapshot::{SnapshotStore, VisitEach, VisitOnce};
 use crate::supervision::{DeadLetters, RestartIntensity, SupervisionConfig};
 
 /// How a partition's runtime is laid out.
@@ -635,30 +635,72 @@ impl<E: Entity> Partition<E> {
     }
 
     /// Snapshots every running segment, then lets the journal forget what all of them
-    /// have moved past. Resolves with the LSN the journal was truncated to.
-    pub async fn snapshot_all(&self) -> Lsn {
+    /// have moved past. Resolves with the LSN the journal was truncated to; an error
+    /// when a segment could not be snapshotted (nothing is truncated then).
+    pub async fn snapshot_all(&self) -> Result<Lsn, String> {
         // Every record up to here has been delivered (delivery happens in journal order,
-        // at append), so a segment that got none of them is still current as of it.
-        let journaled = self.env.journal.last_lsn();
+        // from `on_durable`), so a segment that got none of them is still current as of it.
+        let durable = self.env.journal.durable_lsn();
         let mut lowest = Lsn::MAX;
-        for slot in &self.slots {
+        for (segment, slot) in self.slots.iter().enumerate() {
             let addr = match &*slot.state.lock().unwrap_or_else(|p| p.into_inner()) {
-                SlotState::Active { addr, .. } => Some(addr.clone()),
-                _ => None,
+                SlotState::Active { addr, .. } => addr.clone(),
+                SlotState::Buffering { .. } => return Err(format!("segment {segment} is moving")),
+                SlotState::Failed { reason } => {
+                    return Err(format!("segment {segment} has failed: {reason}"))
+                }
             };
-            let lsn = match addr {
-                Some(addr) => addr.send(TakeSnapshot(journaled)).await.ok(),
-                None => None,
-            };
-            match lsn {
-                Some(lsn) => lowest = lowest.min(lsn),
-                None => return 0,
-            }
+            let keep_after = addr
+                .send(TakeSnapshot(durable))
+                .await
+                .map_err(|_| format!("segment {segment} stopped before its snapshot"))??;
+            lowest = lowest.min(keep_after);
         }
         // A segment's snapshot LSN is the last record delivered to it; records after it
         // that did not touch it are not needed by it, but may be by others, hence the minimum.
-        self.env.journal.truncate(lowest);
-        lowest
+        if lowest != Lsn::MAX {
+            self.env.journal.truncate(lowest);
+        }
+        Ok(lowest)
+    }
+
+    /// Runs `visit` over every entity of every segment, each segment on its own thread and
+    /// all of them at once; resolves when all are done. Fails when a segment is not
+    /// running (moving, failed, stopped) or `visit` panicked in one of them.
+    pub async fn visit(&self, visit: VisitEach<E>) -> Result<(), String> {
+        let mut pending = Vec::with_capacity(self.slots.len());
+        for segment in 0..self.slots.len() as u32 {
+            let visit = visit.clone();
+            pending.push(self.visit_segment(segment, Box::new(move |s, it| visit(s, it)))?);
+        }
+        for reply in pending {
+            reply.await?;
+        }
+        Ok(())
+    }
+
+    /// Queues `visit` for every entity of `segment` (at once: the future only waits for
+    /// it to finish). Fails when the segment is not running.
+    pub fn visit_segment(
+        &self,
+        segment: u32,
+        visit: VisitOnce<E>,
+    ) -> Result<impl Future<Output = Result<(), String>> + use<E>, String> {
+        let slot = self
+            .slots
+            .get(segment as usize)
+            .ok_or_else(|| format!("no segment {segment}"))?;
+        let addr = match &*slot.state.lock().unwrap_or_else(|p| p.into_inner()) {
+            SlotState::Active { addr, .. } => addr.clone(),
+            SlotState::Buffering { .. } => return Err(format!("segment {segment} is moving")),
+            SlotState::Failed { reason } => return Err(format!("segment {segment} has failed: {reason}")),
+        };
+        let reply = addr.send(Visit(visit));
+        Ok(async move {
+            reply
+                .await
+                .map_err(|_| format!("segment {segment} stopped during the visit"))?
+        })
     }
 
     /// Every segment with its arbiter, state and load counters.

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::entity::{Batch, Entity};
 use crate::journal::{Journal, Lsn};
-use crate::snapshot::{SegmentSnapshot, SnapshotStore};
+use crate::snapshot::{SnapshotStore, VisitOnce};
 use crate::supervision::{DeadLetters, SupervisionConfig};
 
 /// Test-only fault injection: when it returns `true` for a command's key and LSN, the
@@ -120,12 +120,21 @@ impl<E: Entity> Message for Ask<E> {
     type Result = ();
 }
 
-/// Asks the segment to save a snapshot; replies with its LSN. The LSN given is the
-/// journal's last at sending: every record up to it has been delivered before this
-/// message, so the snapshot reflects the journal up to it (or to later ones applied).
+/// Asks the segment to save a snapshot; replies with the LSN after which the journal
+/// must keep its records (see [`SnapshotStore::save`]). The LSN given is the
+/// journal's durable LSN at sending: every record up to it has been delivered before
+/// this message, so the snapshot reflects the journal up to it (or to later ones applied).
 pub struct TakeSnapshot(pub Lsn);
 impl Message for TakeSnapshot {
-    type Result = Lsn;
+    type Result = Result<Lsn, String>;
+}
+
+/// Runs a read-only function over every entity of the segment, on the segment's own
+/// thread and between two messages, so it sees a consistent state. A panic in it is
+/// caught and answered as an error; the segment goes on.
+pub struct Visit<E: Entity>(pub VisitOnce<E>);
+impl<E: Entity> Message for Visit<E> {
+    type Result = Result<(), String>;
 }
 
 /// Asks the segment to hand over its state and stop: the last message it handles
@@ -336,20 +345,37 @@ impl<E: Entity> Handler<Ask<E>> for Segment<E> {
 }
 
 impl<E: Entity> Handler<TakeSnapshot> for Segment<E> {
-    type Result = Lsn;
+    type Result = Result<Lsn, String>;
 
-    fn handle(&mut self, msg: TakeSnapshot, _: &mut Context<Self>) -> Lsn {
-        let entities = self
-            .state
-            .entities
-            .iter()
-            .map(|(k, e)| (k.clone(), e.snapshot()))
-            .collect();
+    fn handle(&mut self, msg: TakeSnapshot, _: &mut Context<Self>) -> Result<Lsn, String> {
+        let started = Instant::now();
         let lsn = self.state.applied.max(msg.0);
-        self.env
+        let keep_after = self
+            .env
             .snapshots
-            .save(self.index, SegmentSnapshot { lsn, entities });
-        lsn
+            .save(self.index, lsn, &mut self.state.entities.iter())?;
+        tracing::debug!(
+            partition = %self.env.partition, segment = self.index, lsn,
+            entities = self.state.entities.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64, "snapshot saved"
+        );
+        Ok(keep_after)
+    }
+}
+
+impl<E: Entity> Handler<Visit<E>> for Segment<E> {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: Visit<E>, _: &mut Context<Self>) -> Result<(), String> {
+        let started = Instant::now();
+        let index = self.index;
+        let entities = &self.state.entities;
+        let result = catch_unwind(AssertUnwindSafe(move || (msg.0)(index, &mut entities.iter())))
+            .map_err(|p| format!("visiting segment {index} panicked: {}", panic_message(p.as_ref())));
+        self.stats
+            .busy_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        result
     }
 }
 
@@ -380,7 +406,7 @@ fn rebuild<E: Entity>(
     lsn: Lsn,
     index: u32,
 ) -> Result<E, String> {
-    let snapshot = env.snapshots.load(segment);
+    let snapshot = env.snapshots.load(segment)?;
     let (from, mut entity) = match snapshot
         .as_ref()
         .and_then(|s| s.entities.get(key).map(|e| (s.lsn, e)))
@@ -420,7 +446,10 @@ fn rebuild<E: Entity>(
 /// Recovers a segment's state: the latest snapshot, then the journal after it.
 fn recover<E: Entity>(index: u32, env: &SegmentEnv<E>, stop_at: &dyn Fn() -> Option<Lsn>) -> SegmentState<E> {
     let started = Instant::now();
-    let snapshot = env.snapshots.load(index);
+    let snapshot = env
+        .snapshots
+        .load(index)
+        .unwrap_or_else(|e| panic!("segment {index} of partition {}: {e}", env.partition));
     let mut state = SegmentState {
         entities: Entities::<E>::default(),
         applied: 0,

@@ -2,7 +2,8 @@
 //!
 //! A segment is rebuilt from its latest snapshot plus the journal after the snapshot's
 //! LSN; one entity is rebuilt the same way after a panic. [`SnapshotStore`] is the
-//! interface; [`MemorySnapshots`] keeps them in memory (a durable store writes files).
+//! interface; [`MemorySnapshots`] keeps them in memory, and
+//! [`crate::file_snapshots::FileSnapshots`] writes them to files.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,11 +18,23 @@ pub struct SegmentSnapshot<E: Entity> {
     pub entities: HashMap<E::Key, E::Snapshot>,
 }
 
+/// A segment's entities, visited one by one while a snapshot is written.
+pub type EntityIter<'a, E> = dyn Iterator<Item = (&'a <E as Entity>::Key, &'a E)> + 'a;
+
+/// A read-only function over one segment's entities (given the segment's index).
+pub type VisitOnce<E> = Box<dyn FnOnce(u32, &mut EntityIter<'_, E>) + Send>;
+/// A read-only function over each segment's entities, shared by all segments.
+pub type VisitEach<E> = Arc<dyn Fn(u32, &mut EntityIter<'_, E>) + Send + Sync>;
+
 /// Where segment snapshots are kept.
 pub trait SnapshotStore<E: Entity>: Send + Sync + 'static {
-    fn save(&self, segment: u32, snapshot: SegmentSnapshot<E>);
-    /// The latest snapshot of `segment`, if any.
-    fn load(&self, segment: u32) -> Option<Arc<SegmentSnapshot<E>>>;
+    /// Saves the entities of `segment` as of `lsn`, and returns once the snapshot is
+    /// durable. Answers the LSN after which the journal must keep this segment's records
+    /// so that every snapshot still kept can be recovered from.
+    fn save(&self, segment: u32, lsn: Lsn, entities: &mut EntityIter<'_, E>) -> Result<Lsn, String>;
+    /// The latest good snapshot of `segment`, if any. An error means snapshots exist
+    /// but none can be read: recovering without them would lose state.
+    fn load(&self, segment: u32) -> Result<Option<Arc<SegmentSnapshot<E>>>, String>;
 }
 
 /// Snapshots in memory.
@@ -38,18 +51,24 @@ impl<E: Entity> Default for MemorySnapshots<E> {
 }
 
 impl<E: Entity> SnapshotStore<E> for MemorySnapshots<E> {
-    fn save(&self, segment: u32, snapshot: SegmentSnapshot<E>) {
+    fn save(&self, segment: u32, lsn: Lsn, entities: &mut EntityIter<'_, E>) -> Result<Lsn, String> {
+        let snapshot = SegmentSnapshot {
+            lsn,
+            entities: entities.map(|(k, e)| (k.clone(), e.snapshot())).collect(),
+        };
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
-        if latest.get(&segment).is_none_or(|s| s.lsn <= snapshot.lsn) {
+        if latest.get(&segment).is_none_or(|s| s.lsn <= lsn) {
             latest.insert(segment, Arc::new(snapshot));
         }
+        Ok(lsn)
     }
 
-    fn load(&self, segment: u32) -> Option<Arc<SegmentSnapshot<E>>> {
-        self.latest
+    fn load(&self, segment: u32) -> Result<Option<Arc<SegmentSnapshot<E>>>, String> {
+        Ok(self
+            .latest
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&segment)
-            .cloned()
+            .cloned())
     }
 }

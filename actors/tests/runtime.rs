@@ -159,7 +159,8 @@ fn random_traffic_with_moves_and_panics_matches_a_sequential_fold() {
                     moves.push(actix_rt::spawn(p.clone().move_segment(segment, to)));
                 }
                 if round % 100 == 50 {
-                    p.snapshot_all().await;
+                    // Fails while a segment is moving; the journal then keeps everything.
+                    let _ = p.snapshot_all().await;
                 }
                 if in_flight.len() >= 16 {
                     for (pending, replies) in in_flight.drain(..) {

@@ -70,6 +70,7 @@ api! {
     get "/v1/partitions/{p}/accounts/{a}/bill" => v1::account_bill { "One account's share of its customer's running bill.", scope: Some("read"), request: None, ok: 200, response: Some(schema::<AccountStatement>) }
     post "/v1/partitions/{p}/usage" => v1::ingest { "Ingests usage events (a JSON array or NDJSON); answered once durable.", scope: Some("ingest"), request: Some(schema::<Vec<UsageEvent>>), ok: 200, response: Some(schema::<IngestSummary>) }
     get "/v1/admin/segments" => segments { "Segments with their arbiter, state and load.", scope: Some("admin"), request: None, ok: 200, response: Some(schema::<SegmentReport>) }
+    post "/v1/admin/snapshot" => snapshot { "Snapshots every segment now; the journal forgets what the snapshots cover.", scope: Some("admin"), request: None, ok: 200, response: None }
     post "/v1/admin/rebalance" => rebalance { "Runs one rebalancing round now.", scope: Some("admin"), request: None, ok: 202, response: None }
     get "/v1/admin/dead-letters" => dead_letters { "Commands that kept failing.", scope: Some("admin"), request: None, ok: 200, response: Some(schema::<Vec<DeadLetterView>>) }
     post "/v1/admin/dead-letters/{partition}/{id}/replay" => replay_dead_letter { "Applies a dead letter again.", scope: Some("admin"), request: None, ok: 200, response: None }
@@ -102,6 +103,31 @@ async fn segments(engine: Ready) -> HttpResponse {
         restarts,
         segments: engine.segment_report().await,
     })
+}
+
+/// A snapshot of every partition, now: `{"partitions": {"aws": {"journal_kept_after": 812}}}`,
+/// or 503 naming the partitions whose snapshot failed.
+async fn snapshot(engine: Ready) -> Result<HttpResponse, Problem> {
+    let results = engine.snapshot_all().await;
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|(p, r)| r.as_ref().err().map(|e| format!("{p}: {e}")))
+        .collect();
+    if !failed.is_empty() {
+        let mut problem = Problem::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "snapshot-failed",
+            "Snapshot failed",
+            format!("{}; the journal keeps everything, try again", failed.join("; ")),
+        );
+        problem.retry_after = Some(1);
+        return Err(problem);
+    }
+    let partitions: serde_json::Map<String, serde_json::Value> = results
+        .into_iter()
+        .map(|(p, r)| (p, json!({"journal_kept_after": r.unwrap_or_default()})))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "partitions": partitions })))
 }
 
 /// One rebalancing round, now.

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use tallyman_actors::Entity;
 
@@ -104,16 +105,28 @@ pub enum CustomerAnswer {
 }
 
 /// The state of one customer.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomerEntity {
     customer: Option<Box<Customer>>,
     /// Usage of `customer.accounts[i]` at `usage[i]`.
     usage: Vec<AccountUsage>,
     /// Usage of accounts that left the customer during the period: still billed here.
     departed: Vec<(AccountId, AccountUsage)>,
+    /// The latest day of any usage event applied (or refused as a duplicate).
+    last_usage: Option<NaiveDate>,
 }
 
 impl CustomerEntity {
+    /// The customer's terms; `None` before its first upsert.
+    pub fn customer(&self) -> Option<&Customer> {
+        self.customer.as_deref()
+    }
+
+    /// The latest day of any usage event the customer has seen.
+    pub fn last_usage(&self) -> Option<NaiveDate> {
+        self.last_usage
+    }
+
     /// Prices the running bill with the customer's profile.
     pub fn bill(&self, view: &PricingView) -> Result<Bill, String> {
         let customer = self.customer.as_ref().ok_or("the customer does not exist")?;
@@ -204,6 +217,18 @@ impl CustomerEntity {
         CustomerReply::Adopted
     }
 
+    /// The usage an account that left the customer after its event was routed keeps
+    /// here: its usage of the period stays with this customer.
+    fn departed_usage(&mut self, account: &AccountId) -> &mut AccountUsage {
+        match self.departed.iter().position(|(a, _)| a == account) {
+            Some(i) => &mut self.departed[i].1,
+            None => {
+                self.departed.push((account.clone(), AccountUsage::default()));
+                &mut self.departed.last_mut().expect("pushed").1
+            }
+        }
+    }
+
     /// Where `event`'s account is in `usage`: the slot hint when it still holds, else a search.
     fn position(&self, customer: &Customer, event: &MeteredEvent) -> Option<usize> {
         let slot = event.slot as usize;
@@ -261,18 +286,14 @@ impl Entity for CustomerEntity {
                 let Some(customer) = self.customer.as_deref() else {
                     return CustomerReply::NoSuchCustomer;
                 };
-                let usage = match self.position(customer, event) {
+                let position = self.position(customer, event);
+                let day = event.reading.time.date_naive();
+                if self.last_usage.is_none_or(|d| d < day) {
+                    self.last_usage = Some(day);
+                }
+                let usage = match position {
                     Some(i) => &mut self.usage[i],
-                    // The account left the customer after the event was routed: its usage
-                    // of this period stays with this customer.
-                    None => match self.departed.iter().position(|(a, _)| *a == event.account) {
-                        Some(i) => &mut self.departed[i].1,
-                        None => {
-                            self.departed
-                                .push((event.account.clone(), AccountUsage::default()));
-                            &mut self.departed.last_mut().expect("pushed").1
-                        }
-                    },
+                    None => self.departed_usage(&event.account),
                 };
                 match usage.apply(event.id, event.meter, &event.reading) {
                     Ok(Applied::New) => CustomerReply::Accepted,

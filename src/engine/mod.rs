@@ -18,13 +18,17 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use serde::Serialize;
 use tallyman_actors::file_journal::{FileJournal, FileJournalConfig, FsyncPolicy};
+use tallyman_actors::journal::Lsn;
 use tallyman_actors::journal::{Journal, MemoryJournal};
 use tallyman_actors::partition::PartitionConfig as RuntimePartitionConfig;
 /// A segment's arbiter, state and counters, as the runtime reports them.
 pub use tallyman_actors::partition::SegmentInfo;
 use tallyman_actors::router::{Loads, RebalanceConfig, RebalanceNow, Register, Router};
 use tallyman_actors::Batch;
-use tallyman_actors::{ArbiterPool, FaultHook, MemorySnapshots, Partition, SubmitError, SupervisionConfig};
+use tallyman_actors::{
+    ArbiterPool, FaultHook, FileSnapshots, FileSnapshotsConfig, MemorySnapshots, Partition, SnapshotStore,
+    SubmitError, SupervisionConfig,
+};
 
 use crate::config::{PartitionConfig, RuntimeSettings, Validated};
 use crate::domain::customer::{Credit, Discount};
@@ -211,6 +215,10 @@ pub struct PartitionEngine {
     /// writing while accounts change hands, so no event is routed by a stale owner.
     routing: tokio::sync::RwLock<()>,
     runtime: Arc<Partition<CustomerEntity>>,
+    /// Held while snapshots are taken: one round at a time.
+    snapshotting: tokio::sync::Mutex<()>,
+    /// `accepted` when the last snapshot round started.
+    events_at_snapshot: std::sync::atomic::AtomicU64,
 }
 
 /// Whether the in-memory journal keeps records for replay.
@@ -225,7 +233,12 @@ pub enum JournalMode {
     Discarded,
     /// Durable: a file journal per partition in `<dir>/<partition>/journal`, with group
     /// commit; everything is recovered from it at start.
-    File { dir: std::path::PathBuf, fsync: bool },
+    File {
+        dir: std::path::PathBuf,
+        fsync: bool,
+        /// Size past which a new journal file starts.
+        file_bytes: u64,
+    },
 }
 
 /// Test hooks and other knobs that are not configuration.
@@ -239,7 +252,7 @@ pub struct EngineOptions {
 /// What the engine serves.
 pub struct Engine {
     profiles: Arc<BTreeMap<String, BillingProfile>>,
-    partitions: BTreeMap<String, PartitionEngine>,
+    partitions: BTreeMap<String, Arc<PartitionEngine>>,
     pool: Arc<ArbiterPool>,
     router: Addr<Router>,
 }
@@ -311,11 +324,15 @@ impl Engine {
             let journal: Arc<dyn Journal<Batch<CustomerEntity>>> = match &options.journal {
                 JournalMode::Retained => Arc::new(MemoryJournal::new()),
                 JournalMode::Discarded => Arc::new(MemoryJournal::discarding()),
-                JournalMode::File { dir, fsync } => Arc::new(
+                JournalMode::File {
+                    dir,
+                    fsync,
+                    file_bytes,
+                } => Arc::new(
                     FileJournal::open(
                         FileJournalConfig {
                             dir: dir.join(&p.id).join("journal"),
-                            segment_bytes: 128 << 20,
+                            segment_bytes: *file_bytes,
                             fsync: if *fsync {
                                 FsyncPolicy::EveryBatch
                             } else {
@@ -343,10 +360,24 @@ impl Engine {
                     })?;
                 }
             }
+            let snapshots: Arc<dyn SnapshotStore<CustomerEntity>> = match &options.journal {
+                JournalMode::File { dir, fsync, .. } => Arc::new(
+                    FileSnapshots::open(
+                        FileSnapshotsConfig {
+                            dir: dir.join(&p.id).join("snapshots"),
+                            keep: 2,
+                            fsync: *fsync,
+                        },
+                        Arc::new(codec::EntityCodec),
+                    )
+                    .map_err(|e| EngineError::Unavailable(format!("partition {:?}: snapshots: {e}", p.id)))?,
+                ),
+                _ => Arc::new(MemorySnapshots::default()),
+            };
             let runtime = Partition::start(
                 runtime_config(&p.id, &settings.runtime),
                 journal.clone(),
-                Arc::new(MemorySnapshots::default()),
+                snapshots,
                 pool.clone(),
                 options.fault_hook.clone(),
             )
@@ -371,8 +402,10 @@ impl Engine {
                 customers: DashMap::with_hasher(Hashing::default()),
                 routing: tokio::sync::RwLock::new(()),
                 runtime,
+                snapshotting: tokio::sync::Mutex::new(()),
+                events_at_snapshot: Default::default(),
             };
-            let replayed = engine.rebuild_directory(journal.as_ref())?;
+            engine.rebuild_directory().await?;
             // Configured customers are created once; later runs keep what the journal holds.
             let missing: Vec<Customer> = p
                 .customers
@@ -385,32 +418,23 @@ impl Engine {
             }
             tracing::info!(
                 partition = %p.id,
-                records = replayed,
+                journal_lsn = journal.last_lsn(),
                 customers = engine.customers.len(),
                 accounts = engine.directory.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "partition recovered"
             );
-            partitions.insert(p.id.clone(), engine);
+            partitions.insert(p.id.clone(), Arc::new(engine));
         }
-        if r.snapshot_interval_secs > 0 && options.journal == JournalMode::Retained {
-            let runtimes: Vec<_> = partitions.values().map(|p| p.runtime.clone()).collect();
-            let every = std::time::Duration::from_secs(r.snapshot_interval_secs);
-            actix_rt::spawn(async move {
-                let mut tick = actix_rt::time::interval(every);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    for runtime in &runtimes {
-                        let lsn = runtime.snapshot_all().await;
-                        tracing::debug!(
-                            partition = runtime.name(),
-                            lsn,
-                            "snapshot taken; journal truncated"
-                        );
-                    }
-                }
-            });
+        if options.journal != JournalMode::Discarded {
+            let cadence = SnapshotCadence {
+                every: (r.snapshot_interval_secs > 0)
+                    .then(|| std::time::Duration::from_secs(r.snapshot_interval_secs)),
+                every_events: r.snapshot_every_events,
+            };
+            for p in partitions.values() {
+                actix_rt::spawn(snapshot_loop(Arc::downgrade(p), cadence));
+            }
         }
         Ok(Engine {
             profiles,
@@ -427,15 +451,16 @@ impl Engine {
     pub fn partition(&self, id: &str) -> Result<&PartitionEngine, EngineError> {
         self.partitions
             .get(id)
+            .map(|p| &**p)
             .ok_or_else(|| EngineError::UnknownPartition(id.to_owned()))
     }
 
     pub fn partitions(&self) -> impl Iterator<Item = &PartitionEngine> {
-        self.partitions.values()
+        self.partitions.values().map(|p| &**p)
     }
 
     pub fn partition_summaries(&self) -> Vec<PartitionSummary> {
-        self.partitions.values().map(PartitionEngine::summary).collect()
+        self.partitions.values().map(|p| p.summary()).collect()
     }
 
     /// Every segment of every partition, with its arbiter and load counters.
@@ -527,8 +552,56 @@ impl Engine {
     }
 
     /// Stops the segment arbiters (at shutdown).
+    /// Snapshots every partition (at shutdown, so the next start replays little, or when
+    /// an operator asks). Answers, per partition, the LSN after which its journal is kept,
+    /// or why the snapshot failed (the journal then keeps everything).
+    pub async fn snapshot_all(&self) -> BTreeMap<String, Result<Lsn, String>> {
+        let mut out = BTreeMap::new();
+        for p in self.partitions.values() {
+            let result = p.snapshot().await;
+            if let Err(e) = &result {
+                tracing::warn!(partition = %p.id, error = %e, "snapshot failed; the journal keeps everything");
+            }
+            out.insert(p.id.clone(), result);
+        }
+        out
+    }
+
     pub fn stop(&self) {
         self.pool.stop();
+    }
+}
+
+/// When snapshots are taken.
+#[derive(Clone, Copy, Debug)]
+struct SnapshotCadence {
+    /// After this long, if anything was ingested since the last one.
+    every: Option<std::time::Duration>,
+    /// After this many events ingested (0: never by count).
+    every_events: u64,
+}
+
+/// Takes a partition's snapshots for as long as it exists, by time and by events
+/// ingested, whichever comes first.
+async fn snapshot_loop(partition: std::sync::Weak<PartitionEngine>, cadence: SnapshotCadence) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut last = std::time::Instant::now();
+    let mut tick = actix_rt::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let Some(p) = partition.upgrade() else { return };
+        let events = p
+            .accepted
+            .load(Relaxed)
+            .saturating_sub(p.events_at_snapshot.load(Relaxed));
+        let due_by_time = cadence.every.is_some_and(|e| last.elapsed() >= e) && events > 0;
+        let due_by_events = cadence.every_events > 0 && events >= cadence.every_events;
+        if due_by_time || due_by_events {
+            last = std::time::Instant::now();
+            if let Err(e) = p.snapshot().await {
+                tracing::warn!(partition = %p.id, error = %e, "snapshot skipped; will try again");
+            }
+        }
     }
 }
 
@@ -1003,50 +1076,53 @@ impl PartitionEngine {
 
     /// Rebuilds who owns which account (and the latest usage date) from the journal:
     /// the directory is a projection of the journal's customer commands.
-    fn rebuild_directory(&self, journal: &dyn Journal<Batch<CustomerEntity>>) -> Result<u64, EngineError> {
-        let mut records = 0u64;
-        let mut latest = i64::MIN;
-        journal
-            .replay(0, &mut |_, batch| {
-                records += 1;
-                for (key, command) in batch.iter() {
-                    match command {
-                        CustomerCommand::Upsert(c) => {
-                            if let Some(previous) = self.customers.insert(key.clone(), c.accounts.clone()) {
-                                for a in previous.iter().filter(|a| !c.accounts.contains(a)) {
-                                    self.directory.remove_if(a, |_, owner| owner.0 == *key);
-                                }
-                            }
-                            for (slot, a) in c.accounts.iter().enumerate() {
-                                self.directory.insert(a.clone(), (key.clone(), slot as u32));
-                            }
-                        }
-                        CustomerCommand::Release(a) => {
-                            if let Some(mut list) = self.customers.get_mut(key) {
-                                list.retain(|x| x != a);
-                            }
-                            self.directory.remove_if(a, |_, owner| owner.0 == *key);
-                            self.reindex(key);
-                        }
-                        CustomerCommand::Adopt(a, _) => {
-                            if let Some(mut list) = self.customers.get_mut(key) {
-                                if let Err(i) = list.binary_search(a) {
-                                    list.insert(i, a.clone());
-                                }
-                            }
-                            self.directory.insert(a.clone(), (key.clone(), 0));
-                            self.reindex(key);
-                        }
-                        CustomerCommand::Usage(e) => latest = latest.max(days(e.reading.time.date_naive())),
-                        CustomerCommand::AddCredit(_) | CustomerCommand::AddDiscount(_) => {}
-                    }
-                }
-                true
-            })
+    /// Fills the directory from the customers the segments hold after recovery.
+    async fn rebuild_directory(&self) -> Result<(), EngineError> {
+        type Found = Vec<(CustomerKey, Vec<AccountId>, Option<chrono::NaiveDate>)>;
+        let found: Arc<std::sync::Mutex<Found>> = Default::default();
+        let sink = found.clone();
+        self.runtime
+            .visit(Arc::new(move |_, entities| {
+                let mine: Found = entities
+                    .filter_map(|(key, e)| {
+                        e.customer()
+                            .map(|c| (key.clone(), c.accounts.clone(), e.last_usage()))
+                    })
+                    .collect();
+                sink.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
+            }))
+            .await
             .map_err(|e| EngineError::Unavailable(format!("partition {:?}: {e}", self.id)))?;
+        let found = std::mem::take(&mut *found.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut latest = i64::MIN;
+        for (key, accounts, last) in found {
+            for (slot, a) in accounts.iter().enumerate() {
+                self.directory.insert(a.clone(), (key.clone(), slot as u32));
+            }
+            if let Some(day) = last {
+                latest = latest.max(days(day));
+            }
+            self.customers.insert(key, accounts);
+        }
         self.latest_usage_day
             .fetch_max(latest, std::sync::atomic::Ordering::AcqRel);
-        Ok(records)
+        Ok(())
+    }
+
+    /// Snapshots every segment and lets the journal forget what they cover. One at a
+    /// time per partition.
+    pub async fn snapshot(&self) -> Result<Lsn, String> {
+        let _one = self.snapshotting.lock().await;
+        let started = std::time::Instant::now();
+        let events = self.accepted.load(std::sync::atomic::Ordering::Relaxed);
+        let lsn = self.runtime.snapshot_all().await?;
+        self.events_at_snapshot
+            .store(events, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            partition = %self.id, journal_kept_after = lsn,
+            elapsed_ms = started.elapsed().as_millis() as u64, "snapshot taken"
+        );
+        Ok(lsn)
     }
 
     /// Refreshes the slot hints of a customer's accounts after its list changed.
