@@ -11,7 +11,9 @@
 //!
 //! Sizes can be scaled down for a quick look: `cargo bench --bench ingest -- --accounts 100000`.
 //! With `-- --durable`, the journal is the file journal with an `fdatasync` before every
-//! acknowledgement (16 batches in flight so that group commit has something to group).
+//! acknowledgement (16 batches in flight so that group commit has something to group),
+//! and a fourth phase measures cold restarts: from the journal alone, then (after timing
+//! a snapshot) from snapshots, checking that a sample of bills comes back the same.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -371,8 +373,105 @@ async fn run() {
         "rebalancing ({} segments, hot traffic on the segments of arbiter 0): busy per arbiter before {:?}, after {} moves {:?}",
         segments, before, moved, after
     );
-    engine.stop();
+    if a.durable {
+        restarts(&settings, engine, &journal_dir, &w).await;
+    } else {
+        engine.stop();
+    }
     let _ = std::fs::remove_dir_all(&journal_dir);
+}
+
+/// Size of the files under `dir`, in bytes.
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Phase 4 (durable only): cold restarts on the same files, from the journal alone and
+/// then from snapshots; each restart must give back the same bills.
+async fn restarts(settings: &Validated, engine: Engine, dir: &std::path::Path, w: &Workload) {
+    let options = || EngineOptions {
+        journal: JournalMode::File {
+            dir: dir.to_path_buf(),
+            fsync: true,
+            file_bytes: 128 << 20,
+        },
+        ..EngineOptions::default()
+    };
+    // A sample of customers whose bills must survive every restart.
+    let sample: Vec<String> = (0..w.customers.len())
+        .step_by((w.customers.len() / 200).max(1))
+        .map(|i| format!("cust-{i:08}"))
+        .collect();
+    async fn bills(engine: &Engine, sample: &[String]) -> Vec<rust_decimal::Decimal> {
+        let p = engine.partition("aws").unwrap();
+        let mut out = Vec::new();
+        for c in sample {
+            out.push(p.customer_bill(c).await.unwrap().total);
+        }
+        out
+    }
+    let before = bills(&engine, &sample).await;
+    let accounts = engine.partition("aws").unwrap().summary().accounts;
+    engine.stop();
+    drop(engine);
+    let journal_bytes = disk_bytes(&dir.join("aws/journal"));
+
+    let started = Instant::now();
+    let engine = Engine::start(settings, options()).await.unwrap();
+    let from_journal = started.elapsed();
+    assert_eq!(engine.partition("aws").unwrap().summary().accounts, accounts);
+    assert_eq!(
+        bills(&engine, &sample).await,
+        before,
+        "the same bills after a restart from the journal"
+    );
+    println!(
+        "restart from the journal alone ({:.0} MiB): {:.2} s",
+        journal_bytes as f64 / 1048576.0,
+        from_journal.as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let p = engine.partition("aws").unwrap();
+    p.snapshot().await.unwrap();
+    let snapshot_time = started.elapsed();
+    let snapshot_bytes = disk_bytes(&dir.join("aws/snapshots"));
+    println!(
+        "snapshot of {} accounts: {:.2} s, {:.0} MiB ({:.0} bytes per account); journal left {:.0} MiB",
+        accounts,
+        snapshot_time.as_secs_f64(),
+        snapshot_bytes as f64 / 1048576.0,
+        snapshot_bytes as f64 / accounts as f64,
+        disk_bytes(&dir.join("aws/journal")) as f64 / 1048576.0
+    );
+    engine.stop();
+    drop(engine);
+
+    let started = Instant::now();
+    let engine = Engine::start(settings, options()).await.unwrap();
+    let from_snapshot = started.elapsed();
+    assert_eq!(
+        bills(&engine, &sample).await,
+        before,
+        "the same bills after a restart from snapshots"
+    );
+    println!(
+        "restart from snapshots: {:.2} s for {} accounts",
+        from_snapshot.as_secs_f64(),
+        accounts
+    );
+    engine.stop();
 }
 
 fn main() {

@@ -105,7 +105,7 @@ fn expected(dir: &std::path::Path, events: &[Value]) -> HashMap<String, String> 
 
 fn post_usage(d: &Daemon, batch: &[Value]) -> Value {
     let r = d.post("/v1/partitions/aws/usage", &serde_json::to_string(batch).unwrap());
-    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.status, 200, "{}\n{}", r.body, d.log.lock().unwrap().join("\n"));
     r.json()
 }
 

@@ -194,6 +194,9 @@ impl<R: Send + Sync + 'static> FileJournal<R> {
         let files = segments(&config.dir).map_err(io)?;
         let mut last = 0;
         for (i, file) in files.iter().enumerate() {
+            // A file is named by the first LSN it will hold, so LSNs go on from there even
+            // when truncation has left only an empty last file.
+            last = last.max(file.first - 1);
             let is_last = i + 1 == files.len();
             match scan(&file.path, |lsn, _| {
                 last = last.max(lsn);
@@ -457,5 +460,9 @@ impl<R: Send + Sync + 'static> Journal<R> for FileJournal<R> {
 
     fn durable_lsn(&self) -> Lsn {
         self.durable.load(Ordering::Acquire)
+    }
+
+    fn close(&self) {
+        FileJournal::close(self)
     }
 }

@@ -46,6 +46,8 @@ pub trait Journal<R>: Send + Sync + 'static {
     /// The LSN up to which every record has been handed to its `on_durable` (0 when
     /// none): whatever a caller delivers from `on_durable` has been delivered up to here.
     fn durable_lsn(&self) -> Lsn;
+    /// Finishes what was appended and stops taking appends (which then fail).
+    fn close(&self) {}
 }
 
 /// A journal in memory: for tests, and for runs that need no durability.

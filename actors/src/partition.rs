@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -19,8 +20,8 @@ use crate::entity::{Batch, Entity};
 use crate::journal::{Journal, JournalError, Lsn};
 use crate::router::ArbiterPool;
 use crate::segment::{
-    Ask, Deliver, Failure, FaultHook, Handoff, Origin, Outcomes, Permit, Segment, SegmentDown, SegmentEnv,
-    SegmentStats, TakeSnapshot, Visit,
+    panic_message, recover_all, Ask, Deliver, Failure, FaultHook, Handoff, Origin, Outcomes, Permit, Segment,
+    SegmentDown, SegmentEnv, SegmentState, SegmentStats, TakeSnapshot, Visit,
 };
 use crate::snapshot::{SnapshotStore, VisitEach, VisitOnce};
 use crate::supervision::{DeadLetters, RestartIntensity, SupervisionConfig};
@@ -183,8 +184,28 @@ impl<E: Entity> Partition<E> {
         }
         .start();
         let _ = partition.supervisor.set(supervisor);
+        // Cold start: every segment from its snapshot, then one pass over the journal for
+        // all of them, on threads of their own (this is most of a restart's time).
+        let env = partition.env.clone();
+        let (tx, rx) = oneshot::channel();
+        let recovering = std::thread::Builder::new()
+            .name(format!("recover-{}", config.name))
+            .spawn(move || {
+                let result = catch_unwind(AssertUnwindSafe(|| recover_all(&env)));
+                let _ = tx.send(result.map_err(|p| panic_message(p.as_ref())));
+            });
+        let mut states = match recovering {
+            Ok(_) => rx.await.unwrap_or_else(|_| Err("the recovery thread vanished".into())),
+            Err(e) => Err(e.to_string()),
+        }
+        .unwrap_or_else(|e| {
+            // Each segment then recovers on its own, and supervision reports the ones that cannot.
+            tracing::error!(partition = %config.name, error = %e, "partition recovery failed; recovering segment by segment");
+            Vec::new()
+        })
+        .into_iter();
         for segment in 0..config.segments {
-            partition.clone().launch(segment).await;
+            partition.clone().launch(segment, states.next()).await;
         }
         partition
     }
@@ -394,9 +415,9 @@ impl<E: Entity> Partition<E> {
         }
     }
 
-    /// Starts a segment actor recovered from snapshot + journal on the slot's arbiter,
-    /// then releases the traffic buffered meanwhile.
-    async fn launch(self: Arc<Self>, segment: u32) {
+    /// Starts a segment actor on the slot's arbiter with `state`, or recovered from
+    /// snapshot + journal, then releases the traffic buffered meanwhile.
+    async fn launch(self: Arc<Self>, segment: u32, state: Option<SegmentState<E>>) {
         let slot = &self.slots[segment as usize];
         let (arbiter, generation) = {
             let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -423,12 +444,16 @@ impl<E: Entity> Partition<E> {
             };
             (arbiter, generation)
         };
-        let partition = self.clone();
-        let stop_at = Box::new(move || partition.first_buffered(segment));
-        match self
-            .spawn_segment(segment, generation, arbiter, Origin::Recover { stop_at })
-            .await
-        {
+        let origin = match state {
+            Some(state) => Origin::Handed(state),
+            None => {
+                let partition = self.clone();
+                Origin::Recover {
+                    stop_at: Box::new(move || partition.first_buffered(segment)),
+                }
+            }
+        };
+        match self.spawn_segment(segment, generation, arbiter, origin).await {
             Some(addr) => self.activate(segment, addr, arbiter, generation),
             None => self.report_down(segment, generation, "recovery failed"),
         }
@@ -564,7 +589,7 @@ impl<E: Entity> Partition<E> {
         self.restarts.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(partition = %self.env.partition, segment, %reason, "restarting segment from snapshot and journal");
         // A dead arbiter is replaced by the pool when the segment is spawned on it.
-        self.clone().launch(segment).await;
+        self.clone().launch(segment, None).await;
     }
 
     /// Moves a segment to `to` (an arbiter index) without losing, duplicating or

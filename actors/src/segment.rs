@@ -443,59 +443,182 @@ fn rebuild<E: Entity>(
     }
 }
 
-/// Recovers a segment's state: the latest snapshot, then the journal after it.
-fn recover<E: Entity>(index: u32, env: &SegmentEnv<E>, stop_at: &dyn Fn() -> Option<Lsn>) -> SegmentState<E> {
-    let started = Instant::now();
-    let snapshot = env
-        .snapshots
-        .load(index)
-        .unwrap_or_else(|e| panic!("segment {index} of partition {}: {e}", env.partition));
-    let mut state = SegmentState {
-        entities: Entities::<E>::default(),
-        applied: 0,
-    };
-    if let Some(s) = &snapshot {
-        state.applied = s.lsn;
-        state.entities = s
-            .entities
-            .iter()
-            .map(|(k, e)| (k.clone(), E::restore(e)))
-            .collect();
-    }
-    let mut replayed = 0u64;
-    let mut broken: Vec<E::Key> = Vec::new();
-    let result = env.journal.replay(state.applied, &mut |lsn, record| {
-        if stop_at().is_some_and(|stop| lsn >= stop) {
-            return false;
+/// A segment's state while it is being recovered.
+pub struct Recovery<E: Entity> {
+    index: u32,
+    started: Instant,
+    state: SegmentState<E>,
+    /// The LSN of the snapshot it started from (0: none).
+    snapshot_lsn: Lsn,
+    replayed: u64,
+    /// Entities whose command panicked during replay: rebuilt at the end.
+    broken: Vec<E::Key>,
+}
+
+impl<E: Entity> Recovery<E> {
+    /// Starts from the segment's latest good snapshot (or from nothing). Panics when
+    /// snapshots exist and none can be read: recovering without them would lose state.
+    pub fn from_snapshot(index: u32, env: &SegmentEnv<E>) -> Self {
+        let started = Instant::now();
+        let snapshot = env
+            .snapshots
+            .load(index)
+            .unwrap_or_else(|e| panic!("segment {index} of partition {}: {e}", env.partition));
+        let mut state = SegmentState {
+            entities: Entities::<E>::default(),
+            applied: 0,
+        };
+        if let Some(s) = &snapshot {
+            state.applied = s.lsn;
+            state.entities = s
+                .entities
+                .iter()
+                .map(|(k, e)| (k.clone(), E::restore(e)))
+                .collect();
         }
+        Recovery {
+            index,
+            started,
+            snapshot_lsn: state.applied,
+            state,
+            replayed: 0,
+            broken: Vec::new(),
+        }
+    }
+
+    /// The LSN after which the journal has records this segment still needs.
+    pub fn applied(&self) -> Lsn {
+        self.state.applied
+    }
+
+    /// Applies this segment's commands of the journal record at `lsn` (one it has not
+    /// applied yet).
+    pub fn apply(&mut self, env: &SegmentEnv<E>, lsn: Lsn, record: &Arc<Batch<E>>) {
         let mut touched = false;
         for (i, (key, command)) in record.iter().enumerate() {
-            if env.segment_of(key) != index || env.dead_letters.is_skipped(lsn, i as u32) {
+            if env.segment_of(key) != self.index || env.dead_letters.is_skipped(lsn, i as u32) {
                 continue;
             }
             touched = true;
-            let entity = state
+            let entity = self
+                .state
                 .entities
                 .entry(key.clone())
                 .or_insert_with(|| E::create(key));
             if let Err(p) = catch_unwind(AssertUnwindSafe(|| entity.apply(command))) {
                 // It panicked when first applied too and would have been dead-lettered,
                 // unless that was lost with the process: dead-letter it now, and rebuild
-                // the entity once the journal lock is released.
+                // the entity once the journal is no longer being read.
                 let reason = panic_message(p.as_ref());
                 tracing::error!(
-                    partition = %env.partition, segment = index, lsn, key = ?key, %reason,
+                    partition = %env.partition, segment = self.index, lsn, key = ?key, %reason,
                     "command panicked during recovery; dead-lettered"
                 );
                 env.dead_letters
-                    .push(index, lsn, record.clone(), i as u32, reason, 1);
-                broken.push(key.clone());
+                    .push(self.index, lsn, record.clone(), i as u32, reason, 1);
+                self.broken.push(key.clone());
             }
-            replayed += 1;
+            self.replayed += 1;
         }
         if touched {
-            state.applied = lsn;
+            self.state.applied = lsn;
         }
+    }
+
+    /// Rebuilds the entities that panicked, and hands over the state.
+    pub fn finish(mut self, env: &SegmentEnv<E>) -> SegmentState<E> {
+        let index = self.index;
+        for key in std::mem::take(&mut self.broken) {
+            match rebuild::<E>(env, index, &key, self.state.applied + 1, 0) {
+                Ok(entity) => {
+                    self.state.entities.insert(key, entity);
+                }
+                Err(e) => panic!(
+                    "segment {index} of partition {}: entity {key:?} cannot be rebuilt: {e}",
+                    env.partition
+                ),
+            }
+        }
+        tracing::info!(
+            partition = %env.partition,
+            segment = index,
+            snapshot_lsn = self.snapshot_lsn,
+            replayed = self.replayed,
+            entities = self.state.entities.len(),
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "segment recovered"
+        );
+        self.state
+    }
+}
+
+/// Recovers every segment of a partition at once: their snapshots, loaded on as many
+/// threads as there are cores, then one pass over the journal from the oldest snapshot's
+/// LSN, each record applied to the segments that have not seen it. Panics (like
+/// [`recover`]) rather than return partial state.
+pub fn recover_all<E: Entity>(env: &SegmentEnv<E>) -> Vec<SegmentState<E>> {
+    let started = Instant::now();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(env.segments as usize);
+    let mut recoveries: Vec<Recovery<E>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t as u32..env.segments)
+                        .step_by(threads)
+                        .map(|i| Recovery::from_snapshot(i, env))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<Recovery<E>> = Vec::with_capacity(env.segments as usize);
+        for w in workers {
+            match w.join() {
+                Ok(part) => all.extend(part),
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+        all
+    });
+    recoveries.sort_by_key(|r| r.index);
+    let snapshots_loaded = started.elapsed();
+    let from = recoveries.iter().map(Recovery::applied).min().unwrap_or(0);
+    let mut records = 0u64;
+    let result = env.journal.replay(from, &mut |lsn, record| {
+        records += 1;
+        for (key, _) in record.iter() {
+            // `apply` takes all of a segment's commands in the record and moves its
+            // `applied` to `lsn`, so each segment applies a record once.
+            let r = &mut recoveries[env.segment_of(key) as usize];
+            if r.applied() < lsn {
+                r.apply(env, lsn, record);
+            }
+        }
+        true
+    });
+    if let Err(e) = result {
+        panic!("partition {}: journal replay failed: {e}", env.partition);
+    }
+    tracing::info!(
+        partition = %env.partition,
+        segments = env.segments,
+        snapshots_ms = snapshots_loaded.as_millis() as u64,
+        journal_records = records,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "partition state recovered in one pass over the journal"
+    );
+    recoveries.into_iter().map(|r| r.finish(env)).collect()
+}
+
+/// Recovers a segment's state: the latest snapshot, then the journal after it.
+fn recover<E: Entity>(index: u32, env: &SegmentEnv<E>, stop_at: &dyn Fn() -> Option<Lsn>) -> SegmentState<E> {
+    let mut recovery = Recovery::from_snapshot(index, env);
+    let result = env.journal.replay(recovery.applied(), &mut |lsn, record| {
+        if stop_at().is_some_and(|stop| lsn >= stop) {
+            return false;
+        }
+        recovery.apply(env, lsn, record);
         true
     });
     if let Err(e) = result {
@@ -506,27 +629,7 @@ fn recover<E: Entity>(index: u32, env: &SegmentEnv<E>, stop_at: &dyn Fn() -> Opt
             env.partition
         );
     }
-    for key in broken {
-        match rebuild::<E>(env, index, &key, state.applied + 1, 0) {
-            Ok(entity) => {
-                state.entities.insert(key, entity);
-            }
-            Err(e) => panic!(
-                "segment {index} of partition {}: entity {key:?} cannot be rebuilt: {e}",
-                env.partition
-            ),
-        }
-    }
-    tracing::info!(
-        partition = %env.partition,
-        segment = index,
-        snapshot_lsn = snapshot.as_ref().map_or(0, |s| s.lsn),
-        replayed,
-        entities = state.entities.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "segment recovered"
-    );
-    state
+    recovery.finish(env)
 }
 
 /// The message of a panic payload.

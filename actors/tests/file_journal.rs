@@ -110,6 +110,26 @@ fn records_survive_a_reopen_in_order_across_files() {
 }
 
 #[test]
+fn lsns_go_on_after_truncation_left_only_an_empty_file() {
+    let dir = Dir::new("empty-last");
+    // One-byte files: every record is followed by a new, empty file.
+    let j = open(&dir, 1, None).unwrap();
+    for i in 0..5 {
+        append(&j, &format!("record {i}")).unwrap();
+    }
+    j.truncate(5);
+    drop(j);
+    assert_eq!(dir.files().len(), 1, "only the empty last file is left");
+    let j = open(&dir, 1, None).unwrap();
+    assert_eq!(j.last_lsn(), 5);
+    assert_eq!(
+        append(&j, "next").unwrap(),
+        6,
+        "never an LSN a snapshot has already covered"
+    );
+}
+
+#[test]
 fn concurrent_appends_share_syncs() {
     let dir = Dir::new("group");
     let j = Arc::new(open(&dir, 1 << 30, None).unwrap());

@@ -215,6 +215,7 @@ pub struct PartitionEngine {
     /// writing while accounts change hands, so no event is routed by a stale owner.
     routing: tokio::sync::RwLock<()>,
     runtime: Arc<Partition<CustomerEntity>>,
+    journal: Arc<dyn Journal<Batch<CustomerEntity>>>,
     /// Held while snapshots are taken: one round at a time.
     snapshotting: tokio::sync::Mutex<()>,
     /// `accepted` when the last snapshot round started.
@@ -402,6 +403,7 @@ impl Engine {
                 customers: DashMap::with_hasher(Hashing::default()),
                 routing: tokio::sync::RwLock::new(()),
                 runtime,
+                journal: journal.clone(),
                 snapshotting: tokio::sync::Mutex::new(()),
                 events_at_snapshot: Default::default(),
             };
@@ -567,8 +569,12 @@ impl Engine {
         out
     }
 
+    /// Stops the segments and closes the journals (everything appended is written).
     pub fn stop(&self) {
         self.pool.stop();
+        for p in self.partitions.values() {
+            p.journal.close();
+        }
     }
 }
 
