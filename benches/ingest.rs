@@ -475,5 +475,13 @@ async fn restarts(settings: &Validated, engine: Engine, dir: &std::path::Path, w
 }
 
 fn main() {
+    // `RUST_LOG=info` shows the engine's own timings (recovery per segment and partition).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     actix_rt::System::new().block_on(run());
 }

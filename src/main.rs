@@ -173,6 +173,10 @@ fn run(settings: Validated) -> ExitCode {
         };
         let options = EngineOptions {
             journal,
+            // A crash test's hook (see tests/bill_run.rs); never set in production.
+            fault_abort_after_invoice_batches: std::env::var("TALLYD_TEST_ABORT_BILL_RUN_AFTER")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             ..EngineOptions::default()
         };
         // The HTTP server listens at once (/health answers, /ready says 503); the engine

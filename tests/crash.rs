@@ -305,6 +305,98 @@ fn a_damaged_newest_snapshot_falls_back_to_the_older_one() {
     assert_eq!(r, json!({"accepted": 0, "duplicates": 40}));
 }
 
+/// Polls a bill run until it is done; its final view.
+fn wait_for_bill_run(d: &Daemon, id: &str) -> Value {
+    for _ in 0..2000 {
+        let (status, body) = d.get(&format!("/v1/partitions/aws/bill-runs/{id}"));
+        assert_eq!(status, 200, "{body}\n{}", d.log.lock().unwrap().join("\n"));
+        let run: Value = serde_json::from_str(&body).unwrap();
+        match run["state"].as_str().unwrap() {
+            "done" => return run,
+            "running" => std::thread::sleep(std::time::Duration::from_millis(5)),
+            other => panic!("bill run {other}: {run}"),
+        }
+    }
+    panic!("the bill run did not finish");
+}
+
+#[test]
+fn a_crash_in_the_middle_of_a_bill_run_resumes_with_no_invoice_twice_or_missing() {
+    let dir = TempDir::new("bill-run-crash");
+    let all = batches(31);
+    // The test hook aborts tallyd once the first segment's invoices are written and
+    // synced, before their customers are closed: the worst moment.
+    let mut d = Daemon::start_at_with_env(&dir.0, Some(CONFIG), &[("TALLYD_TEST_ABORT_BILL_RUN_AFTER", "1")]);
+    for batch in &all {
+        post_usage(&d, batch);
+    }
+    let r = d.post("/v1/partitions/aws/bill-runs", r#"{"period": "2026-11"}"#);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let exit = d.child.wait().unwrap();
+    assert!(!exit.success(), "the hook aborts tallyd: {exit}");
+    let invoices = std::fs::read_to_string(dir.0.join("data/aws/invoices/2026-11.ndjson")).unwrap();
+    let written_before = invoices.lines().count();
+    assert!(
+        written_before >= 1,
+        "the first batch was written before the crash"
+    );
+
+    // The restart resumes the run by itself.
+    let d = Daemon::start_at(&dir.0, Some(CONFIG));
+    let run = wait_for_bill_run(&d, "aws-2026-11");
+    let events: Vec<Value> = all.iter().flatten().cloned().collect();
+    let expected = expected(&dir.0, &events);
+    assert_eq!(run["invoices"], expected.len(), "{run}");
+    let (status, body) = d.get("/v1/partitions/aws/invoices?period=2026-11");
+    assert_eq!(status, 200, "{body}");
+    let mut numbers: Vec<String> = Vec::new();
+    let mut customers: Vec<String> = Vec::new();
+    for line in body.lines() {
+        let invoice: Value = serde_json::from_str(line).unwrap();
+        let customer = invoice["customer"].as_str().unwrap().to_string();
+        assert_eq!(
+            invoice["total"],
+            expected[&customer].as_str(),
+            "customer {customer}"
+        );
+        numbers.push(invoice["number"].as_str().unwrap().to_string());
+        customers.push(customer);
+    }
+    // One invoice per customer, numbered 1..n with no gap, the ones written before the
+    // crash unchanged.
+    customers.sort();
+    customers.dedup();
+    assert_eq!(customers.len(), expected.len());
+    let wanted: Vec<String> = (1..=expected.len())
+        .map(|i| format!("aws-2026-11-{i:06}"))
+        .collect();
+    assert_eq!(numbers, wanted);
+    assert!(body.starts_with(invoices.as_str()));
+    // The period is closed: its usage is refused, naming it; the next one is open and empty.
+    let r = d.post(
+        "/v1/partitions/aws/usage",
+        &serde_json::to_string(&all[0]).unwrap(),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("falls in period 2026-11, which is closed"),
+        "{}",
+        r.body
+    );
+    for customer in expected.keys() {
+        let (_, body) = d.get(&format!("/v1/partitions/aws/customers/{customer}/bill"));
+        let bill: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(bill["period"], "2026-12");
+        assert_eq!(bill["subtotal"], "0.00", "{bill}");
+    }
+    // Running it again returns the same run and the same invoices.
+    let r = d.post("/v1/partitions/aws/bill-runs", r#"{"period": "2026-11"}"#);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.json()["state"], "done");
+    let (_, again) = d.get("/v1/partitions/aws/invoices?period=2026-11");
+    assert_eq!(again, body);
+}
+
 #[test]
 fn a_second_tallyd_on_the_same_data_is_refused() {
     let dir = TempDir::new("lock");

@@ -272,7 +272,13 @@ fn an_invalid_event_rejects_the_whole_batch_and_changes_nothing() {
         };
         let fields: Vec<(usize, &str)> = errors.iter().map(|e| (e.index, e.field.as_str())).collect();
         assert_eq!(fields, [(1, "meter"), (2, "account"), (3, "time")]);
-        assert!(errors[2].message.contains("outside the open period 2026-11"));
+        assert!(
+            errors[2]
+                .message
+                .contains("falls in period 2026-10, before the first open one"),
+            "{}",
+            errors[2].message
+        );
         assert_eq!(p.runtime().journal().last_lsn(), journaled, "nothing journaled");
         let bill = p.customer_bill(&families[0].customer.id).await.unwrap();
         assert!(bill.lines.is_empty(), "nothing applied");

@@ -32,6 +32,11 @@ pub trait Entity: Sized + Send + Unpin + 'static {
     fn query(&self, query: &Self::Query) -> Self::Answer;
     fn snapshot(&self) -> Self::Snapshot;
     fn restore(snapshot: &Self::Snapshot) -> Self;
+    /// Same as [`Entity::restore`], from a snapshot nobody needs any more (a cold start
+    /// reading files): an entity whose snapshot is itself can skip the copy.
+    fn restore_owned(snapshot: Self::Snapshot) -> Self {
+        Self::restore(&snapshot)
+    }
 }
 
 /// What the journal records: commands for many keys, appended together.

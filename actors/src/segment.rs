@@ -468,13 +468,20 @@ impl<E: Entity> Recovery<E> {
             entities: Entities::<E>::default(),
             applied: 0,
         };
-        if let Some(s) = &snapshot {
+        if let Some(s) = snapshot {
             state.applied = s.lsn;
-            state.entities = s
-                .entities
-                .iter()
-                .map(|(k, e)| (k.clone(), E::restore(e)))
-                .collect();
+            state.entities = match Arc::try_unwrap(s) {
+                Ok(owned) => owned
+                    .entities
+                    .into_iter()
+                    .map(|(k, e)| (k, E::restore_owned(e)))
+                    .collect(),
+                Err(shared) => shared
+                    .entities
+                    .iter()
+                    .map(|(k, e)| (k.clone(), E::restore(e)))
+                    .collect(),
+            };
         }
         Recovery {
             index,

@@ -48,6 +48,8 @@ macro_rules! api {
 
 use crate::domain::customer::{Credit, CustomerSpec, Discount};
 use crate::domain::{CatalogVersionSpec, UsageEvent};
+use crate::engine::bill_run::BillRunView;
+use crate::engine::invoices::InvoiceDocument;
 use crate::engine::{AccountStatement, DeadLetterView, IngestSummary, SegmentView};
 use openapi::schema;
 
@@ -68,6 +70,10 @@ api! {
     post "/v1/partitions/{p}/customers/{c}/discounts" => v1::add_discount { "Grants a percentage discount.", scope: Some("admin"), request: Some(schema::<Discount>), ok: 201, response: Some(schema::<Discount>) }
     get "/v1/partitions/{p}/customers/{c}/bill" => v1::customer_bill { "The customer's running bill for the open period.", scope: Some("read"), request: None, ok: 200, response: Some(schema::<v1::CustomerBillView>) }
     get "/v1/partitions/{p}/accounts/{a}/bill" => v1::account_bill { "One account's share of its customer's running bill.", scope: Some("read"), request: None, ok: 200, response: Some(schema::<AccountStatement>) }
+    post "/v1/partitions/{p}/bill-runs" => v1::start_bill_run { "Closes a period and bills every customer of the partition; idempotent per period.", scope: Some("admin"), request: Some(schema::<v1::BillRunRequest>), ok: 202, response: Some(schema::<BillRunView>) }
+    get "/v1/partitions/{p}/bill-runs/{id}" => v1::get_bill_run { "A bill run's progress, rate and ETA; at the end its duration, totals and per-customer compute times.", scope: Some("read"), request: None, ok: 200, response: Some(schema::<BillRunView>) }
+    get "/v1/partitions/{p}/invoices" => v1::list_invoices { "Invoices as NDJSON, by `period` and/or `customer`.", scope: Some("read"), request: None, ok: 200, response: None }
+    get "/v1/partitions/{p}/invoices/{number}" => v1::get_invoice { "One invoice by number.", scope: Some("read"), request: None, ok: 200, response: Some(schema::<InvoiceDocument>) }
     post "/v1/partitions/{p}/usage" => v1::ingest { "Ingests usage events (a JSON array or NDJSON); answered once durable.", scope: Some("ingest"), request: Some(schema::<Vec<UsageEvent>>), ok: 200, response: Some(schema::<IngestSummary>) }
     get "/v1/admin/segments" => segments { "Segments with their arbiter, state and load.", scope: Some("admin"), request: None, ok: 200, response: Some(schema::<SegmentReport>) }
     post "/v1/admin/snapshot" => snapshot { "Snapshots every segment now; the journal forgets what the snapshots cover.", scope: Some("admin"), request: None, ok: 200, response: None }

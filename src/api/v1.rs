@@ -367,3 +367,120 @@ pub(super) async fn ingest(
     let summary = p.ingest(events).await?;
     Ok(HttpResponse::Ok().json(summary))
 }
+
+/// `POST /v1/partitions/{p}/bill-runs`.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BillRunRequest {
+    /// The period to close, `YYYY-MM`: the open one (or one whose run is under way or done).
+    period: Period,
+}
+
+pub(super) async fn start_bill_run(
+    engine: Ready,
+    limits: web::Data<LimitSettings>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, Problem> {
+    let p = engine.partition_handle(&path).map_err(Problem::from)?;
+    let request: BillRunRequest = read_json(payload, &limits).await?;
+    let run = p.start_bill_run(request.period).await?;
+    Ok(HttpResponse::Accepted().json(run))
+}
+
+pub(super) async fn get_bill_run(
+    engine: Ready,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Problem> {
+    let (p, id) = path.into_inner();
+    match partition(&engine, &p)?.bill_run(&id) {
+        Some(run) => Ok(HttpResponse::Ok().json(run)),
+        None => Err(Problem::not_found(format!(
+            "no bill run {id:?} in partition {p:?}; its id is `{p}-YYYY-MM`"
+        ))),
+    }
+}
+
+/// `GET /v1/partitions/{p}/invoices` filters.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InvoiceFilter {
+    period: Option<Period>,
+    customer: Option<String>,
+}
+
+/// A period's invoices as NDJSON, streamed from the store in chunks.
+pub(super) async fn list_invoices(
+    engine: Ready,
+    path: web::Path<String>,
+    filter: web::Query<InvoiceFilter>,
+) -> Result<HttpResponse, Problem> {
+    let p = engine.partition_handle(&path).map_err(Problem::from)?;
+    let ndjson = "application/x-ndjson";
+    let store_error = |e: String| Problem::from(EngineError::Unavailable(e));
+    let filter = filter.into_inner();
+    if let (Some(period), None) = (filter.period, &filter.customer) {
+        // The whole period, straight from its file, 256 KiB at a time.
+        let chunks = futures_util::stream::unfold(Some(0u64), move |from| {
+            let p = p.clone();
+            async move {
+                let from = from?;
+                match p.invoices().read_ndjson(period, from, 256 << 10) {
+                    Ok((bytes, next)) if !bytes.is_empty() => {
+                        Some((Ok::<_, actix_web::Error>(web::Bytes::from(bytes)), next))
+                    }
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading invoices failed mid-stream");
+                        Some((Err(actix_web::error::ErrorInternalServerError(e)), None))
+                    }
+                }
+            }
+        });
+        return Ok(HttpResponse::Ok().content_type(ndjson).streaming(chunks));
+    }
+    let periods: Vec<Period> = match filter.period {
+        Some(period) => vec![period],
+        None => p.invoices().periods(),
+    };
+    let mut body = Vec::new();
+    for period in periods {
+        match &filter.customer {
+            Some(customer) => {
+                if let Some(doc) = p.invoices().of_customer(period, customer).map_err(store_error)? {
+                    serde_json::to_writer(&mut body, &doc).expect("plain data");
+                    body.push(b'\n');
+                }
+            }
+            None => {
+                let mut from = Some(0);
+                while let Some(at) = from {
+                    let (bytes, next) = p
+                        .invoices()
+                        .read_ndjson(period, at, 1 << 20)
+                        .map_err(store_error)?;
+                    body.extend_from_slice(&bytes);
+                    from = next;
+                }
+            }
+        }
+    }
+    Ok(HttpResponse::Ok().content_type(ndjson).body(body))
+}
+
+pub(super) async fn get_invoice(
+    engine: Ready,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Problem> {
+    let (p, number) = path.into_inner();
+    let found = partition(&engine, &p)?
+        .invoices()
+        .get(&number)
+        .map_err(|e| Problem::from(EngineError::Unavailable(e)))?;
+    match found {
+        Some(doc) => Ok(HttpResponse::Ok().json(doc)),
+        None => Err(Problem::not_found(format!(
+            "no invoice {number:?} in partition {p:?}; numbers read `{p}-YYYY-MM-000001`"
+        ))),
+    }
+}

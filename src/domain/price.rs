@@ -96,7 +96,7 @@ pub struct TierCharge {
     pub version: u16,
     pub quantity: Decimal,
     pub unit_price: Decimal,
-    #[serde(skip_serializing_if = "Decimal::is_zero")]
+    #[serde(default, skip_serializing_if = "Decimal::is_zero")]
     pub flat_fee: Decimal,
     pub amount: Decimal,
 }

@@ -49,10 +49,25 @@ pub enum CustomerCommand {
     AddCredit(Credit),
     /// Grants a discount (refused if the customer has one with the same id).
     AddDiscount(Discount),
-    /// Takes an account out of the customer, with its usage of the period.
-    Release(AccountId),
-    /// Takes an account in, with the usage it brings.
-    Adopt(AccountId, Option<Box<AccountUsage>>),
+    /// Takes an account out of the customer, with its usage of the open `period`.
+    Release { account: AccountId, period: Period },
+    /// Takes an account in, with the usage of the open `period` it brings.
+    Adopt {
+        account: AccountId,
+        usage: Option<Box<AccountUsage>>,
+        period: Period,
+    },
+    /// Closes `period` once its invoice is written (or it needed none): the period's
+    /// usage is let go, and each credit keeps the balance the invoice left it.
+    Close(Box<PeriodClose>),
+}
+
+/// What closing a period changes in a customer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodClose {
+    pub period: Period,
+    /// `(credit id, balance left)` for every credit the invoice drew on.
+    pub credits: Vec<(String, rust_decimal::Decimal)>,
 }
 
 /// What applying a command did.
@@ -75,6 +90,8 @@ pub enum CustomerReply {
     Released(Option<Box<AccountUsage>>),
     /// The account joined.
     Adopted,
+    /// The period is closed (or was already: nothing changed).
+    Closed,
     /// Refused, with the reason; nothing changed.
     Refused(String),
 }
@@ -91,6 +108,8 @@ pub struct PricingView {
 /// Reads a customer.
 #[derive(Clone, Debug)]
 pub enum CustomerQuery {
+    /// The bill of a period being closed (the open period's, or the one before).
+    PeriodBill(Arc<PricingView>),
     /// The customer's running bill.
     Bill(Arc<PricingView>),
     /// The customer's terms.
@@ -105,18 +124,102 @@ pub enum CustomerAnswer {
 }
 
 /// The state of one customer.
+///
+/// Usage belongs to one period: `usage` and `departed` to `period`, and, while a bill run
+/// closes the period before it, that period's usage waits in `closing` until its `Close`
+/// command. Usage of the next period can thus stream in while the last one is billed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomerEntity {
     customer: Option<Box<Customer>>,
+    /// The period of `usage` and `departed` (`None`: no usage yet).
+    period: Option<Period>,
     /// Usage of `customer.accounts[i]` at `usage[i]`.
     usage: Vec<AccountUsage>,
     /// Usage of accounts that left the customer during the period: still billed here.
     departed: Vec<(AccountId, AccountUsage)>,
+    /// The usage of the period before `period`, until it is closed.
+    closing: Option<Box<ClosingUsage>>,
+    /// The latest period closed for this customer.
+    closed_through: Option<Period>,
     /// The latest day of any usage event applied (or refused as a duplicate).
     last_usage: Option<NaiveDate>,
 }
 
+/// A period's usage, per account, kept until its invoice is written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosingUsage {
+    period: Period,
+    accounts: Vec<(AccountId, AccountUsage)>,
+}
+
 impl CustomerEntity {
+    /// Moves the usage of `period` aside (to `closing`) once usage of a later period
+    /// arrives, so the next period starts empty. A bill run closes a period before the
+    /// one after it can open, so `closing` is always empty here.
+    fn open(&mut self, period: Period) {
+        match self.period {
+            Some(current) if current >= period => return,
+            Some(current) => {
+                debug_assert!(self.closing.is_none(), "two periods waiting to be closed");
+                let accounts = self.customer.as_deref().map_or(&[][..], |c| &c.accounts[..]);
+                let mut usage: Vec<(AccountId, AccountUsage)> = accounts
+                    .iter()
+                    .cloned()
+                    .zip(self.usage.iter_mut().map(std::mem::take))
+                    .chain(self.departed.drain(..))
+                    .filter(|(_, u)| !u.is_empty())
+                    .collect();
+                usage.sort_by(|a, b| a.0.cmp(&b.0));
+                if !usage.is_empty() && self.closed_through.is_none_or(|c| c < current) {
+                    self.closing = Some(Box::new(ClosingUsage {
+                        period: current,
+                        accounts: usage,
+                    }));
+                }
+            }
+            None => {}
+        }
+        self.period = Some(period);
+    }
+
+    /// The bill of the period `view.period`, from the usage of that period.
+    pub fn bill_of_period(&self, view: &PricingView) -> Result<Bill, String> {
+        match &self.closing {
+            Some(c) if c.period == view.period => {
+                self.priced(view, &mut c.accounts.iter().map(|(a, u)| (a, u)))
+            }
+            _ if self.period == Some(view.period) => self.bill(view),
+            _ => self.priced(view, &mut std::iter::empty()),
+        }
+    }
+
+    /// Whether `period` is closed for this customer.
+    pub fn is_closed(&self, period: Period) -> bool {
+        self.closed_through.is_some_and(|c| c >= period)
+    }
+
+    fn close(&mut self, close: &PeriodClose) -> CustomerReply {
+        if self.is_closed(close.period) {
+            return CustomerReply::Closed;
+        }
+        if self.closing.as_ref().is_some_and(|c| c.period == close.period) {
+            self.closing = None;
+        } else if self.period == Some(close.period) {
+            self.usage.iter_mut().for_each(|u| *u = AccountUsage::default());
+            self.departed.clear();
+            self.period = None;
+        }
+        if let Some(customer) = self.customer.as_deref_mut() {
+            for (id, left) in &close.credits {
+                if let Some(credit) = customer.credits.iter_mut().find(|c| c.id == *id) {
+                    credit.amount = *left;
+                }
+            }
+        }
+        self.closed_through = Some(close.period);
+        CustomerReply::Closed
+    }
+
     /// The customer's terms; `None` before its first upsert.
     pub fn customer(&self) -> Option<&Customer> {
         self.customer.as_deref()
@@ -127,8 +230,24 @@ impl CustomerEntity {
         self.last_usage
     }
 
-    /// Prices the running bill with the customer's profile.
+    /// Prices the running bill of the open period `view.period`.
     pub fn bill(&self, view: &PricingView) -> Result<Bill, String> {
+        if self.period != Some(view.period) {
+            // Usage of an earlier period waits for its bill run; the open one has none yet.
+            return self.priced(view, &mut std::iter::empty());
+        }
+        let customer = self.customer.as_deref().ok_or("the customer does not exist")?;
+        let usage = customer.accounts.iter().zip(&self.usage);
+        let departed = self.departed.iter().map(|(a, u)| (a, u));
+        self.priced(view, &mut usage.chain(departed))
+    }
+
+    /// Prices `usage` with the customer's profile.
+    fn priced<'a>(
+        &'a self,
+        view: &PricingView,
+        usage: &mut dyn Iterator<Item = (&'a AccountId, &'a AccountUsage)>,
+    ) -> Result<Bill, String> {
         let customer = self.customer.as_ref().ok_or("the customer does not exist")?;
         let profile = view.profiles.get(&customer.profile).ok_or_else(|| {
             format!(
@@ -141,9 +260,7 @@ impl CustomerEntity {
             rounding: view.rounding,
             period: view.period,
         };
-        let usage = customer.accounts.iter().zip(&self.usage);
-        let departed = self.departed.iter().map(|(a, u)| (a, u));
-        Ok(bill_customer(&ctx, customer, profile, usage.chain(departed)))
+        Ok(bill_customer(&ctx, customer, profile, usage))
     }
 
     /// Replaces the customer's terms, keeping each account's usage with its account.
@@ -165,7 +282,12 @@ impl CustomerEntity {
         self.customer = Some(Box::new(customer.clone()));
     }
 
-    fn release(&mut self, account: &AccountId) -> CustomerReply {
+    fn release(&mut self, account: &AccountId, period: Period) -> CustomerReply {
+        if self.customer.is_none() {
+            return CustomerReply::NoSuchCustomer;
+        }
+        // Usage of an earlier period stays here, to be billed with it.
+        self.open(period);
         let Some(customer) = self.customer.as_deref_mut() else {
             return CustomerReply::NoSuchCustomer;
         };
@@ -195,7 +317,11 @@ impl CustomerEntity {
         CustomerReply::Released(usage.filter(|u| !u.is_empty()).map(Box::new))
     }
 
-    fn adopt(&mut self, account: &AccountId, usage: Option<&AccountUsage>) -> CustomerReply {
+    fn adopt(&mut self, account: &AccountId, usage: Option<&AccountUsage>, period: Period) -> CustomerReply {
+        if self.customer.is_none() {
+            return CustomerReply::NoSuchCustomer;
+        }
+        self.open(period);
         let Some(customer) = self.customer.as_deref_mut() else {
             return CustomerReply::NoSuchCustomer;
         };
@@ -280,8 +406,13 @@ impl Entity for CustomerEntity {
                     CustomerReply::Granted
                 }
             },
-            CustomerCommand::Release(account) => self.release(account),
-            CustomerCommand::Adopt(account, usage) => self.adopt(account, usage.as_deref()),
+            CustomerCommand::Release { account, period } => self.release(account, *period),
+            CustomerCommand::Adopt {
+                account,
+                usage,
+                period,
+            } => self.adopt(account, usage.as_deref(), *period),
+            CustomerCommand::Close(close) => self.close(close),
             CustomerCommand::Usage(event) => {
                 let Some(customer) = self.customer.as_deref() else {
                     return CustomerReply::NoSuchCustomer;
@@ -291,6 +422,12 @@ impl Entity for CustomerEntity {
                 if self.last_usage.is_none_or(|d| d < day) {
                     self.last_usage = Some(day);
                 }
+                let period = Period::containing(day);
+                if self.is_closed(period) || self.period.is_some_and(|p| p > period) {
+                    // The engine admits usage of the open period only; this cannot happen.
+                    return CustomerReply::Refused(format!("period {period} is closed"));
+                }
+                self.open(period);
                 let usage = match position {
                     Some(i) => &mut self.usage[i],
                     None => self.departed_usage(&event.account),
@@ -307,6 +444,7 @@ impl Entity for CustomerEntity {
     fn query(&self, query: &CustomerQuery) -> CustomerAnswer {
         match query {
             CustomerQuery::Bill(view) => CustomerAnswer::Bill(self.bill(view).map(Box::new)),
+            CustomerQuery::PeriodBill(view) => CustomerAnswer::Bill(self.bill_of_period(view).map(Box::new)),
             CustomerQuery::Terms => CustomerAnswer::Terms(self.customer.clone()),
         }
     }
@@ -317,5 +455,9 @@ impl Entity for CustomerEntity {
 
     fn restore(snapshot: &CustomerEntity) -> Self {
         snapshot.clone()
+    }
+
+    fn restore_owned(snapshot: CustomerEntity) -> Self {
+        snapshot
     }
 }

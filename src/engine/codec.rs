@@ -243,10 +243,27 @@ mod tests {
                     granted: 4,
                 }),
             ),
-            ("acme".into(), CustomerCommand::Release("222".into())),
+            (
+                "acme".into(),
+                CustomerCommand::Release {
+                    account: "222".into(),
+                    period: "2026-11".parse().unwrap(),
+                },
+            ),
             (
                 "other".into(),
-                CustomerCommand::Adopt("222".into(), Some(Box::new(usage))),
+                CustomerCommand::Adopt {
+                    account: "222".into(),
+                    usage: Some(Box::new(usage)),
+                    period: "2026-11".parse().unwrap(),
+                },
+            ),
+            (
+                "other".into(),
+                CustomerCommand::Close(Box::new(super::super::account::PeriodClose {
+                    period: "2026-11".parse().unwrap(),
+                    credits: vec![("q".into(), Decimal::new(250, 2))],
+                })),
             ),
         ];
         let mut bytes = Vec::new();

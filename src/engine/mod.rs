@@ -8,7 +8,9 @@
 //! and never to the domain's state directly.
 
 pub mod account;
+pub mod bill_run;
 pub mod codec;
+pub mod invoices;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -69,6 +71,23 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// The period state kept in `file`, if any.
+fn load_period_state(file: &std::path::Path) -> Result<Option<PeriodState>, EngineError> {
+    match std::fs::read(file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            EngineError::Unavailable(format!(
+                "{} is damaged ({e}); restore it from a backup",
+                file.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(EngineError::Unavailable(format!(
+            "cannot read {}: {e}",
+            file.display()
+        ))),
+    }
+}
+
 /// Days since 1970-01-01.
 fn days(date: chrono::NaiveDate) -> i64 {
     i64::from(chrono::Datelike::num_days_from_ce(&date)) - 719_163
@@ -78,6 +97,8 @@ pub use account::{
     CustomerAnswer, CustomerCommand, CustomerEntity, CustomerKey, CustomerQuery, CustomerReply,
 };
 use account::{MeteredEvent, PricingView};
+use bill_run::{BillRun, PeriodState};
+use invoices::InvoiceStore;
 
 /// The hash of the engine's maps: fast, and seeded per process.
 type Hashing = foldhash::fast::RandomState;
@@ -195,7 +216,17 @@ pub struct AccountStatement {
 pub struct PartitionEngine {
     pub id: String,
     rounding: Rounding,
-    period: Period,
+    /// The open period and the one being closed.
+    periods: RwLock<PeriodState>,
+    /// Where `periods` is kept, when the journal is durable.
+    periods_file: Option<std::path::PathBuf>,
+    invoices: InvoiceStore,
+    /// Bill runs started (or looked up) in this process, by period.
+    runs: std::sync::Mutex<BTreeMap<Period, Arc<BillRun>>>,
+    /// Held while a bill run is being started.
+    closing: tokio::sync::Mutex<()>,
+    /// Test-only: abort the process after writing this many batches of invoices.
+    fault_abort_after_invoice_batches: Option<u32>,
     catalog_name: String,
     catalog: RwLock<Arc<Catalog>>,
     /// Where versions published through the API are kept, when the journal is durable.
@@ -246,6 +277,9 @@ pub enum JournalMode {
 #[derive(Default, Clone)]
 pub struct EngineOptions {
     pub journal: JournalMode,
+    /// Test-only: abort the process after a bill run wrote this many batches of
+    /// invoices, before their customers are closed (a crash in the middle of a run).
+    pub fault_abort_after_invoice_batches: Option<u32>,
     /// Test-only: makes the command for a customer at an LSN panic on its first try.
     pub fault_hook: Option<FaultHook<CustomerKey>>,
 }
@@ -384,13 +418,36 @@ impl Engine {
             )
             .await;
             let _ = router.send(Register(Box::new(runtime.clone()))).await;
-            let period = p
-                .open_period
-                .unwrap_or_else(|| Period::containing(chrono::Utc::now().date_naive()));
+            let data = match &options.journal {
+                JournalMode::File { dir, .. } => Some(dir.join(&p.id)),
+                _ => None,
+            };
+            let periods_file = data.as_ref().map(|d| d.join("periods.json"));
+            let configured = PeriodState {
+                open: p
+                    .open_period
+                    .unwrap_or_else(|| Period::containing(chrono::Utc::now().date_naive())),
+                closing: None,
+            };
+            let periods = match &periods_file {
+                Some(file) => load_period_state(file)?.unwrap_or(configured),
+                None => configured,
+            };
+            if periods.open != configured.open && p.open_period.is_some() {
+                tracing::info!(partition = %p.id, configured = %configured.open, open = %periods.open,
+                    "the open period moved on with bill runs; the configured one is only the first");
+            }
+            let invoices = InvoiceStore::open(&p.id, data.as_ref().map(|d| d.join("invoices")))
+                .map_err(|e| EngineError::Unavailable(format!("partition {:?}: invoices: {e}", p.id)))?;
             let engine = PartitionEngine {
                 id: p.id.clone(),
                 rounding: p.rounding,
-                period,
+                periods: RwLock::new(periods),
+                periods_file,
+                invoices,
+                runs: Default::default(),
+                closing: tokio::sync::Mutex::new(()),
+                fault_abort_after_invoice_batches: options.fault_abort_after_invoice_batches,
                 catalog_name: p.catalog_name.clone(),
                 catalog: RwLock::new(Arc::new(catalog)),
                 catalog_file,
@@ -428,6 +485,13 @@ impl Engine {
             );
             partitions.insert(p.id.clone(), Arc::new(engine));
         }
+        for p in partitions.values() {
+            // A bill run cut short by a stop or a crash resumes now.
+            if let Some(period) = p.period_state().closing {
+                tracing::info!(partition = %p.id, %period, "resuming the bill run");
+                p.start_bill_run(period).await?;
+            }
+        }
         if options.journal != JournalMode::Discarded {
             let cadence = SnapshotCadence {
                 every: (r.snapshot_interval_secs > 0)
@@ -454,6 +518,14 @@ impl Engine {
         self.partitions
             .get(id)
             .map(|p| &**p)
+            .ok_or_else(|| EngineError::UnknownPartition(id.to_owned()))
+    }
+
+    /// A partition, shared: for work that outlives the request (bill runs).
+    pub fn partition_handle(&self, id: &str) -> Result<Arc<PartitionEngine>, EngineError> {
+        self.partitions
+            .get(id)
+            .cloned()
             .ok_or_else(|| EngineError::UnknownPartition(id.to_owned()))
     }
 
@@ -627,8 +699,27 @@ impl PartitionEngine {
         }
     }
 
+    /// The open period: usage is accepted for it only.
     pub fn period(&self) -> Period {
-        self.period
+        self.period_state().open
+    }
+
+    pub fn period_state(&self) -> PeriodState {
+        *self.periods.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save_period_state(&self, state: PeriodState) -> Result<(), EngineError> {
+        if let Some(file) = &self.periods_file {
+            let bytes = serde_json::to_vec(&state).expect("plain data");
+            write_atomically(file, &bytes)
+                .map_err(|e| EngineError::Unavailable(format!("cannot write {}: {e}", file.display())))?;
+        }
+        Ok(())
+    }
+
+    /// The invoices of this partition.
+    pub fn invoices(&self) -> &InvoiceStore {
+        &self.invoices
     }
 
     pub fn rounding(&self) -> Rounding {
@@ -775,6 +866,7 @@ impl PartitionEngine {
         let mut latest_day = i64::MIN;
         let mut errors = Vec::new();
         let mut batch: Vec<(CustomerKey, CustomerCommand)> = Vec::with_capacity(events.len());
+        let open = self.period();
         for (index, event) in events.into_iter().enumerate() {
             let Some((account, customer, slot)) = self
                 .directory
@@ -792,14 +884,23 @@ impl PartitionEngine {
                 continue;
             };
             let date = event.time.date_naive();
-            if !self.period.contains(date) {
+            if !open.contains(date) {
+                let period = Period::containing(date);
+                let why = if period < open && self.invoices.summary(period).is_some()
+                    || self.period_state().closing == Some(period)
+                {
+                    format!("falls in period {period}, which is closed")
+                } else if period < open {
+                    format!("falls in period {period}, before the first open one")
+                } else {
+                    format!("falls in period {period}, which is not open yet")
+                };
                 errors.push(EventError {
                     index,
                     field: "time".into(),
                     message: format!(
-                        "{} is outside the open period {} of partition {:?}",
+                        "{} {why}; the open period of partition {:?} is {open}",
                         event.time.to_rfc3339(),
-                        self.period,
                         self.id
                     ),
                 });
@@ -943,7 +1044,7 @@ impl PartitionEngine {
             let view = Arc::new(PricingView {
                 catalog: catalog.clone(),
                 rounding: self.rounding,
-                period: self.period,
+                period: self.period(),
                 profiles: self.profiles.clone(),
             });
             self.runtime.ask(key, CustomerQuery::Bill(view))?
@@ -1007,7 +1108,13 @@ impl PartitionEngine {
         let mut usage = None;
         if let Some(from) = &from {
             match self
-                .submit_one(from.clone(), CustomerCommand::Release(account_id.clone()))
+                .submit_one(
+                    from.clone(),
+                    CustomerCommand::Release {
+                        account: account_id.clone(),
+                        period: self.period(),
+                    },
+                )
                 .await?
             {
                 CustomerReply::Released(u) => usage = u,
@@ -1018,14 +1125,25 @@ impl PartitionEngine {
         let adopted = self
             .submit_one(
                 to.clone(),
-                CustomerCommand::Adopt(account_id.clone(), usage.clone()),
+                CustomerCommand::Adopt {
+                    account: account_id.clone(),
+                    usage: usage.clone(),
+                    period: self.period(),
+                },
             )
             .await;
         if !matches!(adopted, Ok(CustomerReply::Adopted)) {
             // Give the account and its usage back to where they were.
             if let Some(from) = &from {
                 let back = self
-                    .submit_one(from.clone(), CustomerCommand::Adopt(account_id.clone(), usage))
+                    .submit_one(
+                        from.clone(),
+                        CustomerCommand::Adopt {
+                            account: account_id.clone(),
+                            usage,
+                            period: self.period(),
+                        },
+                    )
                     .await;
                 if !matches!(back, Ok(CustomerReply::Adopted)) {
                     tracing::error!(partition = %self.id, account, from = %from, to = %to,

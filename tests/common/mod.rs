@@ -71,7 +71,13 @@ impl Daemon {
     /// Starts tallyd on the folder `at` (its data in `at/data`), which outlives it: for
     /// restarts on the same data.
     pub fn start_at(at: &std::path::Path, config: Option<&str>) -> Daemon {
+        Self::start_at_with_env(at, config, &[])
+    }
+
+    /// Same, with extra environment variables (test hooks).
+    pub fn start_at_with_env(at: &std::path::Path, config: Option<&str>, env: &[(&str, &str)]) -> Daemon {
         let mut command = Command::new(TALLYD);
+        command.envs(env.iter().copied());
         command
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(at.join("data"));
@@ -153,11 +159,16 @@ impl Daemon {
                     .map(str::to_owned)
             })
             .unwrap_or_default();
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
         Response {
             status,
             content_type,
             headers: head.to_string(),
-            body: body.to_string(),
+            body,
         }
     }
 
@@ -176,4 +187,18 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The body of a `Transfer-Encoding: chunked` response.
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+    out
 }

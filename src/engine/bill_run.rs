@@ -1,0 +1,536 @@
+//! Bill runs: closing a period for every customer of a partition.
+//!
+//! Starting a run closes the open period at once — under the routing lock, persisted in
+//! `periods.json` — so usage of the next period streams on while the run works, and
+//! usage of the closed one is refused with the period's name. The run then waits until
+//! every record journaled before the close has reached its segment, and asks all the
+//! segments at once (each on its own core) to price their customers' bills of the
+//! period. Each segment's invoices are numbered, written and synced, and only then is a
+//! `Close` command journaled for each of those customers, which lets the period's usage
+//! go and keeps each credit's remaining balance. So a crash anywhere resumes at the next
+//! start: customers with an invoice and no `Close` get their `Close` (from the stored
+//! invoice), the others are priced again. No invoice is written twice, none is missing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::account::{CustomerCommand, CustomerKey, PeriodClose, PricingView};
+use super::{EngineError, PartitionEngine};
+use crate::domain::{Bill, Period};
+
+/// The open period, and the one being closed (until its bill run finishes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodState {
+    pub open: Period,
+    pub closing: Option<Period>,
+}
+
+/// Per-customer pricing time, in microseconds.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct ComputeTimes {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+/// A bill run as `GET …/bill-runs/{id}` shows it.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct BillRunView {
+    pub id: String,
+    pub period: Period,
+    /// `running`, `done` or `failed`.
+    pub state: &'static str,
+    pub customers_done: u64,
+    pub customers_total: u64,
+    pub invoices: u64,
+    pub total_billed: Decimal,
+    pub elapsed_ms: u64,
+    /// Customers per second so far.
+    pub rate: f64,
+    /// While running: the time left at the current rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_ms: Option<u64>,
+    /// Once done: how long the run took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Once done: how long pricing one customer took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compute_us: Option<ComputeTimes>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+enum RunState {
+    Running,
+    Done { duration_ms: u64 },
+    Failed(String),
+}
+
+/// A bill run's progress.
+pub struct BillRun {
+    pub id: String,
+    pub period: Period,
+    started: Instant,
+    customers_total: AtomicU64,
+    customers_done: AtomicU64,
+    invoices: AtomicU64,
+    total_billed: Mutex<Decimal>,
+    /// Nanoseconds per customer priced.
+    compute: Mutex<Histogram<u64>>,
+    state: Mutex<RunState>,
+    /// A finished run read back from its summary.
+    summary: Option<serde_json::Value>,
+}
+
+pub fn run_id(partition: &str, period: Period) -> String {
+    format!("{partition}-{period}")
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
+}
+
+impl BillRun {
+    fn new(partition: &str, period: Period) -> BillRun {
+        BillRun {
+            id: run_id(partition, period),
+            period,
+            started: Instant::now(),
+            customers_total: AtomicU64::new(0),
+            customers_done: AtomicU64::new(0),
+            invoices: AtomicU64::new(0),
+            total_billed: Mutex::new(Decimal::ZERO),
+            compute: Mutex::new(histogram()),
+            state: Mutex::new(RunState::Running),
+            summary: None,
+        }
+    }
+
+    /// A run that finished before this process started, from its stored summary.
+    fn finished(partition: &str, period: Period, summary: serde_json::Value) -> BillRun {
+        let mut run = BillRun::new(partition, period);
+        run.summary = Some(summary);
+        run
+    }
+
+    fn compute_times(h: &Histogram<u64>) -> ComputeTimes {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        ComputeTimes {
+            p50: us(h.value_at_quantile(0.5)),
+            p90: us(h.value_at_quantile(0.9)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
+
+    pub fn view(&self) -> BillRunView {
+        if let Some(summary) = &self.summary {
+            if let Ok(view) = serde_json::from_value::<StoredSummary>(summary.clone()) {
+                return view.into_view(self.id.clone(), self.period);
+            }
+        }
+        let done = self.customers_done.load(Ordering::Relaxed);
+        let total = self.customers_total.load(Ordering::Relaxed).max(done);
+        let elapsed = self.started.elapsed();
+        let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (name, eta_ms, duration_ms, error) = match &state {
+            RunState::Running => (
+                "running",
+                (rate > 0.0).then(|| ((total - done) as f64 / rate * 1000.0) as u64),
+                None,
+                None,
+            ),
+            RunState::Done { duration_ms } => ("done", None, Some(*duration_ms), None),
+            RunState::Failed(e) => ("failed", None, None, Some(e.clone())),
+        };
+        let compute = self.compute.lock().unwrap_or_else(|p| p.into_inner());
+        BillRunView {
+            id: self.id.clone(),
+            period: self.period,
+            state: name,
+            customers_done: done,
+            customers_total: total,
+            invoices: self.invoices.load(Ordering::Relaxed),
+            total_billed: *self.total_billed.lock().unwrap_or_else(|p| p.into_inner()),
+            elapsed_ms: duration_ms.unwrap_or(elapsed.as_millis() as u64),
+            rate,
+            eta_ms,
+            duration_ms,
+            compute_us: (matches!(state, RunState::Done { .. }) && !compute.is_empty())
+                .then(|| Self::compute_times(&compute)),
+            error,
+        }
+    }
+
+    fn fail(&self, why: String) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = RunState::Failed(why);
+    }
+}
+
+/// What `<period>.done.json` holds.
+#[derive(Serialize, Deserialize)]
+struct StoredSummary {
+    customers: u64,
+    invoices: u64,
+    total_billed: Decimal,
+    duration_ms: u64,
+    #[serde(default)]
+    compute_us: Option<serde_json::Value>,
+}
+
+impl StoredSummary {
+    fn into_view(self, id: String, period: Period) -> BillRunView {
+        BillRunView {
+            id,
+            period,
+            state: "done",
+            customers_done: self.customers,
+            customers_total: self.customers,
+            invoices: self.invoices,
+            total_billed: self.total_billed,
+            elapsed_ms: self.duration_ms,
+            rate: self.customers as f64 / (self.duration_ms.max(1) as f64 / 1000.0),
+            eta_ms: None,
+            duration_ms: Some(self.duration_ms),
+            compute_us: self
+                .compute_us
+                .and_then(|v| serde_json::from_value::<ComputeTimesStored>(v).ok())
+                .map(|c| ComputeTimes {
+                    p50: c.p50,
+                    p90: c.p90,
+                    p99: c.p99,
+                    p999: c.p999,
+                    max: c.max,
+                    mean: c.mean,
+                }),
+            error: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ComputeTimesStored {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    mean: f64,
+}
+
+/// What one segment's visit found.
+#[derive(Default)]
+struct SegmentBills {
+    /// Customers to invoice, with their bills.
+    invoices: Vec<(CustomerKey, Bill)>,
+    /// Customers invoiced before a crash whose `Close` may not have been applied.
+    reclose: Vec<CustomerKey>,
+    /// Customers looked at.
+    visited: u64,
+    compute: Option<Histogram<u64>>,
+    failures: Vec<String>,
+}
+
+/// Whether a bill is worth an invoice: usage, or a charge the profile makes anyway.
+fn invoiced(bill: &Bill) -> bool {
+    !bill.accounts.is_empty() || !bill.total.is_zero() || !bill.lines.is_empty()
+}
+
+fn close_command(period: Period, credits: impl Iterator<Item = (String, Decimal)>) -> CustomerCommand {
+    CustomerCommand::Close(Box::new(PeriodClose {
+        period,
+        credits: credits.collect(),
+    }))
+}
+
+impl PartitionEngine {
+    /// Starts the bill run that closes `period` (the open period), or answers the run
+    /// of that period if there is one: a run is idempotent. Ingest for the next period
+    /// goes on meanwhile.
+    pub async fn start_bill_run(self: &Arc<Self>, period: Period) -> Result<BillRunView, EngineError> {
+        let _one = self.closing.lock().await;
+        if let Some(run) = self.runs.lock().unwrap_or_else(|p| p.into_inner()).get(&period) {
+            return Ok(run.view());
+        }
+        if let Some(summary) = self.invoices.summary(period) {
+            let run = Arc::new(BillRun::finished(&self.id, period, summary));
+            self.runs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(period, run.clone());
+            return Ok(run.view());
+        }
+        let state = self.period_state();
+        match state.closing {
+            Some(closing) if closing == period => {}
+            Some(closing) => {
+                return Err(EngineError::Conflict(format!(
+                    "period {closing} is still being closed; start the bill run of {period} once it is done"
+                )))
+            }
+            None if period == state.open => {
+                // Close it: from here on its usage is refused and the next period's accepted.
+                let _routing = self.routing.write().await;
+                let next = PeriodState {
+                    open: period.next(),
+                    closing: Some(period),
+                };
+                self.save_period_state(next)?;
+                *self.periods.write().unwrap_or_else(|p| p.into_inner()) = next;
+                tracing::info!(partition = %self.id, %period, open = %next.open, "period closed; bill run starting");
+            }
+            None => {
+                return Err(EngineError::Conflict(format!(
+                    "period {period} cannot be billed: the open period is {}, and only it can be closed",
+                    state.open
+                )))
+            }
+        }
+        let run = Arc::new(BillRun::new(&self.id, period));
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(period, run.clone());
+        let me = self.clone();
+        let running = run.clone();
+        actix_rt::spawn(async move {
+            if let Err(e) = me.clone().run_bill_run(running.clone()).await {
+                tracing::error!(partition = %me.id, period = %running.period, error = %e, "bill run failed; start it again to resume");
+                running.fail(e);
+                // A later POST resumes it.
+                me.runs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&running.period);
+            }
+        });
+        Ok(run.view())
+    }
+
+    /// The bill run with this id, if it ran in this process or finished before.
+    pub fn bill_run(&self, id: &str) -> Option<BillRunView> {
+        let period = id
+            .strip_prefix(self.id.as_str())
+            .and_then(|r| r.strip_prefix('-'))
+            .and_then(|p| p.parse::<Period>().ok())?;
+        if let Some(run) = self.runs.lock().unwrap_or_else(|p| p.into_inner()).get(&period) {
+            return Some(run.view());
+        }
+        let summary = self.invoices.summary(period)?;
+        Some(BillRun::finished(&self.id, period, summary).view())
+    }
+
+    async fn run_bill_run(self: Arc<Self>, run: Arc<BillRun>) -> Result<(), String> {
+        let period = run.period;
+        // Every record journaled before the close reaches its segment first.
+        let journaled = self.journal.last_lsn();
+        while self.journal.durable_lsn() < journaled {
+            actix_rt::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        run.customers_total
+            .store(self.customers.len() as u64, Ordering::Relaxed);
+        let done: Arc<HashMap<Arc<str>, u32>> = Arc::new(self.invoices.customers(period));
+        // Resuming: the invoices written before count in this run's totals.
+        let mut billed = Decimal::ZERO;
+        for customer in done.keys() {
+            billed += self
+                .invoices
+                .of_customer(period, customer)?
+                .map_or(Decimal::ZERO, |d| d.total);
+        }
+        run.invoices.store(done.len() as u64, Ordering::Relaxed);
+        *run.total_billed.lock().unwrap_or_else(|p| p.into_inner()) = billed;
+        let view = Arc::new(PricingView {
+            catalog: self.catalog(),
+            rounding: self.rounding,
+            period,
+            profiles: self.profiles.clone(),
+        });
+        let segments = self.runtime.segment_count();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<SegmentBills, String>>();
+        for segment in 0..segments {
+            let me = self.clone();
+            let (tx, view, done) = (tx.clone(), view.clone(), done.clone());
+            actix_rt::spawn(async move {
+                let result = me.price_segment(segment, view, done).await;
+                let _ = tx.send(result);
+            });
+        }
+        drop(tx);
+        let mut batches = 0u32;
+        while let Some(result) = rx.recv().await {
+            let mut bills = result?;
+            if let Some(first) = bills.failures.first() {
+                return Err(format!(
+                    "{} customer(s) could not be priced, e.g. {first}",
+                    bills.failures.len()
+                ));
+            }
+            bills.invoices.sort_by(|a, b| a.0.cmp(&b.0));
+            let keys: Vec<CustomerKey> = bills.invoices.iter().map(|(k, _)| k.clone()).collect();
+            let credits: Vec<Vec<(String, Decimal)>> = bills
+                .invoices
+                .iter()
+                .map(|(_, b)| b.credits.iter().map(|c| (c.id.clone(), c.remaining)).collect())
+                .collect();
+            let store = self.clone();
+            let to_write: Vec<Bill> = bills.invoices.into_iter().map(|(_, b)| b).collect();
+            let written = if to_write.is_empty() {
+                Vec::new()
+            } else {
+                batches += 1;
+                tokio::task::spawn_blocking(move || store.invoices.append(period, to_write))
+                    .await
+                    .map_err(|e| e.to_string())??
+            };
+            if !written.is_empty() && self.fault_abort_after_invoice_batches == Some(batches) {
+                tracing::error!(partition = %self.id, batches, "test fault: aborting after writing invoices");
+                std::process::abort();
+            }
+            let mut closes: Vec<(CustomerKey, CustomerCommand)> = keys
+                .into_iter()
+                .zip(credits)
+                .map(|(k, c)| (k, close_command(period, c.into_iter())))
+                .collect();
+            for key in bills.reclose {
+                let stored = self.invoices.of_customer(period, &key)?;
+                let credits = stored
+                    .into_iter()
+                    .flat_map(|d| d.credits)
+                    .map(|c| (c.id, c.remaining));
+                closes.push((key, close_command(period, credits)));
+            }
+            for chunk in closes.chunks(1000) {
+                self.submit_closes(chunk.to_vec()).await?;
+            }
+            run.invoices.fetch_add(written.len() as u64, Ordering::Relaxed);
+            *run.total_billed.lock().unwrap_or_else(|p| p.into_inner()) +=
+                written.iter().map(|(_, t)| *t).sum::<Decimal>();
+            run.customers_done.fetch_add(bills.visited, Ordering::Relaxed);
+            if let Some(h) = bills.compute {
+                let _ = run.compute.lock().unwrap_or_else(|p| p.into_inner()).add(&h);
+            }
+        }
+        let duration_ms = run.started.elapsed().as_millis() as u64;
+        let compute = BillRun::compute_times(&run.compute.lock().unwrap_or_else(|p| p.into_inner()));
+        let invoices = self.invoices.count(period) as u64;
+        let total_billed = *run.total_billed.lock().unwrap_or_else(|p| p.into_inner());
+        let summary = serde_json::json!({
+            "customers": run.customers_done.load(Ordering::Relaxed),
+            "invoices": invoices,
+            "total_billed": total_billed,
+            "duration_ms": duration_ms,
+            "compute_us": compute,
+        });
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.invoices.finish(period, summary))
+            .await
+            .map_err(|e| e.to_string())??;
+        let state = PeriodState {
+            open: self.period_state().open,
+            closing: None,
+        };
+        self.save_period_state(state).map_err(|e| e.to_string())?;
+        *self.periods.write().unwrap_or_else(|p| p.into_inner()) = state;
+        *run.state.lock().unwrap_or_else(|p| p.into_inner()) = RunState::Done { duration_ms };
+        tracing::info!(
+            partition = %self.id, %period, invoices, %total_billed, duration_ms,
+            "bill run done"
+        );
+        Ok(())
+    }
+
+    /// Prices the period's bill of every customer of `segment` not closed yet, on the
+    /// segment's own thread; retries while the segment moves or restarts.
+    async fn price_segment(
+        &self,
+        segment: u32,
+        view: Arc<PricingView>,
+        done: Arc<HashMap<Arc<str>, u32>>,
+    ) -> Result<SegmentBills, String> {
+        let mut last_error = String::new();
+        for _ in 0..600 {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (view, done) = (view.clone(), done.clone());
+            let visit = self.runtime.visit_segment(
+                segment,
+                Box::new(move |_, entities| {
+                    let mut out = SegmentBills {
+                        compute: Some(histogram()),
+                        ..SegmentBills::default()
+                    };
+                    for (key, entity) in entities {
+                        if entity.customer().is_none() || entity.is_closed(view.period) {
+                            continue;
+                        }
+                        out.visited += 1;
+                        if done.contains_key(key) {
+                            out.reclose.push(key.clone());
+                            continue;
+                        }
+                        let started = Instant::now();
+                        let bill = entity.bill_of_period(&view);
+                        let ns = started.elapsed().as_nanos() as u64;
+                        if let Some(h) = out.compute.as_mut() {
+                            let _ = h.record(ns.max(1));
+                        }
+                        match bill {
+                            Ok(bill) if invoiced(&bill) => out.invoices.push((key.clone(), bill)),
+                            Ok(_) => {}
+                            Err(e) => out.failures.push(format!("customer {key}: {e}")),
+                        }
+                    }
+                    let _ = tx.send(out);
+                }),
+            );
+            match visit {
+                Ok(pending) => match pending.await {
+                    Ok(()) => return rx.await.map_err(|_| "the segment dropped its bills".to_string()),
+                    Err(e) => last_error = e,
+                },
+                Err(e) => last_error = e,
+            }
+            // Moving or restarting: try again shortly.
+            actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Err(format!("segment {segment} could not be priced: {last_error}"))
+    }
+
+    /// Journals `Close` commands, waiting out backpressure.
+    async fn submit_closes(&self, batch: Vec<(CustomerKey, CustomerCommand)>) -> Result<(), String> {
+        let mut wait = std::time::Duration::from_millis(1);
+        for _ in 0..2000 {
+            match self.runtime.submit(batch.clone()) {
+                Ok(pending) => {
+                    let outcomes = pending.await.map_err(|e| e.to_string())?;
+                    if let Some(bad) = outcomes
+                        .iter()
+                        .find(|o| !matches!(o, Ok(super::CustomerReply::Closed)))
+                    {
+                        return Err(format!("closing a customer failed: {bad:?}"));
+                    }
+                    return Ok(());
+                }
+                Err(tallyman_actors::SubmitError::Busy { .. }) => {
+                    actix_rt::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("segments stayed busy; the bill run will resume".into())
+    }
+}

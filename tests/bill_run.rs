@@ -1,0 +1,235 @@
+//! Bill runs end to end over HTTP: closing a period writes numbered invoices whose
+//! numbers are worked out by hand; the run is idempotent; usage of the closed period is
+//! refused while the next period streams in; credits carry their balance over; and all
+//! of it survives a restart. (A crash in the middle of a run is in tests/crash.rs.)
+
+mod common;
+
+use common::{Daemon, TempDir};
+use serde_json::{json, Value};
+
+const CONFIG: &str = r#"
+[[partitions]]
+id = "aws"
+currency = "USD"
+catalog = "cloud-usd"
+open_period = "2026-11"
+"#;
+
+fn post(d: &Daemon, path: &str, body: Value) -> Value {
+    let r = d.post(path, &body.to_string());
+    assert!(
+        r.status == 200 || r.status == 201 || r.status == 202,
+        "{path}: {}",
+        r.body
+    );
+    r.json()
+}
+
+fn get(d: &Daemon, path: &str) -> Value {
+    let (status, body) = d.get(path);
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn usage(id: &str, account: &str, meter: &str, quantity: &str, time: &str) -> Value {
+    json!({"id": id, "account": account, "meter": meter, "quantity": quantity, "time": time})
+}
+
+fn wait_done(d: &Daemon, id: &str) -> Value {
+    for _ in 0..2000 {
+        let run = get(d, &format!("/v1/partitions/aws/bill-runs/{id}"));
+        if run["state"] == "done" {
+            return run;
+        }
+        assert_eq!(run["state"], "running", "{run}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("the bill run did not finish");
+}
+
+fn stop(mut d: Daemon) {
+    let pid = d.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(d.child.wait().unwrap().success());
+}
+
+#[test]
+fn a_bill_run_closes_the_period_with_invoices_worked_out_by_hand() {
+    let dir = TempDir::new("bill-run-flow");
+    let d = Daemon::start_at(&dir.0, Some(CONFIG));
+    let customers = "/v1/partitions/aws/customers";
+    post(
+        &d,
+        customers,
+        json!({"id": "acme", "payer": "111111111111", "accounts": ["111111111111", "222222222222"],
+               "credits": [{"id": "promo-7", "amount": "50.00", "expires": "2027-06-30", "meters": ["ec2.instance_hours"]}]}),
+    );
+    post(
+        &d,
+        customers,
+        json!({"id": "bigco", "payer": "333333333333", "profile": "enterprise"}),
+    );
+    post(&d, customers, json!({"id": "idle", "payer": "444444444444"}));
+    post(&d, customers, json!({"id": "newco", "payer": "555555555555"}));
+    let r = post(
+        &d,
+        "/v1/partitions/aws/usage",
+        json!([
+            usage(
+                "e1",
+                "111111111111",
+                "ec2.instance_hours",
+                "720",
+                "2026-11-03T10:00:00Z"
+            ),
+            usage(
+                "e2",
+                "222222222222",
+                "data_transfer_out.gb",
+                "4196",
+                "2026-11-04T10:00:00Z"
+            ),
+        ]),
+    );
+    assert_eq!(r, json!({"accepted": 2, "duplicates": 0}));
+    // Account 222222222222 moves to newco mid-period, with its usage.
+    let r = d.request(
+        "PUT",
+        "/v1/partitions/aws/customers/newco/accounts/222222222222",
+        "application/json",
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let run = post(&d, "/v1/partitions/aws/bill-runs", json!({"period": "2026-11"}));
+    assert_eq!(run["id"], "aws-2026-11");
+    let run = wait_done(&d, "aws-2026-11");
+    // acme: 720 h × 0.0416 = 29.952 → 29.95; the credit (instance hours only) pays all
+    //       of it and keeps 50.00 − 29.95 = 20.05; total 0.00 — still an invoice: usage.
+    // bigco: no usage; the enterprise minimum commitment 1000.00 is charged in full.
+    // idle: no usage and nothing its profile charges: no invoice.
+    // newco: 4196 GB out, the first 100 free: 4096 × 0.09 = 368.64.
+    assert_eq!(run["invoices"], 3, "{run}");
+    assert_eq!(run["customers_total"], 4);
+    assert_eq!(run["customers_done"], 4);
+    assert_eq!(run["total_billed"], "1368.64");
+    assert!(run["compute_us"]["p99"].as_f64().unwrap() > 0.0, "{run}");
+
+    let (status, ndjson) = d.get("/v1/partitions/aws/invoices?period=2026-11");
+    assert_eq!(status, 200);
+    let invoices: Vec<Value> = ndjson.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let numbers: Vec<&str> = invoices.iter().map(|i| i["number"].as_str().unwrap()).collect();
+    assert_eq!(
+        numbers,
+        ["aws-2026-11-000001", "aws-2026-11-000002", "aws-2026-11-000003"]
+    );
+    let of = |c: &str| invoices.iter().find(|i| i["customer"] == c).unwrap().clone();
+    let acme = of("acme");
+    assert_eq!(acme["lines"][0]["amount"], "29.95");
+    assert_eq!(
+        acme["credits"][0],
+        json!({"id": "promo-7", "amount": "29.95", "remaining": "20.05"})
+    );
+    assert_eq!(acme["total"], "0.00");
+    assert_eq!(acme["period"], "2026-11");
+    assert_eq!(acme["currency"], "USD");
+    let bigco = of("bigco");
+    assert_eq!(bigco["commitment"]["amount"], "1000.00");
+    assert_eq!(bigco["total"], "1000.00");
+    let newco = of("newco");
+    assert_eq!(newco["accounts"][0]["account"], "222222222222");
+    assert_eq!(newco["total"], "368.64");
+    assert!(invoices.iter().all(|i| i["customer"] != "idle"));
+    // One by number, and by customer.
+    let number = acme["number"].as_str().unwrap();
+    assert_eq!(get(&d, &format!("/v1/partitions/aws/invoices/{number}")), acme);
+    let (_, by_customer) = d.get("/v1/partitions/aws/invoices?customer=acme");
+    assert_eq!(serde_json::from_str::<Value>(by_customer.trim()).unwrap(), acme);
+    let (status, _) = d.get("/v1/partitions/aws/invoices/aws-2026-11-000004");
+    assert_eq!(status, 404);
+
+    // The period is closed: late usage is refused, naming it; December is open.
+    let r = d.post(
+        "/v1/partitions/aws/usage",
+        &json!([usage(
+            "late",
+            "111111111111",
+            "ec2.instance_hours",
+            "1",
+            "2026-11-30T23:00:00Z"
+        )])
+        .to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("falls in period 2026-11, which is closed"),
+        "{}",
+        r.body
+    );
+    let r = post(
+        &d,
+        "/v1/partitions/aws/usage",
+        json!([usage(
+            "d1",
+            "111111111111",
+            "ec2.instance_hours",
+            "100",
+            "2026-12-02T00:00:00Z"
+        )]),
+    );
+    assert_eq!(r["accepted"], 1);
+    // December: 100 h × 0.0400 (December's price) = 4.00, paid by the credit's 20.05.
+    let bill = get(&d, "/v1/partitions/aws/customers/acme/bill");
+    assert_eq!(bill["period"], "2026-12");
+    assert_eq!(bill["subtotal"], "4.00");
+    assert_eq!(
+        bill["credits"][0],
+        json!({"id": "promo-7", "amount": "4.00", "remaining": "16.05"})
+    );
+    assert_eq!(bill["total"], "0.00");
+    // Nothing of January yet, and no run for a period that is not open.
+    let r = d.post(
+        "/v1/partitions/aws/usage",
+        &json!([usage(
+            "j1",
+            "111111111111",
+            "ec2.instance_hours",
+            "1",
+            "2027-01-02T00:00:00Z"
+        )])
+        .to_string(),
+    );
+    assert!(r.body.contains("which is not open yet"), "{}", r.body);
+    let r = d.post("/v1/partitions/aws/bill-runs", r#"{"period": "2026-10"}"#);
+    assert_eq!(r.status, 409, "{}", r.body);
+
+    // Again: the same run, the same invoices.
+    let again = post(&d, "/v1/partitions/aws/bill-runs", json!({"period": "2026-11"}));
+    assert_eq!(again["state"], "done");
+    assert_eq!(again["invoices"], 3);
+    assert_eq!(d.get("/v1/partitions/aws/invoices?period=2026-11").1, ndjson);
+
+    // All of it survives a restart.
+    stop(d);
+    let d = Daemon::start_at(&dir.0, Some(CONFIG));
+    let run = get(&d, "/v1/partitions/aws/bill-runs/aws-2026-11");
+    assert_eq!(
+        (run["state"].as_str(), run["invoices"].as_u64()),
+        (Some("done"), Some(3))
+    );
+    assert_eq!(run["total_billed"], "1368.64");
+    assert_eq!(d.get("/v1/partitions/aws/invoices?period=2026-11").1, ndjson);
+    let partitions = get(&d, "/v1/partitions");
+    assert_eq!(partitions[0]["open_period"], "2026-12");
+    let bill = get(&d, "/v1/partitions/aws/customers/acme/bill");
+    assert_eq!(
+        (bill["period"].as_str(), bill["total"].as_str()),
+        (Some("2026-12"), Some("0.00"))
+    );
+    assert_eq!(bill["credits"][0]["remaining"], "16.05");
+}
