@@ -9,6 +9,8 @@
 //! 3. rebalancing: traffic only for customers whose segments start on arbiter 0, then
 //!    rounds of the router's rebalancer: per-arbiter busy time before and after.
 //!
+//! A last phase runs the bill run that closes the period for every customer.
+//!
 //! Sizes can be scaled down for a quick look: `cargo bench --bench ingest -- --accounts 100000`.
 //! With `-- --durable`, the journal is the file journal with an `fdatasync` before every
 //! acknowledgement (16 batches in flight so that group commit has something to group),
@@ -373,12 +375,51 @@ async fn run() {
         "rebalancing ({} segments, hot traffic on the segments of arbiter 0): busy per arbiter before {:?}, after {} moves {:?}",
         segments, before, moved, after
     );
-    if a.durable {
-        restarts(&settings, engine, &journal_dir, &w).await;
+    let engine = if a.durable {
+        restarts(&settings, engine, &journal_dir, &w).await
     } else {
-        engine.stop();
-    }
+        engine
+    };
+    bill_run(&engine, &journal_dir, a.accounts).await;
+    engine.stop();
     let _ = std::fs::remove_dir_all(&journal_dir);
+}
+
+/// Phase 5: the bill run that closes the period for every customer, invoices written
+/// (and, when durable, synced) before each customer is closed.
+async fn bill_run(engine: &Engine, dir: &std::path::Path, accounts: usize) {
+    let p = engine.partition_handle("aws").unwrap();
+    let rss0 = rss_bytes();
+    let started = Instant::now();
+    let period = p.period();
+    let run = p.start_bill_run(period).await.unwrap();
+    let mut peak = rss0;
+    let view = loop {
+        let view = p.bill_run(&run.id).unwrap();
+        peak = peak.max(rss_bytes());
+        if view.state != "running" {
+            break view;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    };
+    let elapsed = started.elapsed();
+    assert_eq!(view.state, "done", "{view:?}");
+    let compute = view.compute_us.clone().unwrap();
+    println!(
+        "bill run: {} customers ({} accounts), {} invoices, {} billed, in {:.2} s ({:.0} accounts/s); \
+         per customer p50 {:.1} µs, p99 {:.1} µs, max {:.0} µs; invoices file {:.0} MiB; peak RSS +{:.0} MiB",
+        view.customers_done,
+        accounts,
+        view.invoices,
+        view.total_billed,
+        elapsed.as_secs_f64(),
+        accounts as f64 / elapsed.as_secs_f64(),
+        compute.p50,
+        compute.p99,
+        compute.max,
+        disk_bytes(&dir.join("aws/invoices")) as f64 / 1048576.0,
+        (peak.saturating_sub(rss0)) as f64 / 1048576.0,
+    );
 }
 
 /// Size of the files under `dir`, in bytes.
@@ -399,7 +440,7 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
 
 /// Phase 4 (durable only): cold restarts on the same files, from the journal alone and
 /// then from snapshots; each restart must give back the same bills.
-async fn restarts(settings: &Validated, engine: Engine, dir: &std::path::Path, w: &Workload) {
+async fn restarts(settings: &Validated, engine: Engine, dir: &std::path::Path, w: &Workload) -> Engine {
     let options = || EngineOptions {
         journal: JournalMode::File {
             dir: dir.to_path_buf(),
@@ -471,7 +512,7 @@ async fn restarts(settings: &Validated, engine: Engine, dir: &std::path::Path, w
         from_snapshot.as_secs_f64(),
         accounts
     );
-    engine.stop();
+    engine
 }
 
 fn main() {

@@ -163,6 +163,9 @@ pub struct LimitSettings {
     pub max_customers_per_request: usize,
     /// Most open connections per HTTP worker; past it, new connections wait in the backlog.
     pub max_connections_per_worker: usize,
+    /// Most responses streaming at once (invoice streams, alert subscriptions); past it,
+    /// a new stream gets 429 with Retry-After.
+    pub max_streams: usize,
 }
 
 impl LimitSettings {
@@ -190,6 +193,13 @@ impl LimitSettings {
             1,
             1_000_000,
         )?;
+        check(
+            "max_connections_per_worker",
+            self.max_connections_per_worker,
+            1,
+            1_000_000,
+        )?;
+        check("max_streams", self.max_streams, 1, 100_000)?;
         Ok(self.clone())
     }
 }

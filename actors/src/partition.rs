@@ -130,6 +130,8 @@ pub struct Partition<E: Entity> {
     restarts: AtomicU64,
     moves: AtomicU64,
     alerts: Mutex<Vec<Alert>>,
+    /// Set once the partition is shutting down: segments that stop are not restarted.
+    stopping: AtomicBool,
 }
 
 impl<E: Entity> Partition<E> {
@@ -178,6 +180,7 @@ impl<E: Entity> Partition<E> {
             restarts: AtomicU64::new(0),
             moves: AtomicU64::new(0),
             alerts: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
         });
         let supervisor = PartitionSupervisor {
             partition: partition.clone(),
@@ -208,6 +211,12 @@ impl<E: Entity> Partition<E> {
             partition.clone().launch(segment, states.next()).await;
         }
         partition
+    }
+
+    /// Shuts supervision down ahead of stopping the arbiters: segments that stop from
+    /// now on stay stopped.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
     }
 
     pub fn name(&self) -> &str {
@@ -546,6 +555,9 @@ impl<E: Entity> Partition<E> {
 
     /// Restarts a segment whose actor went away, unless it restarted too often lately.
     async fn restart(self: Arc<Self>, segment: u32, generation: u64, reason: String) {
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
         let slot = &self.slots[segment as usize];
         let _op = slot.operation.lock().await;
         let current = match &*slot.state.lock().unwrap_or_else(|p| p.into_inner()) {

@@ -82,6 +82,58 @@ api! {
     post "/v1/admin/dead-letters/{partition}/{id}/replay" => replay_dead_letter { "Applies a dead letter again.", scope: Some("admin"), request: None, ok: 200, response: None }
 }
 
+/// The bound on responses streaming at once.
+pub struct StreamSlots {
+    used: Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+}
+
+/// One stream's slot, given back when the stream ends (or its client goes away).
+pub struct StreamSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl StreamSlots {
+    pub fn new(max: usize) -> StreamSlots {
+        StreamSlots {
+            used: Default::default(),
+            max,
+        }
+    }
+
+    /// A slot, or 429 when `limits.max_streams` are streaming already.
+    pub fn acquire(&self) -> Result<StreamSlot, Problem> {
+        use std::sync::atomic::Ordering;
+        let mut used = self.used.load(Ordering::Acquire);
+        loop {
+            if used >= self.max {
+                let mut p = Problem::new(
+                    actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                    "too-many-streams",
+                    "Too many streams",
+                    format!(
+                        "{} responses are streaming already (limits.max_streams); try again when one ends",
+                        self.max
+                    ),
+                );
+                p.retry_after = Some(1);
+                return Err(p);
+            }
+            match self
+                .used
+                .compare_exchange_weak(used, used + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(StreamSlot(self.used.clone())),
+                Err(now) => used = now,
+            }
+        }
+    }
+}
+
 /// The document, built once.
 async fn openapi_json() -> HttpResponse {
     static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -233,12 +285,14 @@ pub async fn serve(
     let limits = web::Data::new(limits);
     let auth = web::Data::new(auth);
     let http_metrics = web::Data::new(metrics::HttpMetrics::default());
+    let streams = web::Data::new(StreamSlots::new(limits.max_streams));
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .app_data(limits.clone())
             .app_data(auth.clone())
             .app_data(http_metrics.clone())
+            .app_data(streams.clone())
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
                 Problem::bad_request("invalid-query", "Invalid query string", e.to_string()).into()
             }))
@@ -291,4 +345,21 @@ pub async fn serve(
         return Err(std::io::Error::other(e));
     }
     Ok(cell.get().cloned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_are_bounded_and_slots_come_back() {
+        let slots = StreamSlots::new(2);
+        let a = slots.acquire().unwrap();
+        let _b = slots.acquire().unwrap();
+        let refused = slots.acquire().err().expect("a third stream is refused");
+        assert_eq!(refused.status, 429);
+        assert_eq!(refused.retry_after, Some(1));
+        drop(a);
+        assert!(slots.acquire().is_ok(), "an ended stream gives its slot back");
+    }
 }

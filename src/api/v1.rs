@@ -412,6 +412,7 @@ pub(super) struct InvoiceFilter {
 /// A period's invoices as NDJSON, streamed from the store in chunks.
 pub(super) async fn list_invoices(
     engine: Ready,
+    streams: web::Data<super::StreamSlots>,
     path: web::Path<String>,
     filter: web::Query<InvoiceFilter>,
 ) -> Result<HttpResponse, Problem> {
@@ -420,19 +421,21 @@ pub(super) async fn list_invoices(
     let store_error = |e: String| Problem::from(EngineError::Unavailable(e));
     let filter = filter.into_inner();
     if let (Some(period), None) = (filter.period, &filter.customer) {
-        // The whole period, straight from its file, 256 KiB at a time.
-        let chunks = futures_util::stream::unfold(Some(0u64), move |from| {
+        // The whole period, straight from its file, 256 KiB at a time; the slot is
+        // held until the stream ends or its client goes away.
+        let slot = streams.acquire()?;
+        let chunks = futures_util::stream::unfold((Some(0u64), slot), move |(from, slot)| {
             let p = p.clone();
             async move {
                 let from = from?;
                 match p.invoices().read_ndjson(period, from, 256 << 10) {
                     Ok((bytes, next)) if !bytes.is_empty() => {
-                        Some((Ok::<_, actix_web::Error>(web::Bytes::from(bytes)), next))
+                        Some((Ok::<_, actix_web::Error>(web::Bytes::from(bytes)), (next, slot)))
                     }
                     Ok(_) => None,
                     Err(e) => {
                         tracing::error!(error = %e, "reading invoices failed mid-stream");
-                        Some((Err(actix_web::error::ErrorInternalServerError(e)), None))
+                        Some((Err(actix_web::error::ErrorInternalServerError(e)), (None, slot)))
                     }
                 }
             }

@@ -21,6 +21,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::account::{CustomerCommand, CustomerKey, PeriodClose, PricingView};
+use super::invoices::InvoiceStore;
 use super::{EngineError, PartitionEngine};
 use crate::domain::{Bill, Period};
 
@@ -231,11 +232,21 @@ struct ComputeTimesStored {
     mean: f64,
 }
 
+/// A customer's invoice, priced and encoded (without its number) on its segment's thread.
+struct Priced {
+    customer: CustomerKey,
+    /// [`InvoiceStore::encode`] of the bill.
+    encoded: Vec<u8>,
+    total: Decimal,
+    /// `(credit id, balance left)` for the `Close` command.
+    credits: Vec<(String, Decimal)>,
+}
+
 /// What one segment's visit found.
 #[derive(Default)]
 struct SegmentBills {
-    /// Customers to invoice, with their bills.
-    invoices: Vec<(CustomerKey, Bill)>,
+    /// Customers to invoice.
+    invoices: Vec<Priced>,
     /// Customers invoiced before a crash whose `Close` may not have been applied.
     reclose: Vec<CustomerKey>,
     /// Customers looked at.
@@ -371,6 +382,7 @@ impl PartitionEngine {
         }
         drop(tx);
         let mut batches = 0u32;
+        let mut closing = Vec::new();
         while let Some(result) = rx.recv().await {
             let mut bills = result?;
             if let Some(first) = bills.failures.first() {
@@ -379,15 +391,19 @@ impl PartitionEngine {
                     bills.failures.len()
                 ));
             }
-            bills.invoices.sort_by(|a, b| a.0.cmp(&b.0));
-            let keys: Vec<CustomerKey> = bills.invoices.iter().map(|(k, _)| k.clone()).collect();
-            let credits: Vec<Vec<(String, Decimal)>> = bills
-                .invoices
-                .iter()
-                .map(|(_, b)| b.credits.iter().map(|c| (c.id.clone(), c.remaining)).collect())
-                .collect();
+            bills.invoices.sort_by(|a, b| a.customer.cmp(&b.customer));
+            let mut closes: Vec<(CustomerKey, CustomerCommand)> = Vec::with_capacity(bills.invoices.len());
+            let mut to_write = Vec::with_capacity(bills.invoices.len());
+            let mut billed = Decimal::ZERO;
+            for priced in bills.invoices {
+                billed += priced.total;
+                closes.push((
+                    priced.customer.clone(),
+                    close_command(period, priced.credits.into_iter()),
+                ));
+                to_write.push((priced.customer, priced.encoded));
+            }
             let store = self.clone();
-            let to_write: Vec<Bill> = bills.invoices.into_iter().map(|(_, b)| b).collect();
             let written = if to_write.is_empty() {
                 Vec::new()
             } else {
@@ -400,11 +416,6 @@ impl PartitionEngine {
                 tracing::error!(partition = %self.id, batches, "test fault: aborting after writing invoices");
                 std::process::abort();
             }
-            let mut closes: Vec<(CustomerKey, CustomerCommand)> = keys
-                .into_iter()
-                .zip(credits)
-                .map(|(k, c)| (k, close_command(period, c.into_iter())))
-                .collect();
             for key in bills.reclose {
                 let stored = self.invoices.of_customer(period, &key)?;
                 let credits = stored
@@ -413,16 +424,23 @@ impl PartitionEngine {
                     .map(|c| (c.id, c.remaining));
                 closes.push((key, close_command(period, credits)));
             }
-            for chunk in closes.chunks(1000) {
-                self.submit_closes(chunk.to_vec()).await?;
-            }
+            // The next segment's invoices are written while these customers are closed.
+            let me = self.clone();
+            closing.push(actix_rt::spawn(async move {
+                for chunk in closes.chunks(1000) {
+                    me.submit_closes(chunk.to_vec()).await?;
+                }
+                Ok::<(), String>(())
+            }));
             run.invoices.fetch_add(written.len() as u64, Ordering::Relaxed);
-            *run.total_billed.lock().unwrap_or_else(|p| p.into_inner()) +=
-                written.iter().map(|(_, t)| *t).sum::<Decimal>();
+            *run.total_billed.lock().unwrap_or_else(|p| p.into_inner()) += billed;
             run.customers_done.fetch_add(bills.visited, Ordering::Relaxed);
             if let Some(h) = bills.compute {
                 let _ = run.compute.lock().unwrap_or_else(|p| p.into_inner()).add(&h);
             }
+        }
+        for task in closing {
+            task.await.map_err(|e| e.to_string())??;
         }
         let duration_ms = run.started.elapsed().as_millis() as u64;
         let compute = BillRun::compute_times(&run.compute.lock().unwrap_or_else(|p| p.into_inner()));
@@ -488,7 +506,12 @@ impl PartitionEngine {
                             let _ = h.record(ns.max(1));
                         }
                         match bill {
-                            Ok(bill) if invoiced(&bill) => out.invoices.push((key.clone(), bill)),
+                            Ok(bill) if invoiced(&bill) => out.invoices.push(Priced {
+                                customer: key.clone(),
+                                total: bill.total,
+                                credits: bill.credits.iter().map(|c| (c.id.clone(), c.remaining)).collect(),
+                                encoded: InvoiceStore::encode(bill),
+                            }),
                             Ok(_) => {}
                             Err(e) => out.failures.push(format!("customer {key}: {e}")),
                         }

@@ -65,6 +65,9 @@ impl InvoiceDocument {
     }
 }
 
+/// How an invoice encoded without its number starts.
+const UNNUMBERED: &[u8] = br#"{"number":"""#;
+
 /// Just what the index needs from a stored line.
 #[derive(Deserialize)]
 struct Head {
@@ -179,30 +182,42 @@ impl InvoiceStore {
         self.dir.as_ref().map(|d| d.join(format!("{period}.ndjson")))
     }
 
-    /// Numbers `bills` in order after the period's last invoice, writes them and syncs.
-    /// Answers each invoice's number and total. A failure writes nothing that counts:
-    /// the file is cut back to where it was.
-    pub fn append(&self, period: Period, bills: Vec<Bill>) -> Result<Vec<(String, Decimal)>, String> {
+    /// An invoice document without its number, for [`InvoiceStore::append`], which
+    /// numbers it. Encoding is the costly part of writing invoices, so bill runs do it
+    /// on the segments' threads, in parallel.
+    pub fn encode(bill: Bill) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut out, &InvoiceDocument::new(String::new(), bill)).expect("plain data");
+        debug_assert!(out.starts_with(UNNUMBERED));
+        out
+    }
+
+    /// Numbers the encoded invoices (`(customer, encode(bill))`) in order after the
+    /// period's last one, writes them and syncs. Answers their numbers. A failure writes
+    /// nothing that counts: the file is cut back to where it was.
+    pub fn append(&self, period: Period, encoded: Vec<(Arc<str>, Vec<u8>)>) -> Result<Vec<String>, String> {
         let mut periods = self.periods.lock().unwrap_or_else(|p| p.into_inner());
         let invoices = periods.entry(period).or_default();
         if invoices.done.is_some() {
             return Err(format!("the invoices of {period} are final"));
         }
-        let mut buf = Vec::with_capacity(bills.len() * 1024);
-        let mut added = Vec::with_capacity(bills.len());
-        let mut index = Vec::with_capacity(bills.len());
-        for bill in bills {
+        let mut buf = Vec::with_capacity(encoded.iter().map(|(_, b)| b.len() + 32).sum());
+        let mut added = Vec::with_capacity(encoded.len());
+        let mut index = Vec::with_capacity(encoded.len());
+        for (customer, doc) in encoded {
+            let rest = doc
+                .strip_prefix(UNNUMBERED)
+                .ok_or("an invoice not made by InvoiceStore::encode")?;
             let seq = invoices.lines.len() + added.len() + 1;
-            let doc = InvoiceDocument::new(number(&self.partition, period, seq), bill);
+            let number = number(&self.partition, period, seq);
             let start = buf.len();
-            serde_json::to_writer(&mut buf, &doc).map_err(|e| e.to_string())?;
-            index.push((
-                doc.customer.as_str().into(),
-                invoices.size + start as u64,
-                (buf.len() - start) as u32,
-            ));
+            buf.extend_from_slice(br#"{"number":""#);
+            buf.extend_from_slice(number.as_bytes());
+            buf.push(b'"');
+            buf.extend_from_slice(rest);
+            index.push((customer, invoices.size + start as u64, (buf.len() - start) as u32));
             buf.push(b'\n');
-            added.push((doc.number, doc.total));
+            added.push(number);
         }
         if let Some(path) = self.path(period) {
             if invoices.file.is_none() {
@@ -379,6 +394,13 @@ mod tests {
         }
     }
 
+    fn enc(bills: Vec<Bill>) -> Vec<(Arc<str>, Vec<u8>)> {
+        bills
+            .into_iter()
+            .map(|b| (b.customer.as_str().into(), InvoiceStore::encode(b)))
+            .collect()
+    }
+
     #[test]
     fn invoices_are_numbered_without_gaps_and_survive_a_reopen_and_a_torn_line() {
         let dir = std::env::temp_dir().join(format!("tallyman-invoices-{}", std::process::id()));
@@ -386,12 +408,11 @@ mod tests {
         let period: Period = "2026-11".parse().unwrap();
         let store = InvoiceStore::open("aws", Some(dir.clone())).unwrap();
         let first = store
-            .append(period, vec![bill("a", 100), bill("b", 250)])
+            .append(period, enc(vec![bill("a", 100), bill("b", 250)]))
             .unwrap();
-        let second = store.append(period, vec![bill("c", 5)]).unwrap();
-        assert_eq!(first[0].0, "aws-2026-11-000001");
-        assert_eq!(first[1], ("aws-2026-11-000002".to_string(), Decimal::new(250, 2)));
-        assert_eq!(second[0].0, "aws-2026-11-000003");
+        let second = store.append(period, enc(vec![bill("c", 5)])).unwrap();
+        assert_eq!(first, ["aws-2026-11-000001", "aws-2026-11-000002"]);
+        assert_eq!(second, ["aws-2026-11-000003"]);
         let got = store.get("aws-2026-11-000002").unwrap().unwrap();
         assert_eq!((got.customer.as_str(), got.total), ("b", Decimal::new(250, 2)));
         assert_eq!(store.get("aws-2026-11-000004").unwrap(), None);
@@ -410,8 +431,8 @@ mod tests {
             "aws-2026-11-000003"
         );
         assert_eq!(
-            store.append(period, vec![bill("d", 1)]).unwrap()[0].0,
-            "aws-2026-11-000004"
+            store.append(period, enc(vec![bill("d", 1)])).unwrap(),
+            ["aws-2026-11-000004"]
         );
         let (ndjson, next) = store.read_ndjson(period, 0, 1 << 20).unwrap();
         assert_eq!(next, None);
@@ -419,7 +440,7 @@ mod tests {
 
         // Final once finished.
         store.finish(period, serde_json::json!({"invoices": 4})).unwrap();
-        assert!(store.append(period, vec![bill("e", 1)]).is_err());
+        assert!(store.append(period, enc(vec![bill("e", 1)])).is_err());
         drop(store);
         let store = InvoiceStore::open("aws", Some(dir.clone())).unwrap();
         assert_eq!(store.summary(period), Some(serde_json::json!({"invoices": 4})));

@@ -643,6 +643,9 @@ impl Engine {
 
     /// Stops the segments and closes the journals (everything appended is written).
     pub fn stop(&self) {
+        for p in self.partitions.values() {
+            p.runtime.stop();
+        }
         self.pool.stop();
         for p in self.partitions.values() {
             p.journal.close();
