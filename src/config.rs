@@ -253,6 +253,14 @@ pub struct PartitionSettings {
     /// The open billing period (YYYY-MM); absent: the current month (UTC).
     #[serde(default)]
     pub open_period: Option<String>,
+    /// Days after a closed period's end during which its late usage is still accepted
+    /// (as an adjustment on the next invoice); later, it is refused.
+    #[serde(default = "default_late_grace_days")]
+    pub late_grace_days: u32,
+}
+
+fn default_late_grace_days() -> u32 {
+    3
 }
 
 /// A setting refused: the key at fault and what is wrong with it.
@@ -278,6 +286,8 @@ pub struct PartitionConfig {
     pub rounding: Rounding,
     /// The open period, when configured; otherwise the engine takes the current month.
     pub open_period: Option<Period>,
+    /// See [`PartitionSettings::late_grace_days`].
+    pub late_grace_days: u32,
     pub catalog_name: String,
     pub catalog: Catalog,
     pub customers: Vec<Customer>,
@@ -459,10 +469,20 @@ impl Settings {
                 ),
                 None => None,
             };
+            if p.late_grace_days > 28 {
+                return Err(invalid(
+                    key("late_grace_days"),
+                    format!(
+                        "must be from 0 to 28, less than a period (got {})",
+                        p.late_grace_days
+                    ),
+                ));
+            }
             partitions.push(PartitionConfig {
                 id: p.id.clone(),
                 rounding: Rounding::new(currency, p.rounding),
                 open_period,
+                late_grace_days: p.late_grace_days,
                 catalog_name: p.catalog.clone(),
                 catalog,
                 customers,

@@ -177,6 +177,8 @@ fn run(settings: Validated) -> ExitCode {
             fault_abort_after_invoice_batches: std::env::var("TALLYD_TEST_ABORT_BILL_RUN_AFTER")
                 .ok()
                 .and_then(|v| v.parse().ok()),
+            // A test's fixed clock for grace windows (RFC 3339); never set in production.
+            now: std::env::var("TALLYD_TEST_NOW").ok().and_then(|v| v.parse().ok()),
             ..EngineOptions::default()
         };
         // The HTTP server listens at once (/health answers, /ready says 503); the engine

@@ -61,7 +61,9 @@ fn stop(mut d: Daemon) {
 #[test]
 fn a_bill_run_closes_the_period_with_invoices_worked_out_by_hand() {
     let dir = TempDir::new("bill-run-flow");
-    let d = Daemon::start_at(&dir.0, Some(CONFIG));
+    // Past November's grace window for late usage (3 days).
+    let now = [("TALLYD_TEST_NOW", "2026-12-10T00:00:00Z")];
+    let d = Daemon::start_at_with_env(&dir.0, Some(CONFIG), &now);
     let customers = "/v1/partitions/aws/customers";
     post(
         &d,
@@ -216,7 +218,7 @@ fn a_bill_run_closes_the_period_with_invoices_worked_out_by_hand() {
 
     // All of it survives a restart.
     stop(d);
-    let d = Daemon::start_at(&dir.0, Some(CONFIG));
+    let d = Daemon::start_at_with_env(&dir.0, Some(CONFIG), &now);
     let run = get(&d, "/v1/partitions/aws/bill-runs/aws-2026-11");
     assert_eq!(
         (run["state"].as_str(), run["invoices"].as_u64()),
@@ -232,4 +234,144 @@ fn a_bill_run_closes_the_period_with_invoices_worked_out_by_hand() {
         (Some("2026-12"), Some("0.00"))
     );
     assert_eq!(bill["credits"][0]["remaining"], "16.05");
+}
+
+#[test]
+fn late_usage_within_the_grace_window_is_an_adjustment_on_the_next_invoice() {
+    let dir = TempDir::new("late-usage");
+    // Grace: 3 days after November, so until 2026-12-04; it is 2 December.
+    let d = Daemon::start_at_with_env(
+        &dir.0,
+        Some(CONFIG),
+        &[("TALLYD_TEST_NOW", "2026-12-02T12:00:00Z")],
+    );
+    post(
+        &d,
+        "/v1/partitions/aws/customers",
+        json!({"id": "acme", "payer": "111111111111", "accounts": ["111111111111", "222222222222"]}),
+    );
+    let on_time = usage(
+        "e2",
+        "222222222222",
+        "data_transfer_out.gb",
+        "4196",
+        "2026-11-04T10:00:00Z",
+    );
+    post(&d, "/v1/partitions/aws/usage", json!([on_time]));
+    post(&d, "/v1/partitions/aws/bill-runs", json!({"period": "2026-11"}));
+    // November: 4196 GB, the first 100 free: 4096 × 0.09 = 368.64.
+    let run = wait_done(&d, "aws-2026-11");
+    assert_eq!(run["total_billed"], "368.64");
+
+    // 1000 GB of November arrive late. Re-rated, 5196 GB: 5096 × 0.09 = 458.64, so the
+    // adjustment is 458.64 − 368.64 = 90.00. The on-time event sent again is a
+    // duplicate, late or not; so is the late one sent twice.
+    let late = usage(
+        "late-1",
+        "222222222222",
+        "data_transfer_out.gb",
+        "1000",
+        "2026-11-30T23:00:00Z",
+    );
+    let r = post(&d, "/v1/partitions/aws/usage", json!([late, on_time, late]));
+    assert_eq!(r, json!({"accepted": 1, "duplicates": 2}));
+    // December: 100 h × 0.0400 = 4.00, plus the adjustment: 94.00.
+    post(
+        &d,
+        "/v1/partitions/aws/usage",
+        json!([usage(
+            "d1",
+            "111111111111",
+            "ec2.instance_hours",
+            "100",
+            "2026-12-02T00:00:00Z"
+        )]),
+    );
+    let bill = get(&d, "/v1/partitions/aws/customers/acme/bill");
+    assert_eq!(
+        bill["adjustments"],
+        json!([{"period": "2026-11", "meter": "data_transfer_out.gb", "quantity": "1000",
+                "invoiced": "368.64", "rerated": "458.64", "amount": "90.00"}])
+    );
+    assert_eq!(
+        (bill["subtotal"].as_str(), bill["total"].as_str()),
+        (Some("94.00"), Some("94.00"))
+    );
+    // The November invoice never changes.
+    let (_, november) = d.get("/v1/partitions/aws/invoices?period=2026-11");
+    assert!(!november.contains("late-1") && november.contains("368.64"));
+
+    // December's invoice carries it, and then it is done: no more late November usage.
+    post(&d, "/v1/partitions/aws/bill-runs", json!({"period": "2026-12"}));
+    let run = wait_done(&d, "aws-2026-12");
+    assert_eq!(run["total_billed"], "94.00");
+    let (_, december) = d.get("/v1/partitions/aws/invoices?period=2026-12");
+    let invoice: Value = serde_json::from_str(december.trim()).unwrap();
+    assert_eq!(invoice["adjustments"][0]["amount"], "90.00");
+    assert_eq!(invoice["total"], "94.00");
+    let r = d.post(
+        "/v1/partitions/aws/usage",
+        &json!([usage(
+            "late-2",
+            "222222222222",
+            "data_transfer_out.gb",
+            "1",
+            "2026-11-30T23:00:00Z"
+        )])
+        .to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("late usage is accepted for 2026-12 only"),
+        "{}",
+        r.body
+    );
+}
+
+#[test]
+fn late_usage_after_the_grace_window_is_refused_naming_the_period() {
+    let dir = TempDir::new("late-refused");
+    let d = Daemon::start_at_with_env(
+        &dir.0,
+        Some(CONFIG),
+        &[("TALLYD_TEST_NOW", "2026-12-10T00:00:00Z")],
+    );
+    post(
+        &d,
+        "/v1/partitions/aws/customers",
+        json!({"id": "acme", "payer": "111111111111"}),
+    );
+    post(
+        &d,
+        "/v1/partitions/aws/usage",
+        json!([usage(
+            "e1",
+            "111111111111",
+            "ec2.instance_hours",
+            "1",
+            "2026-11-04T10:00:00Z"
+        )]),
+    );
+    post(&d, "/v1/partitions/aws/bill-runs", json!({"period": "2026-11"}));
+    wait_done(&d, "aws-2026-11");
+    let r = d.post(
+        "/v1/partitions/aws/usage",
+        &json!([usage(
+            "late",
+            "111111111111",
+            "ec2.instance_hours",
+            "1",
+            "2026-11-30T23:00:00Z"
+        )])
+        .to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("falls in period 2026-11, which is closed; its late usage was accepted until 2026-12-04 (late_grace_days = 3)"),
+        "{}",
+        r.body
+    );
+    // Nothing changed.
+    let bill = get(&d, "/v1/partitions/aws/customers/acme/bill");
+    assert_eq!(bill["total"], "0.00");
 }

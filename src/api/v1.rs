@@ -9,7 +9,9 @@ use super::wire;
 use super::Ready;
 use crate::config::LimitSettings;
 use crate::domain::customer::{Credit, Discount};
-use crate::domain::invoice::{AccountBill, CommitmentLine, CreditLine, DiscountLine, MeterLine};
+use crate::domain::invoice::{
+    AccountBill, AdjustmentLine, CommitmentLine, CreditLine, DiscountLine, MeterLine,
+};
 use crate::domain::{Bill, CatalogVersionSpec, Currency, Customer, CustomerSpec, Period};
 use crate::engine::{Engine, EngineError, PartitionEngine};
 
@@ -296,6 +298,8 @@ pub(super) struct CustomerBillView {
     currency: Currency,
     accounts: Vec<AccountBill>,
     lines: Vec<MeterLine>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    adjustments: Vec<AdjustmentLine>,
     discounts: Vec<DiscountLine>,
     credits: Vec<CreditLine>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -314,6 +318,7 @@ impl From<Bill> for CustomerBillView {
             currency: b.currency,
             accounts: b.accounts,
             lines: b.lines,
+            adjustments: b.adjustments,
             discounts: b.discounts,
             credits: b.credits,
             commitment: b.commitment,

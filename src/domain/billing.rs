@@ -28,7 +28,8 @@ use rust_decimal::Decimal;
 use super::catalog::{Catalog, MeterId};
 use super::customer::{AccountId, Customer};
 use super::invoice::{
-    AccountBill, AccountLine, Bill, CommitmentLine, CreditLine, DiscountLine, MeterLine, TaxLine,
+    AccountBill, AccountLine, AdjustmentLine, Bill, CommitmentLine, CreditLine, DiscountLine, MeterLine,
+    TaxLine,
 };
 use super::money::Rounding;
 use super::period::Period;
@@ -68,6 +69,20 @@ pub fn bill_customer<'u>(
     profile: &BillingProfile,
     usage: impl IntoIterator<Item = (&'u AccountId, &'u AccountUsage)>,
 ) -> Bill {
+    bill_customer_with(ctx, customer, profile, usage, Vec::new())
+}
+
+/// [`bill_customer`], with late-usage adjustments of the period before (see
+/// [`late_adjustments`]): they join the charges after `round`, so discounts, credits,
+/// the commitment and tax treat them as any other charge (a negative one, a volume tier
+/// re-rated lower, takes no discount or credit).
+pub fn bill_customer_with<'u>(
+    ctx: &BillingContext<'_>,
+    customer: &Customer,
+    profile: &BillingProfile,
+    usage: impl IntoIterator<Item = (&'u AccountId, &'u AccountUsage)>,
+    adjustments: Vec<AdjustmentLine>,
+) -> Bill {
     let rounding = ctx.rounding;
     let zero = rounding.round(Decimal::ZERO);
     let mut accounts: Vec<(&AccountId, &AccountUsage)> =
@@ -80,6 +95,7 @@ pub fn bill_customer<'u>(
         currency: rounding.currency,
         accounts: Vec::new(),
         lines: Vec::new(),
+        adjustments: Vec::new(),
         discounts: Vec::new(),
         credits: Vec::new(),
         commitment: None,
@@ -110,12 +126,20 @@ pub fn bill_customer<'u>(
                         net: l.amount,
                     })
                     .collect();
+                charges.extend(adjustments.iter().map(|a| Charge {
+                    meter: Some(a.meter.clone()),
+                    net: a.amount,
+                }));
+                bill.adjustments = adjustments.clone();
             }
             BillingStep::Discounts => {
                 for d in &customer.discounts {
                     let fraction = d.percent / Decimal::ONE_HUNDRED;
                     let mut amount = zero;
-                    for c in charges.iter_mut().filter(|c| in_scope(&d.meters, &c.meter)) {
+                    for c in charges
+                        .iter_mut()
+                        .filter(|c| c.net > zero && in_scope(&d.meters, &c.meter))
+                    {
                         let part = rounding.round(c.net * fraction);
                         c.net -= part;
                         amount += part;
@@ -147,7 +171,10 @@ pub fn bill_customer<'u>(
                 for credit in usable {
                     let mut balance = credit.amount;
                     let mut amount = zero;
-                    for c in charges.iter_mut().filter(|c| in_scope(&credit.meters, &c.meter)) {
+                    for c in charges
+                        .iter_mut()
+                        .filter(|c| c.net > zero && in_scope(&credit.meters, &c.meter))
+                    {
                         let take = balance.min(c.net);
                         c.net -= take;
                         balance -= take;
@@ -192,7 +219,10 @@ pub fn bill_customer<'u>(
         }
     }
 
-    bill.subtotal = rounding.round(bill.lines.iter().map(|l| l.amount).sum());
+    bill.subtotal = rounding.round(
+        bill.lines.iter().map(|l| l.amount).sum::<Decimal>()
+            + bill.adjustments.iter().map(|a| a.amount).sum::<Decimal>(),
+    );
     let commitment = bill.commitment.as_ref().map_or(Decimal::ZERO, |c| c.amount);
     bill.total = rounding
         .round(bill.subtotal - bill.discounts_total() - bill.credits_total() + commitment + bill.tax.amount);
@@ -203,6 +233,55 @@ pub fn bill_customer<'u>(
     );
     debug_assert_eq!(bill.check(), Ok(()));
     bill
+}
+
+/// Prices late usage of the closed period `ctx.period`: for each meter it touches, the
+/// period's pooled line re-rated with it (`base` plus `late`), less the line as invoiced
+/// (`base` alone), each rounded as on the invoice. Tiers and allowances thus continue
+/// from the invoiced quantity: late usage costs what it would have cost on time.
+pub fn late_adjustments<'u>(
+    ctx: &BillingContext<'_>,
+    base: impl IntoIterator<Item = (&'u AccountId, &'u AccountUsage)>,
+    late: impl IntoIterator<Item = (&'u AccountId, &'u AccountUsage)>,
+) -> Vec<AdjustmentLine> {
+    let base: Vec<(&AccountId, &AccountUsage)> = base.into_iter().filter(|(_, u)| !u.is_empty()).collect();
+    let late: Vec<(&AccountId, &AccountUsage)> = late.into_iter().filter(|(_, u)| !u.is_empty()).collect();
+    let mut merged: std::collections::BTreeMap<&AccountId, AccountUsage> =
+        base.iter().map(|(a, u)| (*a, (*u).clone())).collect();
+    for (a, u) in &late {
+        // Aggregates have 28 significant digits; an overflow here would have refused
+        // the event when it was applied, so merging cannot overflow.
+        let _ = merged.entry(*a).or_default().merge(u);
+    }
+    let merged: Vec<(&AccountId, &AccountUsage)> = merged.iter().map(|(a, u)| (*a, u)).collect();
+    let rounded = |accounts: &[(&AccountId, &AccountUsage)]| -> Vec<(MeterId, Decimal)> {
+        pool(accounts)
+            .iter()
+            .map(|p| (p.meter, ctx.rounding.round(price_pool(ctx, p).amount)))
+            .collect()
+    };
+    let (before, after) = (rounded(&base), rounded(&merged));
+    let zero = ctx.rounding.round(Decimal::ZERO);
+    pool(&late)
+        .iter()
+        .map(|p| {
+            let find = |lines: &[(MeterId, Decimal)]| {
+                lines
+                    .iter()
+                    .find(|(m, _)| *m == p.meter)
+                    .map_or(zero, |(_, a)| *a)
+            };
+            let (invoiced, rerated) = (find(&before), find(&after));
+            AdjustmentLine {
+                period: ctx.period,
+                meter: ctx.catalog.meter(p.meter).name.clone(),
+                quantity: p.total,
+                invoiced,
+                rerated,
+                amount: rerated - invoiced,
+            }
+        })
+        .collect()
 }
 
 fn in_scope(scope: &Option<Vec<String>>, meter: &Option<Arc<str>>) -> bool {

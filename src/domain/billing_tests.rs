@@ -493,3 +493,89 @@ fn proportional_shares_exact_and_fallback_paths() {
     assert_eq!(out, [dec!(0.00), dec!(0.00)]);
     assert_eq!((a.remainder, a.largest), (dec!(5.00), 0));
 }
+
+/// Late usage re-rated with the invoiced usage of its period, tiers continuing.
+#[test]
+fn late_usage_is_re_rated_from_the_invoiced_quantity() {
+    // Invoiced in November: 10 000 GB out (graduated: first tier 0.09 up to 10 240 GB):
+    // 10 000 × 0.09 = 900.00. Late: 500 GB on another account. Re-rated, 10 500 GB:
+    // 10 240 × 0.09 + 260 × 0.085 = 921.60 + 22.10 = 943.70; the adjustment is
+    // 943.70 − 900.00 = 43.70 (not 500 × 0.09 = 45.00: tiers continue).
+    let mut base = Usage::new(catalog());
+    base.add("e1", "A", "data_transfer_out.gb", dec!(10000), T);
+    let mut late = Usage::new(catalog());
+    late.add(
+        "late-1",
+        "B",
+        "data_transfer_out.gb",
+        dec!(500),
+        "2026-11-30T23:00:00Z",
+    );
+    let ctx = BillingContext {
+        catalog: &base.catalog,
+        rounding: usd(),
+        period: "2026-11".parse().unwrap(),
+    };
+    let adjustments = late_adjustments(
+        &ctx,
+        base.accounts.iter().map(|(a, u)| (a, u)),
+        late.accounts.iter().map(|(a, u)| (a, u)),
+    );
+    assert_eq!(adjustments.len(), 1);
+    let a = &adjustments[0];
+    assert_eq!((&*a.meter, a.quantity), ("data_transfer_out.gb", dec!(500)));
+    assert_eq!(
+        (a.invoiced, a.rerated, a.amount),
+        (dec!(900.00), dec!(943.70), dec!(43.70))
+    );
+
+    // On December's bill (ec2 100 h × 0.0416 = 4.16) the adjustment is a charge like
+    // any other: a 10% discount takes 0.42 (4.16 → 0.416 → 0.42) and 4.37 (43.70 →
+    // 4.37); subtotal 4.16 + 43.70 = 47.86; total 47.86 − 4.79 = 43.07.
+    let mut december = Usage::new(catalog());
+    december.add("d1", "A", "ec2.instance_hours", dec!(100), "2026-12-02T00:00:00Z");
+    let mut acme = customer(&["A", "B"]);
+    acme.discounts.push(Discount {
+        id: "edp".into(),
+        percent: dec!(10),
+        meters: None,
+    });
+    let ctx = BillingContext {
+        catalog: &december.catalog,
+        rounding: usd(),
+        period: "2026-11".parse().unwrap(),
+    };
+    let bill = bill_customer_with(
+        &ctx,
+        &acme,
+        &standard(),
+        december.accounts.iter().map(|(a, u)| (a, u)),
+        adjustments,
+    );
+    bill.check().unwrap();
+    assert_eq!(bill.subtotal, dec!(47.86));
+    assert_eq!(bill.discounts[0].amount, dec!(4.79));
+    assert_eq!(bill.total, dec!(43.07));
+
+    // Late usage already covered by a free allowance re-rates to nothing more.
+    let mut small = Usage::new(catalog());
+    small.add("e1", "A", "api.calls", dec!(1), T);
+    let mut late = Usage::new(catalog());
+    late.add("late-2", "A", "api.calls", dec!(1), T);
+    // api.calls: 1 free, then packages of 2 at 1.00: invoiced 1 call → 0.00; with the
+    // late one, 2 calls → 1 billable → one package, 1.00.
+    let ctx = BillingContext {
+        catalog: &small.catalog,
+        rounding: usd(),
+        period: "2026-11".parse().unwrap(),
+    };
+    let adjustments = late_adjustments(
+        &ctx,
+        small.accounts.iter().map(|(a, u)| (a, u)),
+        late.accounts.iter().map(|(a, u)| (a, u)),
+    );
+    assert_eq!(
+        (adjustments[0].invoiced, adjustments[0].amount),
+        (dec!(0.00), dec!(1.00))
+    );
+}

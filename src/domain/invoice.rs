@@ -6,8 +6,8 @@
 //!
 //! Invariants, checked by [`Bill::check`]:
 //! - every amount is in whole minor units;
-//! - each meter line equals the sum of its allocations to accounts, and the accounts'
-//!   totals add up to the subtotal;
+//! - each meter line equals the sum of its allocations to accounts, and the subtotal is
+//!   the sum of the meter lines and the late-usage adjustments;
 //! - `total = subtotal − discounts − credits + commitment + tax`, exactly.
 
 use rust_decimal::Decimal;
@@ -86,6 +86,23 @@ pub struct TaxLine {
     pub amount: Decimal,
 }
 
+/// Usage of a closed period that arrived late (within its grace window), billed on a
+/// later bill: the period's line re-rated with it, less what was invoiced. Tiers and
+/// allowances thus continue from the invoiced quantity, as if it had come on time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AdjustmentLine {
+    /// The closed period the usage belongs to.
+    pub period: Period,
+    pub meter: Arc<str>,
+    /// The late quantity.
+    pub quantity: Decimal,
+    /// The period's line as invoiced, and as re-rated with the late usage (rounded).
+    pub invoiced: Decimal,
+    pub rerated: Decimal,
+    /// `rerated − invoiced`: what this bill charges for it.
+    pub amount: Decimal,
+}
+
 /// A customer's bill for one period.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bill {
@@ -96,6 +113,8 @@ pub struct Bill {
     pub accounts: Vec<AccountBill>,
     /// One pooled line per meter with usage, in catalog order.
     pub lines: Vec<MeterLine>,
+    /// Late usage of the period before, re-rated.
+    pub adjustments: Vec<AdjustmentLine>,
     pub discounts: Vec<DiscountLine>,
     pub credits: Vec<CreditLine>,
     pub commitment: Option<CommitmentLine>,
@@ -168,10 +187,25 @@ impl Bill {
                 whole(&format!("account {} line {}", a.account, l.meter), l.amount)?;
             }
         }
-        let subtotal: Decimal = self.lines.iter().map(|l| l.amount).sum();
+        for a in &self.adjustments {
+            whole(&format!("adjustment {} {}", a.period, a.meter), a.amount)?;
+            if a.amount != a.rerated - a.invoiced {
+                return Err(format!(
+                    "adjustment {} {} is {} but re-rated {} − invoiced {} = {}",
+                    a.period,
+                    a.meter,
+                    a.amount,
+                    a.rerated,
+                    a.invoiced,
+                    a.rerated - a.invoiced
+                ));
+            }
+        }
+        let subtotal: Decimal = self.lines.iter().map(|l| l.amount).sum::<Decimal>()
+            + self.adjustments.iter().map(|a| a.amount).sum::<Decimal>();
         if subtotal != self.subtotal {
             return Err(format!(
-                "subtotal {} but the lines add up to {subtotal}",
+                "subtotal {} but the lines and adjustments add up to {subtotal}",
                 self.subtotal
             ));
         }

@@ -17,7 +17,7 @@ pub mod price;
 pub mod profile;
 pub mod usage;
 
-pub use billing::{bill_customer, BillingContext};
+pub use billing::{bill_customer, bill_customer_with, late_adjustments, BillingContext};
 pub use catalog::{Catalog, CatalogVersionSpec, MeterId};
 pub use customer::{AccountId, Customer, CustomerSpec};
 pub use invoice::{Bill, Invoice};

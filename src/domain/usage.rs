@@ -278,6 +278,17 @@ impl AccountUsage {
         Ok(())
     }
 
+    /// Whether the event with fingerprint `event` was applied.
+    pub fn has_seen(&self, event: u128) -> bool {
+        self.seen.contains(&event)
+    }
+
+    /// Lets go of the applied events' fingerprints, keeping the aggregates: once no
+    /// retry can come any more.
+    pub fn forget_ids(&mut self) {
+        self.seen = HashSet::default();
+    }
+
     /// The aggregates, ascending by meter id.
     pub fn meters(&self) -> &[(MeterId, MeterAggregate)] {
         &self.meters

@@ -15,11 +15,12 @@ use serde::{Deserialize, Serialize};
 use tallyman_actors::Entity;
 
 use crate::domain::customer::{Credit, Discount};
+use crate::domain::invoice::AdjustmentLine;
 use crate::domain::meter::Reading;
 use crate::domain::usage::Applied;
 use crate::domain::{
-    bill_customer, AccountId, AccountUsage, Bill, BillingContext, BillingProfile, Catalog, Customer, MeterId,
-    Period, Rounding,
+    bill_customer_with, late_adjustments, AccountId, AccountUsage, Bill, BillingContext, BillingProfile,
+    Catalog, Customer, MeterId, Period, Rounding,
 };
 
 /// A customer's key in its partition.
@@ -60,12 +61,17 @@ pub enum CustomerCommand {
     /// Closes `period` once its invoice is written (or it needed none): the period's
     /// usage is let go, and each credit keeps the balance the invoice left it.
     Close(Box<PeriodClose>),
+    /// Usage of the last closed period that arrived within its grace window: billed as
+    /// an adjustment on the next invoice.
+    Late(MeteredEvent),
 }
 
 /// What closing a period changes in a customer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeriodClose {
     pub period: Period,
+    /// The first day no late usage of `period` is accepted any more.
+    pub late_until: NaiveDate,
     /// `(credit id, balance left)` for every credit the invoice drew on.
     pub credits: Vec<(String, rust_decimal::Decimal)>,
 }
@@ -141,8 +147,23 @@ pub struct CustomerEntity {
     closing: Option<Box<ClosingUsage>>,
     /// The latest period closed for this customer.
     closed_through: Option<Period>,
+    /// The usage of the last closed period: what late usage is deduplicated against
+    /// and re-rated with.
+    recent: Option<Box<RecentPeriod>>,
+    /// Late usage per closed period, until the invoice that bills it.
+    late: Vec<ClosingUsage>,
     /// The latest day of any usage event applied (or refused as a duplicate).
     last_usage: Option<NaiveDate>,
+}
+
+/// The last closed period's usage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentPeriod {
+    usage: ClosingUsage,
+    /// The first day no late usage is accepted; once usage of that day arrives, the
+    /// event ids are let go (the aggregates stay, to re-rate late usage with).
+    late_until: NaiveDate,
+    ids_forgotten: bool,
 }
 
 /// A period's usage, per account, kept until its invoice is written.
@@ -193,6 +214,92 @@ impl CustomerEntity {
         }
     }
 
+    /// The late usage of the period before `period`, re-rated: adjustments on the bill
+    /// of `period`.
+    fn adjustments(&self, view: &PricingView) -> Vec<AdjustmentLine> {
+        let before = view.period.previous();
+        let Some(late) = self.late.iter().find(|l| l.period == before) else {
+            return Vec::new();
+        };
+        let base = self
+            .recent
+            .as_ref()
+            .filter(|r| r.usage.period == before)
+            .map_or(&[][..], |r| &r.usage.accounts[..]);
+        let ctx = BillingContext {
+            catalog: &view.catalog,
+            rounding: view.rounding,
+            period: before,
+        };
+        late_adjustments(
+            &ctx,
+            base.iter().map(|(a, u)| (a, u)),
+            late.accounts.iter().map(|(a, u)| (a, u)),
+        )
+    }
+
+    /// Applies late usage of a closed period, unless its id was applied before (on time
+    /// or late).
+    fn apply_late(&mut self, event: &MeteredEvent) -> CustomerReply {
+        if self.customer.is_none() {
+            return CustomerReply::NoSuchCustomer;
+        }
+        let period = Period::containing(event.reading.time.date_naive());
+        let seen = |accounts: &[(AccountId, AccountUsage)]| {
+            accounts
+                .iter()
+                .any(|(a, u)| *a == event.account && u.has_seen(event.id))
+        };
+        let on_time = match (&self.closing, &self.recent) {
+            (Some(c), _) if c.period == period => seen(&c.accounts),
+            (_, Some(r)) if r.usage.period == period => {
+                if r.ids_forgotten {
+                    return CustomerReply::Refused(format!(
+                        "late usage of {period} is no longer accepted: its grace window ended on {}",
+                        r.late_until
+                    ));
+                }
+                seen(&r.usage.accounts)
+            }
+            _ if self.period == Some(period) => {
+                let customer = self.customer.as_deref().expect("checked");
+                customer
+                    .accounts
+                    .iter()
+                    .zip(&self.usage)
+                    .chain(self.departed.iter().map(|(a, u)| (a, u)))
+                    .any(|(a, u)| *a == event.account && u.has_seen(event.id))
+            }
+            _ => false,
+        };
+        if on_time {
+            return CustomerReply::Duplicate;
+        }
+        let i = match self.late.iter().position(|l| l.period == period) {
+            Some(i) => i,
+            None => {
+                self.late.push(ClosingUsage {
+                    period,
+                    accounts: Vec::new(),
+                });
+                self.late.len() - 1
+            }
+        };
+        let accounts = &mut self.late[i].accounts;
+        let j = match accounts.iter().position(|(a, _)| *a == event.account) {
+            Some(j) => j,
+            None => {
+                accounts.push((event.account.clone(), AccountUsage::default()));
+                accounts.len() - 1
+            }
+        };
+        match accounts[j].1.apply(event.id, event.meter, &event.reading) {
+            Ok(Applied::New) => CustomerReply::Accepted,
+            Ok(Applied::Duplicate) => CustomerReply::Duplicate,
+            Err(_) => CustomerReply::Overflowed,
+        }
+    }
+
     /// Whether `period` is closed for this customer.
     pub fn is_closed(&self, period: Period) -> bool {
         self.closed_through.is_some_and(|c| c >= period)
@@ -202,13 +309,33 @@ impl CustomerEntity {
         if self.is_closed(close.period) {
             return CustomerReply::Closed;
         }
-        if self.closing.as_ref().is_some_and(|c| c.period == close.period) {
-            self.closing = None;
+        let usage = if self.closing.as_ref().is_some_and(|c| c.period == close.period) {
+            self.closing.take().map(|c| c.accounts).unwrap_or_default()
         } else if self.period == Some(close.period) {
-            self.usage.iter_mut().for_each(|u| *u = AccountUsage::default());
-            self.departed.clear();
             self.period = None;
-        }
+            let accounts = self.customer.as_deref().map_or(&[][..], |c| &c.accounts[..]);
+            let mut usage: Vec<(AccountId, AccountUsage)> = accounts
+                .iter()
+                .cloned()
+                .zip(self.usage.iter_mut().map(std::mem::take))
+                .chain(self.departed.drain(..))
+                .filter(|(_, u)| !u.is_empty())
+                .collect();
+            usage.sort_by(|a, b| a.0.cmp(&b.0));
+            usage
+        } else {
+            Vec::new()
+        };
+        // The late usage of the period before was billed on this invoice.
+        self.late.retain(|l| l.period >= close.period);
+        self.recent = Some(Box::new(RecentPeriod {
+            usage: ClosingUsage {
+                period: close.period,
+                accounts: usage,
+            },
+            late_until: close.late_until,
+            ids_forgotten: false,
+        }));
         if let Some(customer) = self.customer.as_deref_mut() {
             for (id, left) in &close.credits {
                 if let Some(credit) = customer.credits.iter_mut().find(|c| c.id == *id) {
@@ -242,7 +369,8 @@ impl CustomerEntity {
         self.priced(view, &mut usage.chain(departed))
     }
 
-    /// Prices `usage` with the customer's profile.
+    /// Prices `usage` with the customer's profile, with the late usage of the period
+    /// before as adjustments.
     fn priced<'a>(
         &'a self,
         view: &PricingView,
@@ -260,7 +388,13 @@ impl CustomerEntity {
             rounding: view.rounding,
             period: view.period,
         };
-        Ok(bill_customer(&ctx, customer, profile, usage))
+        Ok(bill_customer_with(
+            &ctx,
+            customer,
+            profile,
+            usage,
+            self.adjustments(view),
+        ))
     }
 
     /// Replaces the customer's terms, keeping each account's usage with its account.
@@ -413,6 +547,7 @@ impl Entity for CustomerEntity {
                 period,
             } => self.adopt(account, usage.as_deref(), *period),
             CustomerCommand::Close(close) => self.close(close),
+            CustomerCommand::Late(event) => self.apply_late(event),
             CustomerCommand::Usage(event) => {
                 let Some(customer) = self.customer.as_deref() else {
                     return CustomerReply::NoSuchCustomer;
@@ -421,6 +556,13 @@ impl Entity for CustomerEntity {
                 let day = event.reading.time.date_naive();
                 if self.last_usage.is_none_or(|d| d < day) {
                     self.last_usage = Some(day);
+                }
+                if let Some(recent) = self.recent.as_deref_mut() {
+                    if day >= recent.late_until && !recent.ids_forgotten {
+                        // No late usage of that period can come any more.
+                        recent.usage.accounts.iter_mut().for_each(|(_, u)| u.forget_ids());
+                        recent.ids_forgotten = true;
+                    }
                 }
                 let period = Period::containing(day);
                 if self.is_closed(period) || self.period.is_some_and(|p| p > period) {

@@ -257,12 +257,20 @@ struct SegmentBills {
 
 /// Whether a bill is worth an invoice: usage, or a charge the profile makes anyway.
 fn invoiced(bill: &Bill) -> bool {
-    !bill.accounts.is_empty() || !bill.total.is_zero() || !bill.lines.is_empty()
+    !bill.accounts.is_empty()
+        || !bill.total.is_zero()
+        || !bill.lines.is_empty()
+        || !bill.adjustments.is_empty()
 }
 
-fn close_command(period: Period, credits: impl Iterator<Item = (String, Decimal)>) -> CustomerCommand {
+fn close_command(
+    period: Period,
+    late_until: chrono::NaiveDate,
+    credits: impl Iterator<Item = (String, Decimal)>,
+) -> CustomerCommand {
     CustomerCommand::Close(Box::new(PeriodClose {
         period,
+        late_until,
         credits: credits.collect(),
     }))
 }
@@ -381,6 +389,7 @@ impl PartitionEngine {
             });
         }
         drop(tx);
+        let late_until = self.late_until(period);
         let mut batches = 0u32;
         let mut closing = Vec::new();
         while let Some(result) = rx.recv().await {
@@ -399,7 +408,7 @@ impl PartitionEngine {
                 billed += priced.total;
                 closes.push((
                     priced.customer.clone(),
-                    close_command(period, priced.credits.into_iter()),
+                    close_command(period, late_until, priced.credits.into_iter()),
                 ));
                 to_write.push((priced.customer, priced.encoded));
             }
@@ -422,7 +431,7 @@ impl PartitionEngine {
                     .into_iter()
                     .flat_map(|d| d.credits)
                     .map(|c| (c.id, c.remaining));
-                closes.push((key, close_command(period, credits)));
+                closes.push((key, close_command(period, late_until, credits)));
             }
             // The next segment's invoices are written while these customers are closed.
             let me = self.clone();

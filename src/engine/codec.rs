@@ -233,6 +233,7 @@ mod tests {
                 "acme".into(),
                 CustomerCommand::Usage(event(Fold::Distinct, Some(42))),
             ),
+            ("acme".into(), CustomerCommand::Late(event(Fold::Sum, None))),
             (
                 "acme".into(),
                 CustomerCommand::AddCredit(Credit {
@@ -262,6 +263,7 @@ mod tests {
                 "other".into(),
                 CustomerCommand::Close(Box::new(super::super::account::PeriodClose {
                     period: "2026-11".parse().unwrap(),
+                    late_until: "2026-12-04".parse().unwrap(),
                     credits: vec![("q".into(), Decimal::new(250, 2))],
                 })),
             ),

@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::invoice::{AccountBill, CommitmentLine, CreditLine, DiscountLine, MeterLine};
+use crate::domain::invoice::{
+    AccountBill, AdjustmentLine, CommitmentLine, CreditLine, DiscountLine, MeterLine,
+};
 use crate::domain::{Bill, Currency, Period};
 
 /// An invoice as stored and served: a customer's bill of a closed period, numbered.
@@ -35,6 +37,9 @@ pub struct InvoiceDocument {
     pub accounts: Vec<AccountBill>,
     /// One pooled line per meter, with its tier breakdown.
     pub lines: Vec<MeterLine>,
+    /// Late usage of the period before, re-rated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adjustments: Vec<AdjustmentLine>,
     pub discounts: Vec<DiscountLine>,
     pub credits: Vec<CreditLine>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,6 +59,7 @@ impl InvoiceDocument {
             currency: bill.currency,
             accounts: bill.accounts,
             lines: bill.lines,
+            adjustments: bill.adjustments,
             discounts: bill.discounts,
             credits: bill.credits,
             commitment: bill.commitment,
@@ -381,6 +387,7 @@ mod tests {
             currency: usd,
             accounts: vec![],
             lines: vec![],
+            adjustments: vec![],
             discounts: vec![],
             credits: vec![],
             commitment: None,

@@ -227,6 +227,10 @@ pub struct PartitionEngine {
     closing: tokio::sync::Mutex<()>,
     /// Test-only: abort the process after writing this many batches of invoices.
     fault_abort_after_invoice_batches: Option<u32>,
+    /// Days after a closed period's end its late usage is accepted.
+    late_grace_days: u32,
+    /// Test-only: the time it is (the clock otherwise).
+    now: Option<chrono::DateTime<chrono::Utc>>,
     catalog_name: String,
     catalog: RwLock<Arc<Catalog>>,
     /// Where versions published through the API are kept, when the journal is durable.
@@ -280,6 +284,8 @@ pub struct EngineOptions {
     /// Test-only: abort the process after a bill run wrote this many batches of
     /// invoices, before their customers are closed (a crash in the middle of a run).
     pub fault_abort_after_invoice_batches: Option<u32>,
+    /// Test-only: a fixed "now" for grace windows (the clock otherwise).
+    pub now: Option<chrono::DateTime<chrono::Utc>>,
     /// Test-only: makes the command for a customer at an LSN panic on its first try.
     pub fault_hook: Option<FaultHook<CustomerKey>>,
 }
@@ -448,6 +454,8 @@ impl Engine {
                 runs: Default::default(),
                 closing: tokio::sync::Mutex::new(()),
                 fault_abort_after_invoice_batches: options.fault_abort_after_invoice_batches,
+                late_grace_days: p.late_grace_days,
+                now: options.now,
                 catalog_name: p.catalog_name.clone(),
                 catalog: RwLock::new(Arc::new(catalog)),
                 catalog_file,
@@ -720,6 +728,15 @@ impl PartitionEngine {
         Ok(())
     }
 
+    /// The first day late usage of `period` is refused.
+    pub fn late_until(&self, period: Period) -> chrono::NaiveDate {
+        period.end() + chrono::Days::new(u64::from(self.late_grace_days))
+    }
+
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.now.unwrap_or_else(chrono::Utc::now)
+    }
+
     /// The invoices of this partition.
     pub fn invoices(&self) -> &InvoiceStore {
         &self.invoices
@@ -887,41 +904,60 @@ impl PartitionEngine {
                 continue;
             };
             let date = event.time.date_naive();
+            let mut late = false;
             if !open.contains(date) {
                 let period = Period::containing(date);
-                let why = if period < open && self.invoices.summary(period).is_some()
-                    || self.period_state().closing == Some(period)
-                {
-                    format!("falls in period {period}, which is closed")
-                } else if period < open {
-                    format!("falls in period {period}, before the first open one")
-                } else {
+                let state = self.period_state();
+                let closed = state.closing == Some(period) || self.invoices.summary(period).is_some();
+                let why = if period >= open {
                     format!("falls in period {period}, which is not open yet")
+                } else if !closed {
+                    format!("falls in period {period}, before the first open one")
+                } else if period != open.previous() {
+                    format!(
+                        "falls in period {period}, which is closed; late usage is accepted for {} only",
+                        open.previous()
+                    )
+                } else if self.now().date_naive() >= self.late_until(period) {
+                    format!(
+                        "falls in period {period}, which is closed; its late usage was accepted until {} (late_grace_days = {})",
+                        self.late_until(period),
+                        self.late_grace_days
+                    )
+                } else {
+                    late = true;
+                    String::new()
                 };
-                errors.push(EventError {
-                    index,
-                    field: "time".into(),
-                    message: format!(
-                        "{} {why}; the open period of partition {:?} is {open}",
-                        event.time.to_rfc3339(),
-                        self.id
-                    ),
-                });
-                continue;
+                if !late {
+                    errors.push(EventError {
+                        index,
+                        field: "time".into(),
+                        message: format!(
+                            "{} {why}; the open period of partition {:?} is {open}",
+                            event.time.to_rfc3339(),
+                            self.id
+                        ),
+                    });
+                    continue;
+                }
             }
             match catalog.resolve(&event, date) {
                 Ok((meter, reading)) if errors.is_empty() => {
                     latest_day = latest_day.max(days(date));
-                    batch.push((
-                        customer,
-                        CustomerCommand::Usage(MeteredEvent {
-                            account,
-                            slot,
-                            meter,
-                            reading,
-                            id: event_fingerprint(&event.id),
-                        }),
-                    ))
+                    let metered = MeteredEvent {
+                        account,
+                        slot,
+                        meter,
+                        reading,
+                        id: event_fingerprint(&event.id),
+                    };
+                    let command = if late {
+                        // Billed as an adjustment on the next invoice.
+                        CustomerCommand::Late(metered)
+                    } else {
+                        CustomerCommand::Usage(metered)
+                    };
+                    batch.push((customer, command))
                 }
                 Ok(_) => {}
                 Err(e) => errors.push(EventError {
@@ -949,11 +985,13 @@ impl PartitionEngine {
         use tallyman_actors::Failure;
         let mut summary = IngestSummary::default();
         let (mut overflowed, mut retry, mut dead) = (0u64, 0u64, Vec::new());
+        let mut refused: Vec<String> = Vec::new();
         for outcome in outcomes {
             match outcome {
                 Ok(CustomerReply::Accepted) => summary.accepted += 1,
                 Ok(CustomerReply::Duplicate) => summary.duplicates += 1,
                 Ok(CustomerReply::Overflowed) => overflowed += 1,
+                Ok(CustomerReply::Refused(why)) => refused.push(why),
                 Ok(other) => dead.push(format!("unexpected reply {other:?}")),
                 Err(Failure::Replayed | Failure::Unavailable { .. }) => retry += 1,
                 Err(f) => dead.push(format!("{f:?}")),
@@ -970,6 +1008,12 @@ impl PartitionEngine {
             return Err(EngineError::Unavailable(format!(
                 "{done}; {retry} event(s) were interrupted by a segment restart: send the batch again \
                  (what was applied counts as duplicates)"
+            )));
+        }
+        if let Some(why) = refused.first() {
+            return Err(EngineError::Unprocessable(format!(
+                "{done}; {} event(s) were refused and not applied, e.g.: {why}",
+                refused.len()
             )));
         }
         if overflowed > 0 {
