@@ -282,6 +282,7 @@ async fn run() {
                     tax_rate: Decimal::ZERO,
                     commitment: None,
                     budget: None,
+                    account_budgets: Default::default(),
                     discounts: vec![],
                     credits: vec![],
                 };

@@ -74,6 +74,7 @@ fn families(count: usize, catalog: &Catalog) -> Vec<Family> {
                 tax_rate: Decimal::new(8, 2),
                 commitment: None,
                 budget: None,
+                account_budgets: Default::default(),
                 discounts: vec![Discount {
                     id: "edp".into(),
                     percent: Decimal::from(5),

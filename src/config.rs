@@ -38,6 +38,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub runtime: RuntimeSettings,
     pub limits: LimitSettings,
+    pub alerts: AlertSettings,
     /// Billing profiles by name.
     #[serde(default)]
     pub profiles: BTreeMap<String, ProfileSpec>,
@@ -49,6 +50,54 @@ pub struct Settings {
     pub customer_sets: BTreeMap<String, Vec<CustomerSpec>>,
     #[serde(default)]
     pub partitions: Vec<PartitionSettings>,
+}
+
+/// Budget alerts: how often running bills are checked, and where alerts are POSTed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    /// Milliseconds between checks of the running bills of customers with a budget
+    /// that had usage since the last check.
+    pub check_interval_ms: u64,
+    /// Every alert is POSTed here as JSON (empty: no webhook), in order, retried until
+    /// it is answered 2xx.
+    pub webhook_url: String,
+    pub webhook_timeout_ms: u64,
+    /// The longest wait between two tries of a webhook that is down.
+    pub webhook_max_backoff_ms: u64,
+}
+
+impl AlertSettings {
+    fn validate(&self) -> Result<AlertSettings, ConfigError> {
+        let range = |key: &str, value: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&value) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    format!("alerts.{key}"),
+                    format!("must be from {lo} to {hi} (got {value})"),
+                ))
+            }
+        };
+        range("check_interval_ms", self.check_interval_ms, 1, 60_000)?;
+        range("webhook_timeout_ms", self.webhook_timeout_ms, 1, 600_000)?;
+        range(
+            "webhook_max_backoff_ms",
+            self.webhook_max_backoff_ms,
+            1,
+            3_600_000,
+        )?;
+        if !self.webhook_url.is_empty() && !self.webhook_url.starts_with("http://") {
+            return Err(invalid(
+                "alerts.webhook_url",
+                format!(
+                    "must be an http:// URL (got {:?}); put a TLS-terminating proxy in front of an https endpoint",
+                    self.webhook_url
+                ),
+            ));
+        }
+        Ok(self.clone())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -300,6 +349,7 @@ pub struct Validated {
     pub auth: AuthConfig,
     pub runtime: RuntimeSettings,
     pub limits: LimitSettings,
+    pub alerts: AlertSettings,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub http_workers: usize,
@@ -494,6 +544,7 @@ impl Settings {
             auth,
             runtime: self.runtime.validate()?,
             limits: self.limits.validate()?,
+            alerts: self.alerts.validate()?,
             listen,
             data_dir: self.server.data_dir.clone(),
             http_workers: self.server.http_workers,

@@ -199,6 +199,7 @@ fn customer(accounts: usize, tax_rate: Decimal, discounts: Vec<Discount>, credit
         tax_rate,
         commitment: None,
         budget: None,
+        account_budgets: Default::default(),
         discounts,
         credits,
     };

@@ -48,6 +48,7 @@ fn families(rng: &mut ChaCha8Rng, count: usize) -> Vec<Family> {
                 tax_rate: Decimal::new(rng.random_range(0..25), 2),
                 commitment: None,
                 budget: None,
+                account_budgets: Default::default(),
                 discounts: if c % 3 == 0 {
                     vec![Discount {
                         id: "edp".into(),

@@ -48,6 +48,7 @@ macro_rules! api {
 
 use crate::domain::customer::{Credit, CustomerSpec, Discount};
 use crate::domain::{CatalogVersionSpec, UsageEvent};
+use crate::engine::alerts::Alert;
 use crate::engine::bill_run::BillRunView;
 use crate::engine::invoices::InvoiceDocument;
 use crate::engine::{AccountStatement, DeadLetterView, IngestSummary, SegmentView};
@@ -74,6 +75,8 @@ api! {
     get "/v1/partitions/{p}/bill-runs/{id}" => v1::get_bill_run { "A bill run's progress, rate and ETA; at the end its duration, totals and per-customer compute times.", scope: Some("read"), request: None, ok: 200, response: Some(schema::<BillRunView>) }
     get "/v1/partitions/{p}/invoices" => v1::list_invoices { "Invoices as NDJSON, by `period` and/or `customer`.", scope: Some("read"), request: None, ok: 200, response: None }
     get "/v1/partitions/{p}/invoices/{number}" => v1::get_invoice { "One invoice by number.", scope: Some("read"), request: None, ok: 200, response: Some(schema::<InvoiceDocument>) }
+    get "/v1/partitions/{p}/alerts" => v1::list_alerts { "Budget alerts raised, oldest first (`?period=YYYY-MM` for one period).", scope: Some("read"), request: None, ok: 200, response: Some(schema::<Vec<Alert>>) }
+    get "/v1/partitions/{p}/alerts/stream" => v1::stream_alerts { "Budget alerts as Server-Sent Events, from `Last-Event-ID` on.", scope: Some("read"), request: None, ok: 200, response: None }
     post "/v1/partitions/{p}/usage" => v1::ingest { "Ingests usage events (a JSON array or NDJSON); answered once durable.", scope: Some("ingest"), request: Some(schema::<Vec<UsageEvent>>), ok: 200, response: Some(schema::<IngestSummary>) }
     get "/v1/admin/segments" => segments { "Segments with their arbiter, state and load.", scope: Some("admin"), request: None, ok: 200, response: Some(schema::<SegmentReport>) }
     post "/v1/admin/snapshot" => snapshot { "Snapshots every segment now; the journal forgets what the snapshots cover.", scope: Some("admin"), request: None, ok: 200, response: None }

@@ -154,6 +154,8 @@ pub(super) struct CustomerView {
     commitment: Option<Decimal>,
     #[serde(skip_serializing_if = "Option::is_none")]
     budget: Option<crate::domain::customer::Budget>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    account_budgets: std::collections::BTreeMap<String, crate::domain::customer::Budget>,
     discounts: Vec<Discount>,
     credits: Vec<Credit>,
 }
@@ -168,6 +170,11 @@ impl From<Customer> for CustomerView {
             tax_rate: c.tax_rate,
             commitment: c.commitment,
             budget: c.budget,
+            account_budgets: c
+                .account_budgets
+                .into_iter()
+                .map(|(a, b)| (a.to_string(), b))
+                .collect(),
             discounts: c.discounts,
             credits: c.credits,
         }
@@ -491,4 +498,85 @@ pub(super) async fn get_invoice(
             "no invoice {number:?} in partition {p:?}; numbers read `{p}-YYYY-MM-000001`"
         ))),
     }
+}
+
+/// `GET /v1/partitions/{p}/alerts` filter.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AlertFilter {
+    period: Option<Period>,
+}
+
+pub(super) async fn list_alerts(
+    engine: Ready,
+    path: web::Path<String>,
+    filter: web::Query<AlertFilter>,
+) -> Result<HttpResponse, Problem> {
+    let alerts = partition(&engine, &path)?.alerts().list(filter.period);
+    Ok(HttpResponse::Ok().json(alerts))
+}
+
+/// Alerts as Server-Sent Events: first those after `Last-Event-ID` (all of them without
+/// it), then each as it is raised; a comment every 15 s keeps idle connections open.
+pub(super) async fn stream_alerts(
+    engine: Ready,
+    streams: web::Data<super::StreamSlots>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let book = engine
+        .partition_handle(&path)
+        .map_err(Problem::from)?
+        .alerts()
+        .clone();
+    let from: u64 = match req.headers().get("last-event-id") {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| {
+                Problem::bad_request(
+                    "invalid-header",
+                    "Invalid Last-Event-ID",
+                    "Last-Event-ID must be the number of the last alert received",
+                )
+            })?,
+    };
+    let slot = streams.acquire()?;
+    let watch = book.watch();
+    let events = futures_util::stream::unfold(
+        (from, watch, book, slot),
+        |(mut sent, mut watch, book, slot)| async move {
+            loop {
+                let pending = book.after(sent);
+                if !pending.is_empty() {
+                    let mut chunk = String::new();
+                    for alert in &pending {
+                        let data = serde_json::to_string(&**alert).expect("plain data");
+                        chunk.push_str(&format!("id: {}\nevent: alert\ndata: {data}\n\n", alert.seq));
+                        sent = alert.seq;
+                    }
+                    return Some((
+                        Ok::<_, actix_web::Error>(web::Bytes::from(chunk)),
+                        (sent, watch, book, slot),
+                    ));
+                }
+                match tokio::time::timeout(std::time::Duration::from_secs(15), watch.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return None,
+                    Err(_) => {
+                        return Some((
+                            Ok(web::Bytes::from_static(b": keep-alive\n\n")),
+                            (sent, watch, book, slot),
+                        ));
+                    }
+                }
+            }
+        },
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(events))
 }

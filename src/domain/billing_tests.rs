@@ -66,6 +66,7 @@ fn customer(accounts: &[&str]) -> Customer {
         tax_rate: Decimal::ZERO,
         commitment: None,
         budget: None,
+        account_budgets: Default::default(),
         discounts: vec![],
         credits: vec![],
     };

@@ -33,6 +33,9 @@ pub struct CustomerSpec {
     pub commitment: Option<Decimal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+    /// Budgets of single accounts of the customer, by account.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub account_budgets: std::collections::BTreeMap<String, Budget>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub discounts: Vec<Discount>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -49,6 +52,36 @@ fn default_profile() -> String {
 pub struct Budget {
     pub amount: Decimal,
     pub thresholds: Vec<u32>,
+}
+
+impl Budget {
+    fn validate(&self, field: &str, currency: Currency) -> Result<(), FieldError> {
+        check_money(&format!("{field}.amount"), self.amount, currency)?;
+        if self.amount.is_zero() {
+            return Err(FieldError::new(format!("{field}.amount"), "must be positive"));
+        }
+        if self.thresholds.is_empty() || self.thresholds.iter().any(|&t| t == 0 || t > 1000) {
+            return Err(FieldError::new(
+                format!("{field}.thresholds"),
+                "must list percentages from 1 to 1000, e.g. [50, 80, 100]",
+            ));
+        }
+        if self.thresholds.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(FieldError::new(
+                format!("{field}.thresholds"),
+                "must be strictly increasing",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The thresholds that `spent` has reached: `spent ≥ amount × threshold / 100`.
+    pub fn reached(&self, spent: Decimal) -> impl Iterator<Item = u32> + '_ {
+        self.thresholds
+            .iter()
+            .copied()
+            .filter(move |&t| spent * Decimal::ONE_HUNDRED >= self.amount * Decimal::from(t))
+    }
 }
 
 /// A percentage discount on some meters (`meters` absent: on the whole bill).
@@ -90,6 +123,8 @@ pub struct Customer {
     pub tax_rate: Decimal,
     pub commitment: Option<Decimal>,
     pub budget: Option<Budget>,
+    #[serde(default)]
+    pub account_budgets: std::collections::BTreeMap<AccountId, Budget>,
     pub discounts: Vec<Discount>,
     pub credits: Vec<Credit>,
 }
@@ -209,22 +244,14 @@ impl Customer {
             check_money("commitment", c, currency)?;
         }
         if let Some(b) = &spec.budget {
-            check_money("budget.amount", b.amount, currency)?;
-            if b.amount.is_zero() {
-                return Err(FieldError::new("budget.amount", "must be positive"));
+            b.validate("budget", currency)?;
+        }
+        for (account, b) in &spec.account_budgets {
+            let field = format!("account_budgets.{account}");
+            if accounts.binary_search(account).is_err() {
+                return Err(FieldError::new(field, "is not an account of this customer"));
             }
-            if b.thresholds.is_empty() || b.thresholds.iter().any(|&t| t == 0 || t > 1000) {
-                return Err(FieldError::new(
-                    "budget.thresholds",
-                    "must list percentages from 1 to 1000, e.g. [50, 80, 100]",
-                ));
-            }
-            if b.thresholds.windows(2).any(|w| w[0] >= w[1]) {
-                return Err(FieldError::new(
-                    "budget.thresholds",
-                    "must be strictly increasing",
-                ));
-            }
+            b.validate(&field, currency)?;
         }
         for (i, d) in spec.discounts.iter().enumerate() {
             d.validate()
@@ -246,6 +273,11 @@ impl Customer {
             tax_rate: spec.tax_rate,
             commitment: spec.commitment,
             budget: spec.budget,
+            account_budgets: spec
+                .account_budgets
+                .into_iter()
+                .map(|(a, b)| (AccountId::from(a.as_str()), b))
+                .collect(),
             discounts: spec.discounts,
             credits: spec.credits,
         })

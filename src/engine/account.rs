@@ -64,6 +64,33 @@ pub enum CustomerCommand {
     /// Usage of the last closed period that arrived within its grace window: billed as
     /// an adjustment on the next invoice.
     Late(MeteredEvent),
+    /// Records that a budget threshold was crossed, once per threshold, account and
+    /// period: the journaled fact that makes an alert fire exactly once.
+    RaiseAlert(Box<AlertMark>),
+}
+
+/// A budget threshold the running bill has reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Crossing {
+    /// `None` for the customer's budget, else the account's.
+    pub account: Option<AccountId>,
+    pub threshold: u32,
+    pub budget: rust_decimal::Decimal,
+    pub spent: rust_decimal::Decimal,
+}
+
+/// A budget threshold crossed in a period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertMark {
+    pub period: Period,
+    /// `None` for the customer's budget, else the account's.
+    pub account: Option<AccountId>,
+    /// Percent of the budget.
+    pub threshold: u32,
+    pub budget: rust_decimal::Decimal,
+    /// The running bill when it was crossed.
+    pub spent: rust_decimal::Decimal,
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// What closing a period changes in a customer.
@@ -98,6 +125,10 @@ pub enum CustomerReply {
     Adopted,
     /// The period is closed (or was already: nothing changed).
     Closed,
+    /// The alert was recorded: it fires now.
+    AlertRaised,
+    /// The alert was recorded before: it fired then.
+    AlertKnown,
     /// Refused, with the reason; nothing changed.
     Refused(String),
 }
@@ -114,6 +145,8 @@ pub struct PricingView {
 /// Reads a customer.
 #[derive(Clone, Debug)]
 pub enum CustomerQuery {
+    /// Budget thresholds the running bill has reached and no alert was raised for.
+    Budgets(Arc<PricingView>),
     /// The bill of a period being closed (the open period's, or the one before).
     PeriodBill(Arc<PricingView>),
     /// The customer's running bill.
@@ -126,6 +159,8 @@ pub enum CustomerQuery {
 #[derive(Clone, Debug)]
 pub enum CustomerAnswer {
     Bill(Result<Box<Bill>, String>),
+    /// Each threshold newly reached.
+    Budgets(Result<Vec<Crossing>, String>),
     Terms(Option<Box<Customer>>),
 }
 
@@ -152,6 +187,8 @@ pub struct CustomerEntity {
     recent: Option<Box<RecentPeriod>>,
     /// Late usage per closed period, until the invoice that bills it.
     late: Vec<ClosingUsage>,
+    /// Budget thresholds crossed in the open period (and the one being closed).
+    alerts: Vec<AlertMark>,
     /// The latest day of any usage event applied (or refused as a duplicate).
     last_usage: Option<NaiveDate>,
 }
@@ -300,6 +337,73 @@ impl CustomerEntity {
         }
     }
 
+    /// The budget thresholds crossed so far.
+    pub fn alerts(&self) -> &[AlertMark] {
+        &self.alerts
+    }
+
+    /// Whether the customer or one of its accounts has a budget.
+    pub fn has_budget(&self) -> bool {
+        self.customer
+            .as_deref()
+            .is_some_and(|c| c.budget.is_some() || !c.account_budgets.is_empty())
+    }
+
+    /// The thresholds the open period's running bill has reached, not yet raised.
+    fn budgets(&self, view: &PricingView) -> Result<Vec<Crossing>, String> {
+        let Some(customer) = self.customer.as_deref().filter(|_| self.has_budget()) else {
+            return Ok(Vec::new());
+        };
+        let bill = self.bill(view)?;
+        let raised = |account: Option<&AccountId>, t: u32| {
+            self.alerts
+                .iter()
+                .any(|a| a.period == view.period && a.account.as_ref() == account && a.threshold == t)
+        };
+        let mut out = Vec::new();
+        if let Some(b) = &customer.budget {
+            for t in b.reached(bill.total).filter(|&t| !raised(None, t)) {
+                out.push(Crossing {
+                    account: None,
+                    threshold: t,
+                    budget: b.amount,
+                    spent: bill.total,
+                });
+            }
+        }
+        for (account, b) in &customer.account_budgets {
+            let spent = bill
+                .accounts
+                .iter()
+                .find(|a| a.account == *account)
+                .map_or(rust_decimal::Decimal::ZERO, |a| a.total);
+            for t in b.reached(spent).filter(|&t| !raised(Some(account), t)) {
+                out.push(Crossing {
+                    account: Some(account.clone()),
+                    threshold: t,
+                    budget: b.amount,
+                    spent,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn raise(&mut self, mark: &AlertMark) -> CustomerReply {
+        if self.customer.is_none() {
+            return CustomerReply::NoSuchCustomer;
+        }
+        let known = self
+            .alerts
+            .iter()
+            .any(|a| a.period == mark.period && a.account == mark.account && a.threshold == mark.threshold);
+        if known {
+            return CustomerReply::AlertKnown;
+        }
+        self.alerts.push(mark.clone());
+        CustomerReply::AlertRaised
+    }
+
     /// Whether `period` is closed for this customer.
     pub fn is_closed(&self, period: Period) -> bool {
         self.closed_through.is_some_and(|c| c >= period)
@@ -328,6 +432,7 @@ impl CustomerEntity {
         };
         // The late usage of the period before was billed on this invoice.
         self.late.retain(|l| l.period >= close.period);
+        self.alerts.retain(|a| a.period > close.period);
         self.recent = Some(Box::new(RecentPeriod {
             usage: ClosingUsage {
                 period: close.period,
@@ -548,6 +653,7 @@ impl Entity for CustomerEntity {
             } => self.adopt(account, usage.as_deref(), *period),
             CustomerCommand::Close(close) => self.close(close),
             CustomerCommand::Late(event) => self.apply_late(event),
+            CustomerCommand::RaiseAlert(mark) => self.raise(mark),
             CustomerCommand::Usage(event) => {
                 let Some(customer) = self.customer.as_deref() else {
                     return CustomerReply::NoSuchCustomer;
@@ -587,6 +693,7 @@ impl Entity for CustomerEntity {
         match query {
             CustomerQuery::Bill(view) => CustomerAnswer::Bill(self.bill(view).map(Box::new)),
             CustomerQuery::PeriodBill(view) => CustomerAnswer::Bill(self.bill_of_period(view).map(Box::new)),
+            CustomerQuery::Budgets(view) => CustomerAnswer::Budgets(self.budgets(view)),
             CustomerQuery::Terms => CustomerAnswer::Terms(self.customer.clone()),
         }
     }

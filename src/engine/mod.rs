@@ -8,6 +8,7 @@
 //! and never to the domain's state directly.
 
 pub mod account;
+pub mod alerts;
 pub mod bill_run;
 pub mod codec;
 pub mod invoices;
@@ -93,10 +94,11 @@ fn days(date: chrono::NaiveDate) -> i64 {
     i64::from(chrono::Datelike::num_days_from_ce(&date)) - 719_163
 }
 
+use account::{AlertMark, MeteredEvent, PricingView};
 pub use account::{
     CustomerAnswer, CustomerCommand, CustomerEntity, CustomerKey, CustomerQuery, CustomerReply,
 };
-use account::{MeteredEvent, PricingView};
+use alerts::AlertBook;
 use bill_run::{BillRun, PeriodState};
 use invoices::InvoiceStore;
 
@@ -229,6 +231,11 @@ pub struct PartitionEngine {
     fault_abort_after_invoice_batches: Option<u32>,
     /// Days after a closed period's end its late usage is accepted.
     late_grace_days: u32,
+    alerts: Arc<AlertBook>,
+    /// Customers with a budget (their own or an account's).
+    budgeted: DashMap<CustomerKey, (), Hashing>,
+    /// Budgeted customers with usage since their last check.
+    to_check: std::sync::Mutex<std::collections::HashSet<CustomerKey>>,
     /// Test-only: the time it is (the clock otherwise).
     now: Option<chrono::DateTime<chrono::Utc>>,
     catalog_name: String,
@@ -445,33 +452,39 @@ impl Engine {
             }
             let invoices = InvoiceStore::open(&p.id, data.as_ref().map(|d| d.join("invoices")))
                 .map_err(|e| EngineError::Unavailable(format!("partition {:?}: invoices: {e}", p.id)))?;
-            let engine = PartitionEngine {
-                id: p.id.clone(),
-                rounding: p.rounding,
-                periods: RwLock::new(periods),
-                periods_file,
-                invoices,
-                runs: Default::default(),
-                closing: tokio::sync::Mutex::new(()),
-                fault_abort_after_invoice_batches: options.fault_abort_after_invoice_batches,
-                late_grace_days: p.late_grace_days,
-                now: options.now,
-                catalog_name: p.catalog_name.clone(),
-                catalog: RwLock::new(Arc::new(catalog)),
-                catalog_file,
-                latest_usage_day: std::sync::atomic::AtomicI64::new(i64::MIN),
-                accepted: Default::default(),
-                duplicates: Default::default(),
-                rejected: Default::default(),
-                profiles: profiles.clone(),
-                directory: DashMap::with_hasher(Hashing::default()),
-                customers: DashMap::with_hasher(Hashing::default()),
-                routing: tokio::sync::RwLock::new(()),
-                runtime,
-                journal: journal.clone(),
-                snapshotting: tokio::sync::Mutex::new(()),
-                events_at_snapshot: Default::default(),
-            };
+            let engine =
+                PartitionEngine {
+                    id: p.id.clone(),
+                    rounding: p.rounding,
+                    periods: RwLock::new(periods),
+                    periods_file,
+                    invoices,
+                    runs: Default::default(),
+                    closing: tokio::sync::Mutex::new(()),
+                    fault_abort_after_invoice_batches: options.fault_abort_after_invoice_batches,
+                    late_grace_days: p.late_grace_days,
+                    now: options.now,
+                    alerts: Arc::new(AlertBook::open(&p.id, data.clone()).map_err(|e| {
+                        EngineError::Unavailable(format!("partition {:?}: alerts: {e}", p.id))
+                    })?),
+                    budgeted: DashMap::with_hasher(Hashing::default()),
+                    to_check: Default::default(),
+                    catalog_name: p.catalog_name.clone(),
+                    catalog: RwLock::new(Arc::new(catalog)),
+                    catalog_file,
+                    latest_usage_day: std::sync::atomic::AtomicI64::new(i64::MIN),
+                    accepted: Default::default(),
+                    duplicates: Default::default(),
+                    rejected: Default::default(),
+                    profiles: profiles.clone(),
+                    directory: DashMap::with_hasher(Hashing::default()),
+                    customers: DashMap::with_hasher(Hashing::default()),
+                    routing: tokio::sync::RwLock::new(()),
+                    runtime,
+                    journal: journal.clone(),
+                    snapshotting: tokio::sync::Mutex::new(()),
+                    events_at_snapshot: Default::default(),
+                };
             engine.rebuild_directory().await?;
             // Configured customers are created once; later runs keep what the journal holds.
             let missing: Vec<Customer> = p
@@ -492,6 +505,17 @@ impl Engine {
                 "partition recovered"
             );
             partitions.insert(p.id.clone(), Arc::new(engine));
+        }
+        for p in partitions.values() {
+            let every = std::time::Duration::from_millis(settings.alerts.check_interval_ms);
+            actix_rt::spawn(budget_loop(Arc::downgrade(p), every));
+            if !settings.alerts.webhook_url.is_empty() {
+                actix_rt::spawn(p.alerts.clone().deliver(
+                    settings.alerts.webhook_url.clone(),
+                    std::time::Duration::from_millis(settings.alerts.webhook_timeout_ms),
+                    std::time::Duration::from_millis(settings.alerts.webhook_max_backoff_ms),
+                ));
+            }
         }
         for p in partitions.values() {
             // A bill run cut short by a stop or a crash resumes now.
@@ -661,6 +685,28 @@ impl Engine {
     }
 }
 
+/// Checks the budgets of customers with new usage, every `every`, for as long as the
+/// partition exists.
+async fn budget_loop(partition: std::sync::Weak<PartitionEngine>, every: std::time::Duration) {
+    let mut tick = actix_rt::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(p) = partition.upgrade() else { return };
+        let due: Vec<CustomerKey> =
+            std::mem::take(&mut *p.to_check.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect();
+        for key in due {
+            if let Err(e) = p.check_budget(&key).await {
+                // Checked again with its next usage, or at the next start.
+                tracing::warn!(partition = %p.id, customer = %key, error = %e, "budget check failed");
+                p.to_check.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+            }
+        }
+    }
+}
+
 /// When snapshots are taken.
 #[derive(Clone, Copy, Debug)]
 struct SnapshotCadence {
@@ -735,6 +781,52 @@ impl PartitionEngine {
 
     fn now(&self) -> chrono::DateTime<chrono::Utc> {
         self.now.unwrap_or_else(chrono::Utc::now)
+    }
+
+    /// The alerts of this partition.
+    pub fn alerts(&self) -> &Arc<AlertBook> {
+        &self.alerts
+    }
+
+    /// Checks one customer's budgets, journals each threshold newly reached, and
+    /// records its alert.
+    async fn check_budget(&self, key: &CustomerKey) -> Result<(), EngineError> {
+        let view = Arc::new(PricingView {
+            catalog: self.catalog(),
+            rounding: self.rounding,
+            period: self.period(),
+            profiles: self.profiles.clone(),
+        });
+        let crossed = match self
+            .runtime
+            .ask(key.clone(), CustomerQuery::Budgets(view.clone()))?
+            .await?
+        {
+            Some(CustomerAnswer::Budgets(Ok(c))) => c,
+            Some(CustomerAnswer::Budgets(Err(e))) => return Err(EngineError::Failed(e)),
+            _ => return Ok(()),
+        };
+        for c in crossed {
+            let mark = AlertMark {
+                period: view.period,
+                account: c.account,
+                threshold: c.threshold,
+                budget: c.budget,
+                spent: c.spent,
+                at: self.now(),
+            };
+            match self
+                .submit_one(key.clone(), CustomerCommand::RaiseAlert(Box::new(mark.clone())))
+                .await?
+            {
+                CustomerReply::AlertRaised => {
+                    self.alerts.record(key, &mark).map_err(EngineError::Unavailable)?;
+                }
+                CustomerReply::AlertKnown => {}
+                other => return Err(EngineError::Failed(format!("{other:?}"))),
+            }
+        }
+        Ok(())
     }
 
     /// The invoices of this partition.
@@ -822,6 +914,15 @@ impl PartitionEngine {
                 _ => unreachable!("only upserts here"),
             })
             .collect();
+        let budgets: Vec<(CustomerKey, bool)> = batch
+            .iter()
+            .map(|(k, c)| match c {
+                CustomerCommand::Upsert(c) => {
+                    (k.clone(), c.budget.is_some() || !c.account_budgets.is_empty())
+                }
+                _ => unreachable!("only upserts here"),
+            })
+            .collect();
         let result = async {
             let outcomes = self.runtime.submit(batch)?.await?;
             match outcomes.into_iter().find_map(Result::err) {
@@ -833,6 +934,18 @@ impl PartitionEngine {
         if let Err(e) = result {
             release(claimed);
             return Err(e);
+        }
+        for (key, budgeted) in budgets {
+            if budgeted {
+                self.budgeted.insert(key.clone(), ());
+                // A new or raised budget may be crossed already.
+                self.to_check
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key);
+            } else {
+                self.budgeted.remove(&key);
+            }
         }
         for (key, list) in accounts {
             if let Some(previous) = self.customers.insert(key.clone(), list.clone()) {
@@ -859,9 +972,24 @@ impl PartitionEngine {
         if batch.is_empty() {
             return Ok(IngestSummary::default());
         }
+        let mut keys: Vec<CustomerKey> = if self.budgeted.is_empty() {
+            Vec::new()
+        } else {
+            batch.iter().map(|(k, _)| k.clone()).collect()
+        };
+        keys.dedup();
         let pending = self.runtime.submit(batch)?;
         drop(routing);
-        let summary = Self::tally(pending.await?)?;
+        let outcomes = pending.await?;
+        if !self.budgeted.is_empty() {
+            let mut to_check = self.to_check.lock().unwrap_or_else(|p| p.into_inner());
+            for key in &keys {
+                if self.budgeted.contains_key(key) {
+                    to_check.insert(key.clone());
+                }
+            }
+        }
+        let summary = Self::tally(outcomes)?;
         self.accepted.fetch_add(summary.accepted, Relaxed);
         self.duplicates.fetch_add(summary.duplicates, Relaxed);
         Ok(summary)
@@ -1249,15 +1377,28 @@ impl PartitionEngine {
     /// the directory is a projection of the journal's customer commands.
     /// Fills the directory from the customers the segments hold after recovery.
     async fn rebuild_directory(&self) -> Result<(), EngineError> {
-        type Found = Vec<(CustomerKey, Vec<AccountId>, Option<chrono::NaiveDate>)>;
+        type Found = Vec<(
+            CustomerKey,
+            Vec<AccountId>,
+            Option<chrono::NaiveDate>,
+            bool,
+            Vec<AlertMark>,
+        )>;
         let found: Arc<std::sync::Mutex<Found>> = Default::default();
         let sink = found.clone();
         self.runtime
             .visit(Arc::new(move |_, entities| {
                 let mine: Found = entities
                     .filter_map(|(key, e)| {
-                        e.customer()
-                            .map(|c| (key.clone(), c.accounts.clone(), e.last_usage()))
+                        e.customer().map(|c| {
+                            (
+                                key.clone(),
+                                c.accounts.clone(),
+                                e.last_usage(),
+                                e.has_budget(),
+                                e.alerts().to_vec(),
+                            )
+                        })
                     })
                     .collect();
                 sink.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
@@ -1266,9 +1407,21 @@ impl PartitionEngine {
             .map_err(|e| EngineError::Unavailable(format!("partition {:?}: {e}", self.id)))?;
         let found = std::mem::take(&mut *found.lock().unwrap_or_else(|p| p.into_inner()));
         let mut latest = i64::MIN;
-        for (key, accounts, last) in found {
+        for (key, accounts, last, budgeted, marks) in found {
             for (slot, a) in accounts.iter().enumerate() {
                 self.directory.insert(a.clone(), (key.clone(), slot as u32));
+            }
+            // Alerts journaled before a crash that kept them from the log, appended now;
+            // and every budgeted customer is checked once.
+            for mark in &marks {
+                self.alerts.record(&key, mark).map_err(EngineError::Unavailable)?;
+            }
+            if budgeted {
+                self.budgeted.insert(key.clone(), ());
+                self.to_check
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key.clone());
             }
             if let Some(day) = last {
                 latest = latest.max(days(day));

@@ -172,6 +172,19 @@ impl Daemon {
         }
     }
 
+    /// The status line and headers of a GET whose body never ends (a stream).
+    pub fn head_of(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.addr).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
+            head.push(byte[0]);
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
     pub fn get(&self, path: &str) -> (u16, String) {
         let r = self.request("GET", path, "application/json", "");
         (r.status, r.body)

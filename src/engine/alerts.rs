@@ -1,0 +1,232 @@
+//! Budget alerts: checking running bills against budgets, and delivering the alerts.
+//!
+//! After usage arrives for a customer with a budget (its own, or one of its accounts'),
+//! the customer is marked for a check; every `alerts.check_interval_ms` the marked
+//! customers' running bills are priced and compared with their thresholds. A threshold
+//! reached is first journaled in the customer (`RaiseAlert`), which answers whether it
+//! is new: so an alert fires once per threshold, account and period, also across
+//! restarts. A new alert is then appended to `alerts.ndjson` (synced), which is the
+//! list the API serves, streams over Server-Sent Events, and the webhook delivers from
+//! in order (its position is kept in `webhook.cursor`; a webhook that is down delays
+//! alerts and loses none). At start, alerts journaled but missing from the file (a
+//! crash in between) are appended, and every budgeted customer is checked once.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::account::AlertMark;
+use crate::domain::Period;
+
+/// An alert as listed, streamed and POSTed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Alert {
+    /// Position in the partition's alert log, from 1: the SSE event id.
+    pub seq: u64,
+    /// `{partition}/{period}/{customer}[/{account}]/{threshold}`: stable, for receivers
+    /// that deduplicate.
+    pub id: String,
+    pub partition: String,
+    pub customer: String,
+    /// Set for an account's own budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    pub period: Period,
+    /// Percent of the budget reached.
+    pub threshold: u32,
+    pub budget: Decimal,
+    /// The running bill when the threshold was crossed.
+    pub spent: Decimal,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Alert {
+    pub fn id_of(partition: &str, customer: &str, mark: &AlertMark) -> String {
+        match &mark.account {
+            Some(a) => format!("{partition}/{}/{customer}/{a}/{}", mark.period, mark.threshold),
+            None => format!("{partition}/{}/{customer}/{}", mark.period, mark.threshold),
+        }
+    }
+}
+
+struct Log {
+    alerts: Vec<Arc<Alert>>,
+    ids: HashSet<String>,
+    file: Option<File>,
+}
+
+/// A partition's alerts: the durable log, its subscribers and its webhook.
+pub struct AlertBook {
+    partition: String,
+    dir: Option<PathBuf>,
+    log: Mutex<Log>,
+    /// The number of alerts, for subscribers to wait on.
+    count: tokio::sync::watch::Sender<u64>,
+}
+
+impl AlertBook {
+    /// Opens the log in `dir` (none: in memory). A last line cut short by a crash is
+    /// dropped (its alert is journaled and is appended again at start).
+    pub fn open(partition: &str, dir: Option<PathBuf>) -> Result<AlertBook, String> {
+        let mut alerts = Vec::new();
+        let mut file = None;
+        if let Some(dir) = &dir {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let path = dir.join("alerts.ndjson");
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            };
+            let mut good = 0usize;
+            for line in bytes.split_inclusive(|&b| b == b'\n') {
+                if !line.ends_with(b"\n") {
+                    tracing::warn!(file = %path.display(), offset = good, "torn last alert truncated");
+                    break;
+                }
+                let alert: Alert = serde_json::from_slice(line).map_err(|e| {
+                    format!(
+                        "{} at offset {good}: a damaged alert ({e}); restore the file from a backup",
+                        path.display()
+                    )
+                })?;
+                alerts.push(Arc::new(alert));
+                good += line.len();
+            }
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            f.set_len(good as u64)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            file = Some(f);
+        }
+        let ids = alerts.iter().map(|a| a.id.clone()).collect();
+        let (count, _) = tokio::sync::watch::channel(alerts.len() as u64);
+        Ok(AlertBook {
+            partition: partition.to_owned(),
+            dir,
+            log: Mutex::new(Log { alerts, ids, file }),
+            count,
+        })
+    }
+
+    /// Appends the alert for `mark` unless it is in the log already; answers it if new.
+    pub fn record(&self, customer: &str, mark: &AlertMark) -> Result<Option<Arc<Alert>>, String> {
+        let id = Alert::id_of(&self.partition, customer, mark);
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.ids.contains(&id) {
+            return Ok(None);
+        }
+        let alert = Arc::new(Alert {
+            seq: log.alerts.len() as u64 + 1,
+            id: id.clone(),
+            partition: self.partition.clone(),
+            customer: customer.to_owned(),
+            account: mark.account.as_ref().map(|a| a.to_string()),
+            period: mark.period,
+            threshold: mark.threshold,
+            budget: mark.budget,
+            spent: mark.spent,
+            at: mark.at,
+        });
+        if let Some(file) = log.file.as_mut() {
+            let mut line = serde_json::to_vec(&*alert).expect("plain data");
+            line.push(b'\n');
+            file.write_all(&line)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| format!("writing the alert log: {e}"))?;
+        }
+        log.ids.insert(id);
+        log.alerts.push(alert.clone());
+        let n = log.alerts.len() as u64;
+        drop(log);
+        self.count.send_replace(n);
+        tracing::info!(
+            partition = %self.partition, customer, account = ?alert.account, period = %alert.period,
+            threshold = alert.threshold, spent = %alert.spent, budget = %alert.budget, "budget alert"
+        );
+        Ok(Some(alert))
+    }
+
+    /// Every alert, oldest first (of `period` only, when given).
+    pub fn list(&self, period: Option<Period>) -> Vec<Arc<Alert>> {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.alerts
+            .iter()
+            .filter(|a| period.is_none_or(|p| a.period == p))
+            .cloned()
+            .collect()
+    }
+
+    /// The alerts after `seq`.
+    pub fn after(&self, seq: u64) -> Vec<Arc<Alert>> {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.alerts.iter().skip(seq as usize).cloned().collect()
+    }
+
+    /// Changes whenever an alert is appended.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.count.subscribe()
+    }
+
+    fn cursor_file(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join("webhook.cursor"))
+    }
+
+    /// Delivers every alert to `url`, in order, for as long as the book exists: each is
+    /// retried (backing off up to `max_backoff`) until answered 2xx, and the position
+    /// is kept on disk so that a restart goes on from it.
+    pub async fn deliver(
+        self: Arc<Self>,
+        url: String,
+        timeout: std::time::Duration,
+        max_backoff: std::time::Duration,
+    ) {
+        let cursor_file = self.cursor_file();
+        let mut cursor: u64 = cursor_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let mut watch = self.watch();
+        let client = awc::Client::builder().timeout(timeout).finish();
+        let mut backoff = std::time::Duration::from_millis(50);
+        loop {
+            let pending = self.after(cursor);
+            let Some(alert) = pending.first() else {
+                if watch.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            match client.post(url.as_str()).send_json(&**alert).await {
+                Ok(response) if response.status().is_success() => {
+                    cursor = alert.seq;
+                    if let Some(f) = &cursor_file {
+                        if let Err(e) = super::write_atomically(f, cursor.to_string().as_bytes()) {
+                            tracing::warn!(error = %e, "cannot keep the webhook position; an alert may be sent twice");
+                        }
+                    }
+                    backoff = std::time::Duration::from_millis(50);
+                }
+                outcome => {
+                    let why = match outcome {
+                        Ok(r) => format!("answered {}", r.status()),
+                        Err(e) => e.to_string(),
+                    };
+                    tracing::warn!(partition = %self.partition, alert = %alert.id, %url, %why,
+                        retry_in_ms = backoff.as_millis() as u64, "webhook failed; will retry");
+                    actix_rt::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(max_backoff);
+                }
+            }
+        }
+    }
+}
