@@ -249,7 +249,8 @@ async fn run() {
     )
     .await
     .unwrap();
-    let p = engine.partition("aws").unwrap();
+    let partition = engine.partition("aws").unwrap();
+    let p: &PartitionEngine = &partition;
     let catalog = p.catalog();
     let meters: Vec<(String, Option<String>)> = catalog
         .meters()

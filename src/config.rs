@@ -312,6 +312,79 @@ fn default_late_grace_days() -> u32 {
     3
 }
 
+/// A partition created through the API (`POST /v1/partitions`): a new client realm with
+/// its own currency and catalog, opened while the others run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionSpec {
+    /// 1 to 64 of `A–Z a–z 0–9 _ -` (it names the partition's data folder).
+    pub id: String,
+    /// ISO 4217 code, e.g. `EUR`.
+    pub currency: String,
+    #[serde(default)]
+    pub rounding: RoundingMode,
+    /// The partition's catalog: its versions, oldest first.
+    pub catalog: Vec<CatalogVersionSpec>,
+    /// The first open period (YYYY-MM); absent: the current month.
+    #[serde(default)]
+    pub open_period: Option<String>,
+    #[serde(default = "default_late_grace_days")]
+    pub late_grace_days: u32,
+}
+
+impl PartitionSpec {
+    /// Checks the spec; the error names the field.
+    pub fn to_config(&self) -> Result<PartitionConfig, crate::domain::usage::FieldError> {
+        use crate::domain::usage::FieldError;
+        let id_ok = (1..=64).contains(&self.id.len())
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !id_ok {
+            return Err(FieldError::new(
+                "id",
+                format!("must be 1 to 64 of A-Z a-z 0-9 _ - (got {:?})", self.id),
+            ));
+        }
+        let currency: Currency = self
+            .currency
+            .parse()
+            .map_err(|e: String| FieldError::new("currency", e))?;
+        let mut catalog = Catalog::new();
+        for (v, spec) in self.catalog.iter().enumerate() {
+            catalog
+                .publish(spec)
+                .map_err(|e| FieldError::new(format!("catalog[{v}].{}", e.field), e.message))?;
+        }
+        if catalog.version_count() == 0 {
+            return Err(FieldError::new("catalog", "needs at least one version"));
+        }
+        let open_period = match &self.open_period {
+            Some(text) => Some(
+                text.parse::<Period>()
+                    .map_err(|e| FieldError::new("open_period", e))?,
+            ),
+            None => None,
+        };
+        if self.late_grace_days > 28 {
+            return Err(FieldError::new(
+                "late_grace_days",
+                format!("must be from 0 to 28 (got {})", self.late_grace_days),
+            ));
+        }
+        Ok(PartitionConfig {
+            id: self.id.clone(),
+            rounding: Rounding::new(currency, self.rounding),
+            open_period,
+            late_grace_days: self.late_grace_days,
+            catalog_name: format!("{}-catalog", self.id),
+            catalog,
+            customers: Vec::new(),
+        })
+    }
+}
+
 /// A setting refused: the key at fault and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -375,3 +375,80 @@ fn late_usage_after_the_grace_window_is_refused_naming_the_period() {
     let bill = get(&d, "/v1/partitions/aws/customers/acme/bill");
     assert_eq!(bill["total"], "0.00");
 }
+
+#[test]
+fn a_new_client_partition_is_onboarded_through_the_api_without_a_restart() {
+    let dir = TempDir::new("onboarding");
+    let d = Daemon::start_at(&dir.0, Some(CONFIG));
+    post(
+        &d,
+        "/v1/partitions/aws/customers",
+        json!({"id": "acme", "payer": "111111111111"}),
+    );
+    let eu = json!({
+        "id": "eu", "currency": "EUR", "open_period": "2026-11",
+        "catalog": [{"effective_from": "2026-11-01", "meters": [
+            {"name": "vm.hours", "aggregation": "sum", "unit": "hours",
+             "price": {"model": "per_unit", "unit_price": "0.05"}}]}]
+    });
+    let created = post(&d, "/v1/partitions", eu.clone());
+    assert_eq!(created["id"], "eu");
+    assert_eq!(created["currency"], "EUR");
+    assert_eq!(created["open_period"], "2026-11");
+    // Bad specs are refused, naming the field; a second "eu" is a conflict.
+    assert_eq!(d.post("/v1/partitions", &eu.to_string()).status, 409);
+    let mut bad = eu.clone();
+    bad["id"] = json!("../etc");
+    let r = d.post("/v1/partitions", &bad.to_string());
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("id"), "{}", r.body);
+    bad["id"] = json!("eu2");
+    bad["currency"] = json!("EUX");
+    let r = d.post("/v1/partitions", &bad.to_string());
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("currency"), "{}", r.body);
+
+    // It works at once, in its own currency; the partition that ran before still does.
+    post(
+        &d,
+        "/v1/partitions/eu/customers",
+        json!({"id": "bmw", "payer": "de-1"}),
+    );
+    let r = post(
+        &d,
+        "/v1/partitions/eu/usage",
+        json!([usage("v1", "de-1", "vm.hours", "100", "2026-11-05T08:00:00Z")]),
+    );
+    assert_eq!(r["accepted"], 1);
+    // 100 h × 0.05 = 5.00 EUR.
+    let bill = get(&d, "/v1/partitions/eu/customers/bmw/bill");
+    assert_eq!(
+        (bill["currency"].as_str(), bill["total"].as_str()),
+        (Some("EUR"), Some("5.00"))
+    );
+    let r = post(
+        &d,
+        "/v1/partitions/aws/usage",
+        json!([usage(
+            "a1",
+            "111111111111",
+            "ec2.instance_hours",
+            "10",
+            "2026-11-05T08:00:00Z"
+        )]),
+    );
+    assert_eq!(r["accepted"], 1);
+
+    // It is there after a restart, with its customers and usage.
+    stop(d);
+    let d = Daemon::start_at(&dir.0, Some(CONFIG));
+    let bill = get(&d, "/v1/partitions/eu/customers/bmw/bill");
+    assert_eq!(bill["total"], "5.00");
+    let ids: Vec<String> = get(&d, "/v1/partitions")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["aws", "eu"]);
+}

@@ -92,6 +92,7 @@ pub async fn render(engine: Ready, http: web::Data<HttpMetrics>) -> HttpResponse
     let mut out = String::new();
     let partitions: Vec<(String, crate::engine::Counters)> = engine
         .partitions()
+        .iter()
         .map(|p| (escape(&p.id), p.counters()))
         .collect();
     let per_partition = |f: fn(&crate::engine::Counters) -> u64| {

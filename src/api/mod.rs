@@ -60,6 +60,7 @@ api! {
     get "/metrics" => metrics::render { "Prometheus text metrics.", scope: Some("read"), request: None, ok: 200, response: None }
     get "/v1/openapi.json" => openapi_json { "This document.", scope: Some("read"), request: None, ok: 200, response: None }
     get "/v1/partitions" => v1::partitions { "Partitions with their currency, segments, customers and accounts.", scope: Some("read"), request: None, ok: 200, response: Some(schema::<Vec<v1::PartitionView>>) }
+    post "/v1/partitions" => v1::create_partition { "Creates a partition with its own currency and catalog, without a restart.", scope: Some("admin"), request: Some(schema::<crate::config::PartitionSpec>), ok: 201, response: Some(schema::<v1::PartitionView>) }
     get "/v1/partitions/{p}/catalog" => v1::get_catalog { "The catalog version in force (today, or `?at=YYYY-MM-DD`).", scope: Some("read"), request: None, ok: 200, response: Some(schema::<CatalogVersionSpec>) }
     put "/v1/partitions/{p}/catalog" => v1::put_catalog { "Publishes a catalog version effective from a date.", scope: Some("admin"), request: Some(schema::<CatalogVersionSpec>), ok: 201, response: Some(schema::<v1::Published>) }
     get "/v1/partitions/{p}/customers" => v1::list_customers { "Every customer with its accounts.", scope: Some("read"), request: None, ok: 200, response: Some(schema::<Vec<v1::CustomerItem>>) }

@@ -15,7 +15,7 @@ use crate::domain::invoice::{
 use crate::domain::{Bill, CatalogVersionSpec, Currency, Customer, CustomerSpec, Period};
 use crate::engine::{Engine, EngineError, PartitionEngine};
 
-fn partition<'e>(engine: &'e Engine, id: &str) -> Result<&'e PartitionEngine, Problem> {
+fn partition(engine: &Engine, id: &str) -> Result<std::sync::Arc<PartitionEngine>, Problem> {
     engine.partition(id).map_err(Problem::from)
 }
 
@@ -58,6 +58,7 @@ pub(super) struct PartitionView {
 pub(super) async fn partitions(engine: Ready) -> HttpResponse {
     let views: Vec<PartitionView> = engine
         .partitions()
+        .iter()
         .map(|p| {
             let s = p.summary();
             PartitionView {
@@ -71,6 +72,26 @@ pub(super) async fn partitions(engine: Ready) -> HttpResponse {
         })
         .collect();
     HttpResponse::Ok().json(views)
+}
+
+/// Creates a partition (a new client realm, its own catalog and currency) while the
+/// others run.
+pub(super) async fn create_partition(
+    engine: Ready,
+    limits: web::Data<LimitSettings>,
+    payload: web::Payload,
+) -> Result<HttpResponse, Problem> {
+    let spec: crate::config::PartitionSpec = read_json(payload, &limits).await?;
+    let summary = engine.create_partition(spec).await?;
+    let p = engine.partition(&summary.id).map_err(Problem::from)?;
+    Ok(HttpResponse::Created().json(PartitionView {
+        id: summary.id,
+        currency: summary.currency,
+        segments: summary.segments,
+        customers: summary.customers,
+        accounts: summary.accounts,
+        open_period: p.period(),
+    }))
 }
 
 #[derive(Deserialize)]

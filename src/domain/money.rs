@@ -133,7 +133,7 @@ impl schemars::JsonSchema for Currency {
 }
 
 /// How a value exactly halfway between two minor units (and any other value) is rounded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RoundingMode {
     /// Banker's rounding: halves go to the even neighbour (2.345 → 2.34, 2.355 → 2.36).

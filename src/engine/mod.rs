@@ -33,7 +33,7 @@ use tallyman_actors::{
     SubmitError, SupervisionConfig,
 };
 
-use crate::config::{PartitionConfig, RuntimeSettings, Validated};
+use crate::config::{PartitionConfig, PartitionSpec, RuntimeSettings, Validated};
 use crate::domain::customer::{Credit, Discount};
 use crate::domain::invoice::AccountBill;
 use crate::domain::usage::{event_fingerprint, FieldError};
@@ -300,7 +300,11 @@ pub struct EngineOptions {
 /// What the engine serves.
 pub struct Engine {
     profiles: Arc<BTreeMap<String, BillingProfile>>,
-    partitions: BTreeMap<String, Arc<PartitionEngine>>,
+    partitions: RwLock<BTreeMap<String, Arc<PartitionEngine>>>,
+    /// The partitions created through the API (kept in `partitions.json`); held while
+    /// one is being created.
+    created: tokio::sync::Mutex<Vec<PartitionSpec>>,
+    ctx: Opening,
     pool: Arc<ArbiterPool>,
     router: Addr<Router>,
 }
@@ -365,178 +369,43 @@ impl Engine {
             },
         )
         .start();
-        let profiles = Arc::new(settings.profiles.clone());
+        let ctx = Opening {
+            runtime: settings.runtime.clone(),
+            alerts: settings.alerts.clone(),
+            options,
+            profiles: Arc::new(settings.profiles.clone()),
+            pool: pool.clone(),
+            router: router.clone(),
+        };
+        let mut configs: Vec<PartitionConfig> = settings.partitions.clone();
+        let created = match &ctx.options.journal {
+            JournalMode::File { dir, .. } => created_partitions(&dir.join("partitions.json"))?,
+            _ => Vec::new(),
+        };
+        for spec in &created {
+            if configs.iter().any(|c| c.id == spec.id) {
+                return Err(EngineError::Unavailable(format!(
+                    "partition {:?} is configured and was also created through the API; remove one of them",
+                    spec.id
+                )));
+            }
+            configs.push(spec.to_config().map_err(|e| {
+                EngineError::Unavailable(format!("partitions.json: partition {:?}: {e}", spec.id))
+            })?);
+        }
         let mut partitions = BTreeMap::new();
-        for p in &settings.partitions {
-            let started = std::time::Instant::now();
-            let journal: Arc<dyn Journal<Batch<CustomerEntity>>> = match &options.journal {
-                JournalMode::Retained => Arc::new(MemoryJournal::new()),
-                JournalMode::Discarded => Arc::new(MemoryJournal::discarding()),
-                JournalMode::File {
-                    dir,
-                    fsync,
-                    file_bytes,
-                } => Arc::new(
-                    FileJournal::open(
-                        FileJournalConfig {
-                            dir: dir.join(&p.id).join("journal"),
-                            segment_bytes: *file_bytes,
-                            fsync: if *fsync {
-                                FsyncPolicy::EveryBatch
-                            } else {
-                                FsyncPolicy::Never
-                            },
-                            fault: None,
-                        },
-                        Arc::new(codec::BatchCodec),
-                    )
-                    .map_err(|e| EngineError::Unavailable(format!("partition {:?}: {e}", p.id)))?,
-                ),
-            };
-            let catalog_file = match &options.journal {
-                JournalMode::File { dir, .. } => Some(dir.join(&p.id).join("catalog.json")),
-                _ => None,
-            };
-            let mut catalog = p.catalog.clone();
-            if let Some(file) = &catalog_file {
-                for spec in published_versions(file)? {
-                    catalog.publish(&spec).map_err(|e| {
-                        EngineError::Unavailable(format!(
-                            "{}: a published version no longer follows the configured catalog: {e}",
-                            file.display()
-                        ))
-                    })?;
-                }
-            }
-            let snapshots: Arc<dyn SnapshotStore<CustomerEntity>> = match &options.journal {
-                JournalMode::File { dir, fsync, .. } => Arc::new(
-                    FileSnapshots::open(
-                        FileSnapshotsConfig {
-                            dir: dir.join(&p.id).join("snapshots"),
-                            keep: 2,
-                            fsync: *fsync,
-                        },
-                        Arc::new(codec::EntityCodec),
-                    )
-                    .map_err(|e| EngineError::Unavailable(format!("partition {:?}: snapshots: {e}", p.id)))?,
-                ),
-                _ => Arc::new(MemorySnapshots::default()),
-            };
-            let runtime = Partition::start(
-                runtime_config(&p.id, &settings.runtime),
-                journal.clone(),
-                snapshots,
-                pool.clone(),
-                options.fault_hook.clone(),
-            )
-            .await;
-            let _ = router.send(Register(Box::new(runtime.clone()))).await;
-            let data = match &options.journal {
-                JournalMode::File { dir, .. } => Some(dir.join(&p.id)),
-                _ => None,
-            };
-            let periods_file = data.as_ref().map(|d| d.join("periods.json"));
-            let configured = PeriodState {
-                open: p
-                    .open_period
-                    .unwrap_or_else(|| Period::containing(chrono::Utc::now().date_naive())),
-                closing: None,
-            };
-            let periods = match &periods_file {
-                Some(file) => load_period_state(file)?.unwrap_or(configured),
-                None => configured,
-            };
-            if periods.open != configured.open && p.open_period.is_some() {
-                tracing::info!(partition = %p.id, configured = %configured.open, open = %periods.open,
-                    "the open period moved on with bill runs; the configured one is only the first");
-            }
-            let invoices = InvoiceStore::open(&p.id, data.as_ref().map(|d| d.join("invoices")))
-                .map_err(|e| EngineError::Unavailable(format!("partition {:?}: invoices: {e}", p.id)))?;
-            let engine =
-                PartitionEngine {
-                    id: p.id.clone(),
-                    rounding: p.rounding,
-                    periods: RwLock::new(periods),
-                    periods_file,
-                    invoices,
-                    runs: Default::default(),
-                    closing: tokio::sync::Mutex::new(()),
-                    fault_abort_after_invoice_batches: options.fault_abort_after_invoice_batches,
-                    late_grace_days: p.late_grace_days,
-                    now: options.now,
-                    alerts: Arc::new(AlertBook::open(&p.id, data.clone()).map_err(|e| {
-                        EngineError::Unavailable(format!("partition {:?}: alerts: {e}", p.id))
-                    })?),
-                    budgeted: DashMap::with_hasher(Hashing::default()),
-                    to_check: Default::default(),
-                    catalog_name: p.catalog_name.clone(),
-                    catalog: RwLock::new(Arc::new(catalog)),
-                    catalog_file,
-                    latest_usage_day: std::sync::atomic::AtomicI64::new(i64::MIN),
-                    accepted: Default::default(),
-                    duplicates: Default::default(),
-                    rejected: Default::default(),
-                    profiles: profiles.clone(),
-                    directory: DashMap::with_hasher(Hashing::default()),
-                    customers: DashMap::with_hasher(Hashing::default()),
-                    routing: tokio::sync::RwLock::new(()),
-                    runtime,
-                    journal: journal.clone(),
-                    snapshotting: tokio::sync::Mutex::new(()),
-                    events_at_snapshot: Default::default(),
-                };
-            engine.rebuild_directory().await?;
-            // Configured customers are created once; later runs keep what the journal holds.
-            let missing: Vec<Customer> = p
-                .customers
-                .iter()
-                .filter(|c| !engine.customers.contains_key(c.id.as_str()))
-                .cloned()
-                .collect();
-            if !missing.is_empty() {
-                engine.upsert_customers(missing).await?;
-            }
-            tracing::info!(
-                partition = %p.id,
-                journal_lsn = journal.last_lsn(),
-                customers = engine.customers.len(),
-                accounts = engine.directory.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "partition recovered"
-            );
-            partitions.insert(p.id.clone(), Arc::new(engine));
+        for p in &configs {
+            let partition = open_partition(&ctx, p).await?;
+            partitions.insert(p.id.clone(), partition);
         }
         for p in partitions.values() {
-            let every = std::time::Duration::from_millis(settings.alerts.check_interval_ms);
-            actix_rt::spawn(budget_loop(Arc::downgrade(p), every));
-            if !settings.alerts.webhook_url.is_empty() {
-                actix_rt::spawn(p.alerts.clone().deliver(
-                    settings.alerts.webhook_url.clone(),
-                    std::time::Duration::from_millis(settings.alerts.webhook_timeout_ms),
-                    std::time::Duration::from_millis(settings.alerts.webhook_max_backoff_ms),
-                ));
-            }
-        }
-        for p in partitions.values() {
-            // A bill run cut short by a stop or a crash resumes now.
-            if let Some(period) = p.period_state().closing {
-                tracing::info!(partition = %p.id, %period, "resuming the bill run");
-                p.start_bill_run(period).await?;
-            }
-        }
-        if options.journal != JournalMode::Discarded {
-            let cadence = SnapshotCadence {
-                every: (r.snapshot_interval_secs > 0)
-                    .then(|| std::time::Duration::from_secs(r.snapshot_interval_secs)),
-                every_events: r.snapshot_every_events,
-            };
-            for p in partitions.values() {
-                actix_rt::spawn(snapshot_loop(Arc::downgrade(p), cadence));
-            }
+            start_partition_tasks(&ctx, p).await?;
         }
         Ok(Engine {
-            profiles,
-            partitions,
+            profiles: ctx.profiles.clone(),
+            partitions: RwLock::new(partitions),
+            created: tokio::sync::Mutex::new(created),
+            ctx,
             pool,
             router,
         })
@@ -546,33 +415,68 @@ impl Engine {
         self.profiles.values()
     }
 
-    pub fn partition(&self, id: &str) -> Result<&PartitionEngine, EngineError> {
+    pub fn partition(&self, id: &str) -> Result<Arc<PartitionEngine>, EngineError> {
         self.partitions
-            .get(id)
-            .map(|p| &**p)
-            .ok_or_else(|| EngineError::UnknownPartition(id.to_owned()))
-    }
-
-    /// A partition, shared: for work that outlives the request (bill runs).
-    pub fn partition_handle(&self, id: &str) -> Result<Arc<PartitionEngine>, EngineError> {
-        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
             .ok_or_else(|| EngineError::UnknownPartition(id.to_owned()))
     }
 
-    pub fn partitions(&self) -> impl Iterator<Item = &PartitionEngine> {
-        self.partitions.values().map(|p| &**p)
+    /// Same as [`Engine::partition`].
+    pub fn partition_handle(&self, id: &str) -> Result<Arc<PartitionEngine>, EngineError> {
+        self.partition(id)
+    }
+
+    /// Every partition, by id.
+    pub fn partitions(&self) -> Vec<Arc<PartitionEngine>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn partition_summaries(&self) -> Vec<PartitionSummary> {
-        self.partitions.values().map(|p| p.summary()).collect()
+        self.partitions().iter().map(|p| p.summary()).collect()
+    }
+
+    /// Creates a partition while the others run: its own catalog, currency and
+    /// customers. It is kept in `partitions.json` and opened again at every start.
+    pub async fn create_partition(&self, spec: PartitionSpec) -> Result<PartitionSummary, EngineError> {
+        let config = spec.to_config().map_err(EngineError::Invalid)?;
+        let mut created = self.created.lock().await;
+        if self.partition(&spec.id).is_ok() {
+            return Err(EngineError::Conflict(format!(
+                "partition {:?} exists already",
+                spec.id
+            )));
+        }
+        if let JournalMode::File { dir, .. } = &self.ctx.options.journal {
+            let mut all = created.clone();
+            all.push(spec.clone());
+            let file = dir.join("partitions.json");
+            write_atomically(&file, &serde_json::to_vec_pretty(&all).expect("plain data"))
+                .map_err(|e| EngineError::Unavailable(format!("cannot write {}: {e}", file.display())))?;
+        }
+        let partition = open_partition(&self.ctx, &config).await?;
+        start_partition_tasks(&self.ctx, &partition).await?;
+        created.push(spec);
+        let summary = partition.summary();
+        self.partitions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(config.id.clone(), partition);
+        tracing::info!(partition = %summary.id, currency = %summary.currency, "partition created");
+        Ok(summary)
     }
 
     /// Every segment of every partition, with its arbiter and load counters.
     pub fn segments(&self) -> Vec<SegmentInfo> {
-        self.partitions
-            .values()
+        self.partitions()
+            .iter()
             .flat_map(|p| p.runtime.segments())
             .collect()
     }
@@ -581,7 +485,7 @@ impl Engine {
     /// in its last sample.
     pub async fn segment_report(&self) -> Vec<SegmentView> {
         let (loads, _) = self.router.send(Loads).await.unwrap_or_default();
-        let names: Vec<&str> = self.partitions.keys().map(String::as_str).collect();
+        let names: Vec<String> = self.partitions().iter().map(|p| p.id.clone()).collect();
         self.segments()
             .into_iter()
             .map(|s| {
@@ -611,7 +515,7 @@ impl Engine {
 
     /// Segment moves and restarts so far, over all partitions.
     pub fn moves_and_restarts(&self) -> (u64, u64) {
-        self.partitions.values().fold((0, 0), |(m, r), p| {
+        self.partitions().iter().fold((0, 0), |(m, r), p| {
             (m + p.runtime.moves(), r + p.runtime.restarts())
         })
     }
@@ -619,7 +523,7 @@ impl Engine {
     /// Every dead letter of every partition, oldest first.
     pub fn dead_letters(&self) -> Vec<DeadLetterView> {
         let mut out = Vec::new();
-        for p in self.partitions.values() {
+        for p in self.partitions() {
             p.runtime.dead_letters().for_each(|l| {
                 out.push(DeadLetterView {
                     partition: p.id.clone(),
@@ -663,7 +567,7 @@ impl Engine {
     /// or why the snapshot failed (the journal then keeps everything).
     pub async fn snapshot_all(&self) -> BTreeMap<String, Result<Lsn, String>> {
         let mut out = BTreeMap::new();
-        for p in self.partitions.values() {
+        for p in self.partitions() {
             let result = p.snapshot().await;
             if let Err(e) = &result {
                 tracing::warn!(partition = %p.id, error = %e, "snapshot failed; the journal keeps everything");
@@ -675,13 +579,210 @@ impl Engine {
 
     /// Stops the segments and closes the journals (everything appended is written).
     pub fn stop(&self) {
-        for p in self.partitions.values() {
+        for p in self.partitions() {
             p.runtime.stop();
         }
         self.pool.stop();
-        for p in self.partitions.values() {
+        for p in self.partitions() {
             p.journal.close();
         }
+    }
+}
+
+/// What opening a partition needs from the engine.
+struct Opening {
+    runtime: RuntimeSettings,
+    alerts: crate::config::AlertSettings,
+    options: EngineOptions,
+    profiles: Arc<BTreeMap<String, BillingProfile>>,
+    pool: Arc<ArbiterPool>,
+    router: Addr<Router>,
+}
+
+/// Opens one partition: its journal, snapshots, runtime (recovered), invoices, alerts
+/// and directory; creates its configured customers the first time.
+async fn open_partition(ctx: &Opening, p: &PartitionConfig) -> Result<Arc<PartitionEngine>, EngineError> {
+    let started = std::time::Instant::now();
+    let journal: Arc<dyn Journal<Batch<CustomerEntity>>> = match &ctx.options.journal {
+        JournalMode::Retained => Arc::new(MemoryJournal::new()),
+        JournalMode::Discarded => Arc::new(MemoryJournal::discarding()),
+        JournalMode::File {
+            dir,
+            fsync,
+            file_bytes,
+        } => Arc::new(
+            FileJournal::open(
+                FileJournalConfig {
+                    dir: dir.join(&p.id).join("journal"),
+                    segment_bytes: *file_bytes,
+                    fsync: if *fsync {
+                        FsyncPolicy::EveryBatch
+                    } else {
+                        FsyncPolicy::Never
+                    },
+                    fault: None,
+                },
+                Arc::new(codec::BatchCodec),
+            )
+            .map_err(|e| EngineError::Unavailable(format!("partition {:?}: {e}", p.id)))?,
+        ),
+    };
+    let catalog_file = match &ctx.options.journal {
+        JournalMode::File { dir, .. } => Some(dir.join(&p.id).join("catalog.json")),
+        _ => None,
+    };
+    let mut catalog = p.catalog.clone();
+    if let Some(file) = &catalog_file {
+        for spec in published_versions(file)? {
+            catalog.publish(&spec).map_err(|e| {
+                EngineError::Unavailable(format!(
+                    "{}: a published version no longer follows the configured catalog: {e}",
+                    file.display()
+                ))
+            })?;
+        }
+    }
+    let snapshots: Arc<dyn SnapshotStore<CustomerEntity>> = match &ctx.options.journal {
+        JournalMode::File { dir, fsync, .. } => Arc::new(
+            FileSnapshots::open(
+                FileSnapshotsConfig {
+                    dir: dir.join(&p.id).join("snapshots"),
+                    keep: 2,
+                    fsync: *fsync,
+                },
+                Arc::new(codec::EntityCodec),
+            )
+            .map_err(|e| EngineError::Unavailable(format!("partition {:?}: snapshots: {e}", p.id)))?,
+        ),
+        _ => Arc::new(MemorySnapshots::default()),
+    };
+    let runtime = Partition::start(
+        runtime_config(&p.id, &ctx.runtime),
+        journal.clone(),
+        snapshots,
+        ctx.pool.clone(),
+        ctx.options.fault_hook.clone(),
+    )
+    .await;
+    let _ = ctx.router.send(Register(Box::new(runtime.clone()))).await;
+    let data = match &ctx.options.journal {
+        JournalMode::File { dir, .. } => Some(dir.join(&p.id)),
+        _ => None,
+    };
+    let periods_file = data.as_ref().map(|d| d.join("periods.json"));
+    let configured = PeriodState {
+        open: p
+            .open_period
+            .unwrap_or_else(|| Period::containing(chrono::Utc::now().date_naive())),
+        closing: None,
+    };
+    let periods = match &periods_file {
+        Some(file) => load_period_state(file)?.unwrap_or(configured),
+        None => configured,
+    };
+    if periods.open != configured.open && p.open_period.is_some() {
+        tracing::info!(partition = %p.id, configured = %configured.open, open = %periods.open,
+                "the open period moved on with bill runs; the configured one is only the first");
+    }
+    let invoices = InvoiceStore::open(&p.id, data.as_ref().map(|d| d.join("invoices")))
+        .map_err(|e| EngineError::Unavailable(format!("partition {:?}: invoices: {e}", p.id)))?;
+    let engine = PartitionEngine {
+        id: p.id.clone(),
+        rounding: p.rounding,
+        periods: RwLock::new(periods),
+        periods_file,
+        invoices,
+        runs: Default::default(),
+        closing: tokio::sync::Mutex::new(()),
+        fault_abort_after_invoice_batches: ctx.options.fault_abort_after_invoice_batches,
+        late_grace_days: p.late_grace_days,
+        now: ctx.options.now,
+        alerts: Arc::new(
+            AlertBook::open(&p.id, data.clone())
+                .map_err(|e| EngineError::Unavailable(format!("partition {:?}: alerts: {e}", p.id)))?,
+        ),
+        budgeted: DashMap::with_hasher(Hashing::default()),
+        to_check: Default::default(),
+        catalog_name: p.catalog_name.clone(),
+        catalog: RwLock::new(Arc::new(catalog)),
+        catalog_file,
+        latest_usage_day: std::sync::atomic::AtomicI64::new(i64::MIN),
+        accepted: Default::default(),
+        duplicates: Default::default(),
+        rejected: Default::default(),
+        profiles: ctx.profiles.clone(),
+        directory: DashMap::with_hasher(Hashing::default()),
+        customers: DashMap::with_hasher(Hashing::default()),
+        routing: tokio::sync::RwLock::new(()),
+        runtime,
+        journal: journal.clone(),
+        snapshotting: tokio::sync::Mutex::new(()),
+        events_at_snapshot: Default::default(),
+    };
+    engine.rebuild_directory().await?;
+    // Configured customers are created once; later runs keep what the journal holds.
+    let missing: Vec<Customer> = p
+        .customers
+        .iter()
+        .filter(|c| !engine.customers.contains_key(c.id.as_str()))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        engine.upsert_customers(missing).await?;
+    }
+    tracing::info!(
+        partition = %p.id,
+        journal_lsn = journal.last_lsn(),
+        customers = engine.customers.len(),
+        accounts = engine.directory.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "partition recovered"
+    );
+    Ok(Arc::new(engine))
+}
+
+/// Starts a partition's background work: budget checks, the webhook, snapshots, and
+/// the bill run a stop or a crash cut short.
+async fn start_partition_tasks(ctx: &Opening, p: &Arc<PartitionEngine>) -> Result<(), EngineError> {
+    let every = std::time::Duration::from_millis(ctx.alerts.check_interval_ms);
+    actix_rt::spawn(budget_loop(Arc::downgrade(p), every));
+    if !ctx.alerts.webhook_url.is_empty() {
+        actix_rt::spawn(p.alerts.clone().deliver(
+            ctx.alerts.webhook_url.clone(),
+            std::time::Duration::from_millis(ctx.alerts.webhook_timeout_ms),
+            std::time::Duration::from_millis(ctx.alerts.webhook_max_backoff_ms),
+        ));
+    }
+    if ctx.options.journal != JournalMode::Discarded {
+        let r = &ctx.runtime;
+        let cadence = SnapshotCadence {
+            every: (r.snapshot_interval_secs > 0)
+                .then(|| std::time::Duration::from_secs(r.snapshot_interval_secs)),
+            every_events: r.snapshot_every_events,
+        };
+        actix_rt::spawn(snapshot_loop(Arc::downgrade(p), cadence));
+    }
+    if let Some(period) = p.period_state().closing {
+        tracing::info!(partition = %p.id, %period, "resuming the bill run");
+        p.start_bill_run(period).await?;
+    }
+    Ok(())
+}
+
+/// The partitions created through the API, kept in `file`.
+fn created_partitions(file: &std::path::Path) -> Result<Vec<PartitionSpec>, EngineError> {
+    match std::fs::read(file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            EngineError::Unavailable(format!(
+                "{} is damaged ({e}); restore it from a backup",
+                file.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(EngineError::Unavailable(format!(
+            "cannot read {}: {e}",
+            file.display()
+        ))),
     }
 }
 
