@@ -12,6 +12,11 @@
 //! A last phase runs the bill run that closes the period for every customer.
 //!
 //! Sizes can be scaled down for a quick look: `cargo bench --bench ingest -- --accounts 100000`.
+//! `--events-per-account N` sets the load (5 by default); `--scale` keeps only the load,
+//! the restarts and the bill run, for the largest sizes:
+//! `cargo bench --bench ingest -- --durable --scale --accounts 21000000 --events-per-account 2
+//! --data DIR` loads and snapshots, then `cargo bench --bench ingest -- --recover --data DIR
+//! --accounts 21000000` measures a cold start in a fresh process and the bill run.
 //! With `-- --durable`, the journal is the file journal with an `fdatasync` before every
 //! acknowledgement (16 batches in flight so that group commit has something to group),
 //! and a fourth phase measures cold restarts: from the journal alone, then (after timing
@@ -38,6 +43,14 @@ struct Args {
     in_flight: usize,
     /// Journal to files, synced before every acknowledgement.
     durable: bool,
+    /// Load and snapshot only (for the largest sizes); the cold restart and the bill
+    /// run are measured by a second process with `--recover`.
+    scale: bool,
+    /// Keep the engine's files in this folder (and start from them with `--recover`).
+    data: Option<std::path::PathBuf>,
+    /// Start on the files of `--data` (a cold restart in a fresh process), then run the
+    /// bill run.
+    recover: bool,
 }
 
 fn args() -> Args {
@@ -49,6 +62,9 @@ fn args() -> Args {
         batch: 1000,
         in_flight: 4,
         durable: false,
+        scale: false,
+        data: None,
+        recover: false,
     };
     let argv: Vec<String> = std::env::args().collect();
     let value = |name: &str| {
@@ -62,6 +78,19 @@ fn args() -> Args {
         a.accounts = v;
         a.load_events = v * 5;
         a.timed_events = v * 2;
+    }
+    if let Some(v) = value("--events-per-account") {
+        a.load_events = a.accounts * v;
+    }
+    if argv.iter().any(|x| x == "--scale") {
+        a.scale = true;
+    }
+    if let Some(i) = argv.iter().position(|x| x == "--data") {
+        a.data = argv.get(i + 1).map(std::path::PathBuf::from);
+    }
+    if argv.iter().any(|x| x == "--recover") {
+        a.recover = true;
+        a.durable = true;
     }
     if let Some(v) = value("--batch") {
         a.batch = v;
@@ -222,7 +251,13 @@ async fn run() {
     let a = args();
     let settings = settings();
     let usd = Currency::from_code("USD").unwrap();
-    let journal_dir = std::env::temp_dir().join(format!("tallyman-ingest-bench-{}", std::process::id()));
+    let journal_dir = a.data.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("tallyman-ingest-bench-{}", std::process::id()))
+    });
+    if a.recover {
+        recover(&settings, &journal_dir, a.accounts).await;
+        return;
+    }
     let journal = if a.durable {
         JournalMode::File {
             dir: journal_dir.clone(),
@@ -314,69 +349,85 @@ async fn run() {
         (rss2 - rss0) as f64 / a.accounts as f64
     );
 
-    // Phase 2: throughput, with the events generated beforehand.
-    let timed: Vec<Vec<UsageEvent>> = (0..a.timed_events / a.batch).map(|_| w.batch(a.batch)).collect();
-    let started = Instant::now();
-    let ingested = ingest_all(p, timed.into_iter(), a.in_flight).await;
-    let elapsed = started.elapsed();
-    println!(
-        "throughput: {} events in {:.2} s: {:.0} events/s ({} in flight)",
-        ingested,
-        elapsed.as_secs_f64(),
-        ingested as f64 / elapsed.as_secs_f64(),
-        a.in_flight
-    );
-
-    // Phase 3: a skewed load that the rebalancer evens out.
-    let segments = p.runtime().segment_count();
-    let placement: Vec<Option<usize>> = engine.segments().iter().map(|s| s.arbiter).collect();
-    let hot: Vec<usize> = (0..w.accounts.len())
-        .filter(|&i| {
-            let customer = p.customer_of(&w.accounts[i]).unwrap();
-            let segment = p.runtime().segment_of(&customer);
-            placement[segment as usize] == Some(0)
-        })
-        .collect();
-    let skewed = |n: usize, w: &mut Workload| -> Vec<Vec<UsageEvent>> {
-        (0..n)
-            .map(|_| {
-                (0..a.batch)
-                    .map(|_| {
-                        let account = hot[w.rng.random_range(0..hot.len())];
-                        w.event_for(account)
-                    })
-                    .collect()
-            })
-            .collect()
-    };
-    let window = |engine: &Engine, batches: Vec<Vec<UsageEvent>>| {
-        let before = busy_per_arbiter(engine);
+    if !a.scale {
+        // Phase 2: throughput, with the events generated beforehand.
+        let timed: Vec<Vec<UsageEvent>> = (0..a.timed_events / a.batch).map(|_| w.batch(a.batch)).collect();
         let started = Instant::now();
-        async move {
-            ingest_all(p, batches.into_iter(), a.in_flight).await;
-            (before, started.elapsed().as_secs_f64())
+        let ingested = ingest_all(p, timed.into_iter(), a.in_flight).await;
+        let elapsed = started.elapsed();
+        println!(
+            "throughput: {} events in {:.2} s: {:.0} events/s ({} in flight)",
+            ingested,
+            elapsed.as_secs_f64(),
+            ingested as f64 / elapsed.as_secs_f64(),
+            a.in_flight
+        );
+
+        // Phase 3: a skewed load that the rebalancer evens out.
+        let segments = p.runtime().segment_count();
+        let placement: Vec<Option<usize>> = engine.segments().iter().map(|s| s.arbiter).collect();
+        let hot: Vec<usize> = (0..w.accounts.len())
+            .filter(|&i| {
+                let customer = p.customer_of(&w.accounts[i]).unwrap();
+                let segment = p.runtime().segment_of(&customer);
+                placement[segment as usize] == Some(0)
+            })
+            .collect();
+        let skewed = |n: usize, w: &mut Workload| -> Vec<Vec<UsageEvent>> {
+            (0..n)
+                .map(|_| {
+                    (0..a.batch)
+                        .map(|_| {
+                            let account = hot[w.rng.random_range(0..hot.len())];
+                            w.event_for(account)
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        let window = |engine: &Engine, batches: Vec<Vec<UsageEvent>>| {
+            let before = busy_per_arbiter(engine);
+            let started = Instant::now();
+            async move {
+                ingest_all(p, batches.into_iter(), a.in_flight).await;
+                (before, started.elapsed().as_secs_f64())
+            }
+        };
+        let router = engine.router().clone();
+        router.send(RebalanceNow).await.unwrap();
+        let (b0, secs) = window(&engine, skewed(300, &mut w)).await;
+        let before = fractions(&b0, &busy_per_arbiter(&engine), secs);
+        let mut moved = 0;
+        for _ in 0..6 {
+            let started = router.send(RebalanceNow).await.unwrap();
+            // Let the moves finish before sampling again.
+            while engine.segments().iter().any(|s| s.state == "moving") {
+                actix_rt::time::sleep(Duration::from_millis(1)).await;
+            }
+            moved += started;
+            window(&engine, skewed(100, &mut w)).await;
         }
-    };
-    let router = engine.router().clone();
-    router.send(RebalanceNow).await.unwrap();
-    let (b0, secs) = window(&engine, skewed(300, &mut w)).await;
-    let before = fractions(&b0, &busy_per_arbiter(&engine), secs);
-    let mut moved = 0;
-    for _ in 0..6 {
-        let started = router.send(RebalanceNow).await.unwrap();
-        // Let the moves finish before sampling again.
-        while engine.segments().iter().any(|s| s.state == "moving") {
-            actix_rt::time::sleep(Duration::from_millis(1)).await;
-        }
-        moved += started;
-        window(&engine, skewed(100, &mut w)).await;
-    }
-    let (b1, secs) = window(&engine, skewed(300, &mut w)).await;
-    let after = fractions(&b1, &busy_per_arbiter(&engine), secs);
-    println!(
+        let (b1, secs) = window(&engine, skewed(300, &mut w)).await;
+        let after = fractions(&b1, &busy_per_arbiter(&engine), secs);
+        println!(
         "rebalancing ({} segments, hot traffic on the segments of arbiter 0): busy per arbiter before {:?}, after {} moves {:?}",
         segments, before, moved, after
     );
+    }
+    if a.scale {
+        let started = Instant::now();
+        p.snapshot().await.unwrap();
+        println!(
+            "snapshot of {} accounts: {:.2} s, {:.0} MiB ({:.0} bytes per account); journal left {:.0} MiB",
+            a.accounts,
+            started.elapsed().as_secs_f64(),
+            disk_bytes(&journal_dir.join("aws/snapshots")) as f64 / 1048576.0,
+            disk_bytes(&journal_dir.join("aws/snapshots")) as f64 / a.accounts as f64,
+            disk_bytes(&journal_dir.join("aws/journal")) as f64 / 1048576.0
+        );
+        engine.stop();
+        return;
+    }
     let engine = if a.durable {
         restarts(&settings, engine, &journal_dir, &w).await
     } else {
@@ -384,7 +435,41 @@ async fn run() {
     };
     bill_run(&engine, &journal_dir, a.accounts).await;
     engine.stop();
-    let _ = std::fs::remove_dir_all(&journal_dir);
+    if a.data.is_none() {
+        let _ = std::fs::remove_dir_all(&journal_dir);
+    }
+}
+
+/// `--recover`: a cold start of a fresh process on the files of `--data`, then the bill
+/// run.
+async fn recover(settings: &Validated, dir: &std::path::Path, accounts: usize) {
+    let rss0 = rss_bytes();
+    let started = Instant::now();
+    let engine = Engine::start(
+        settings,
+        EngineOptions {
+            journal: JournalMode::File {
+                dir: dir.to_path_buf(),
+                fsync: true,
+                file_bytes: 128 << 20,
+            },
+            ..EngineOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let elapsed = started.elapsed();
+    let found = engine.partition("aws").unwrap().summary().accounts;
+    println!(
+        "cold start of a fresh process on {} ({} accounts): {:.2} s; {:.0} MiB resident ({:.0} bytes per account)",
+        dir.display(),
+        found,
+        elapsed.as_secs_f64(),
+        (rss_bytes() - rss0) as f64 / 1048576.0,
+        (rss_bytes() - rss0) as f64 / found.max(1) as f64
+    );
+    bill_run(&engine, dir, accounts).await;
+    engine.stop();
 }
 
 /// Phase 5: the bill run that closes the period for every customer, invoices written

@@ -4,4 +4,7 @@
 //! from the catalog) and, being seeded, replays it exactly. Its checks of tallyd's answers
 //! are its own simple re-computation, never the engine's pricing code.
 
+pub mod cli;
+pub mod report;
+pub mod run;
 pub mod workload;

@@ -12,12 +12,75 @@ use tallyman::config::Settings;
 use tallyman::domain::meter::Aggregation;
 use tallyman::domain::Period;
 
-/// Tallyman's load generator: a seeded billing workload for tallyd.
+/// Tallyman's load generator: a seeded billing workload for tallyd, sent open loop at a
+/// target rate (or closed loop to find the maximum), with HdrHistogram latency reports.
 #[derive(Debug, Parser)]
-#[command(name = "loadgen", version, about, long_about = None)]
+#[command(name = "loadgen", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// tallyd's base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long, conflicts_with = "spawn")]
+    target: Option<String>,
+    /// Start a tallyd (the binary beside loadgen) on a temporary data folder.
+    #[arg(long)]
+    spawn: bool,
+    #[arg(long, default_value_t = 10_000)]
+    accounts: usize,
+    #[arg(long, default_value_t = 2_000)]
+    customers: usize,
+    /// Events per second offered (open loop); 0 sends as fast as answers come back
+    /// (closed loop), to find the maximum throughput.
+    #[arg(long, default_value_t = 100_000)]
+    rate: u64,
+    /// Seconds measured, after the warm-up.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds sent but not measured, first.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Events per request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Folder for latency.hgrm, latency.hlog, summary.json and latency.svg.
+    #[arg(long, default_value = "loadgen-out")]
+    out: PathBuf,
+    /// The customers exist already: do not create them.
+    #[arg(long)]
+    no_seed: bool,
+    #[arg(long, default_value = "aws")]
+    partition: String,
+    /// The billing period the events fall in (YYYY-MM); tallyd's open period.
+    #[arg(long, default_value = "2026-11")]
+    period: Period,
+    /// tallyd configuration to take the catalog from (default: the embedded one).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[arg(long, default_value_t = 1.1)]
+    family_skew: f64,
+    #[arg(long, default_value_t = 1.0)]
+    traffic_skew: f64,
+    #[arg(long, default_value = "standard")]
+    profile: String,
+    /// Compare every customer's bill with loadgen's own computation (not built yet).
+    #[arg(long)]
+    verify: bool,
+    /// SIGKILL and restart the spawned tallyd during the run (not built yet).
+    #[arg(long)]
+    chaos: bool,
+    /// Drive the engine in-process, without HTTP (not built yet).
+    #[arg(long)]
+    in_process: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,12 +125,54 @@ struct Generate {
 }
 
 fn main() -> ExitCode {
-    let Cli { command } = Cli::parse();
+    let Cli { command, run } = Cli::parse();
     let result = match command {
-        Command::Generate(g) => generate(g),
+        Some(Command::Generate(g)) => generate(g),
+        None => loadgen::cli::load(loadgen::cli::Load {
+            target: run.target,
+            spawn: run.spawn,
+            accounts: run.accounts,
+            customers: run.customers,
+            rate: run.rate,
+            duration: run.duration,
+            warmup: run.warmup,
+            batch: run.batch,
+            connections: run.connections,
+            seed: run.seed,
+            out: run.out,
+            no_seed: run.no_seed,
+            partition: run.partition.clone(),
+            period: run.period,
+            family_skew: run.family_skew,
+            traffic_skew: run.traffic_skew,
+            profile: run.profile,
+            meters: match meters(run.config.as_deref(), &run.partition, run.period) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("loadgen: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            unbuilt: [
+                ("--verify", run.verify),
+                ("--chaos", run.chaos),
+                ("--in-process", run.in_process),
+            ]
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| *name)
+            .collect(),
+        })
+        .map(|clean| {
+            if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("loadgen: {e}");
             ExitCode::from(2)
@@ -75,17 +180,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn meters(g: &Generate) -> Result<Vec<MeterShape>, String> {
-    let settings = Settings::load(g.config.as_deref())
+fn meters(
+    config: Option<&std::path::Path>,
+    partition: &str,
+    period: Period,
+) -> Result<Vec<MeterShape>, String> {
+    let settings = Settings::load(config)
         .and_then(|s| s.validate())
         .map_err(|e| e.to_string())?;
     let partition = settings
         .partitions
         .iter()
-        .find(|p| p.id == g.partition)
-        .ok_or_else(|| format!("no partition {:?} in the configuration", g.partition))?;
+        .find(|p| p.id == partition)
+        .ok_or_else(|| format!("no partition {partition:?} in the configuration"))?;
     let catalog = &partition.catalog;
-    let period_start = g.period.first_day();
+    let period_start = period.first_day();
     Ok(catalog
         .meters()
         .filter(|(id, _)| {
@@ -107,7 +216,7 @@ fn meters(g: &Generate) -> Result<Vec<MeterShape>, String> {
         .collect())
 }
 
-fn generate(g: Generate) -> Result<(), String> {
+fn generate(g: Generate) -> Result<ExitCode, String> {
     let midnight =
         |d: chrono::NaiveDate| Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight exists"));
     let spec = WorkloadSpec {
@@ -120,7 +229,7 @@ fn generate(g: Generate) -> Result<(), String> {
         period_end: midnight(g.period.end()),
         profile: g.profile.clone(),
     };
-    let mut workload = Workload::new(spec, meters(&g)?)?;
+    let mut workload = Workload::new(spec, meters(g.config.as_deref(), &g.partition, g.period)?)?;
     std::fs::create_dir_all(&g.out).map_err(|e| format!("cannot create {}: {e}", g.out.display()))?;
     let open = |name: &str| {
         let path = g.out.join(name);
@@ -150,5 +259,6 @@ fn generate(g: Generate) -> Result<(), String> {
         g.events,
         g.out.display()
     )
-    .map_err(io)
+    .map_err(io)?;
+    Ok(ExitCode::SUCCESS)
 }
