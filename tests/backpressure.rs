@@ -45,6 +45,14 @@ fn a_saturated_segment_answers_429_with_retry_after() {
     s.runtime.rebalance_interval_secs = 0;
     s.partitions.truncate(1);
     s.partitions[0].open_period = Some("2026-11".into());
+    // Budget checks are background queries that take a mailbox place too; this test
+    // counts the segment's one place exactly, so its customers have no budget.
+    for set in s.customer_sets.values_mut() {
+        for c in set.iter_mut() {
+            c.budget = None;
+            c.account_budgets.clear();
+        }
+    }
     let settings = s.validate().unwrap();
 
     // The first usage command to reach the segment blocks it until the gate opens.
