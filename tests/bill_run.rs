@@ -194,6 +194,15 @@ fn a_bill_run_closes_the_period_with_invoices_worked_out_by_hand() {
         json!({"id": "promo-7", "amount": "4.00", "remaining": "16.05"})
     );
     assert_eq!(bill["total"], "0.00");
+    // Posting the customer's terms again keeps the credit's balance: it is a grant.
+    post(
+        &d,
+        customers,
+        json!({"id": "acme", "payer": "111111111111", "accounts": ["111111111111"],
+               "credits": [{"id": "promo-7", "amount": "50.00", "expires": "2027-06-30", "meters": ["ec2.instance_hours"]}]}),
+    );
+    let bill = get(&d, "/v1/partitions/aws/customers/acme/bill");
+    assert_eq!(bill["credits"][0]["remaining"], "16.05", "{bill}");
     // Nothing of January yet, and no run for a period that is not open.
     let r = d.post(
         "/v1/partitions/aws/usage",
@@ -216,8 +225,14 @@ fn a_bill_run_closes_the_period_with_invoices_worked_out_by_hand() {
     assert_eq!(again["invoices"], 3);
     assert_eq!(d.get("/v1/partitions/aws/invoices?period=2026-11").1, ndjson);
 
-    // All of it survives a restart.
+    // All of it survives a restart, even one after a crash between the run's summary
+    // and the period state (which then still says November is closing).
     stop(d);
+    std::fs::write(
+        dir.0.join("data/aws/periods.json"),
+        r#"{"open": "2026-12", "closing": "2026-11"}"#,
+    )
+    .unwrap();
     let d = Daemon::start_at_with_env(&dir.0, Some(CONFIG), &now);
     let run = get(&d, "/v1/partitions/aws/bill-runs/aws-2026-11");
     assert_eq!(
@@ -234,6 +249,36 @@ fn a_bill_run_closes_the_period_with_invoices_worked_out_by_hand() {
         (Some("2026-12"), Some("0.00"))
     );
     assert_eq!(bill["credits"][0]["remaining"], "16.05");
+    // December can be closed: nothing is left "closing". acme (4.00, paid by its
+    // credit) and bigco (its 1000.00 commitment) get invoices.
+    post(&d, "/v1/partitions/aws/bill-runs", json!({"period": "2026-12"}));
+    let run = wait_done(&d, "aws-2026-12");
+    assert_eq!(
+        (run["invoices"].as_u64(), run["total_billed"].as_str()),
+        (Some(2), Some("1000.00")),
+        "{run}"
+    );
+}
+
+#[test]
+fn a_period_closed_without_invoices_is_still_closed_after_a_restart() {
+    let dir = TempDir::new("no-invoices");
+    let d = Daemon::start_at(&dir.0, Some(CONFIG));
+    post(
+        &d,
+        "/v1/partitions/aws/customers",
+        json!({"id": "idle", "payer": "444444444444"}),
+    );
+    post(&d, "/v1/partitions/aws/bill-runs", json!({"period": "2026-11"}));
+    assert_eq!(wait_done(&d, "aws-2026-11")["invoices"], 0);
+    stop(d);
+    let d = Daemon::start_at(&dir.0, Some(CONFIG));
+    let run = get(&d, "/v1/partitions/aws/bill-runs/aws-2026-11");
+    assert_eq!(
+        (run["state"].as_str(), run["invoices"].as_u64()),
+        (Some("done"), Some(0))
+    );
+    assert_eq!(get(&d, "/v1/partitions")[0]["open_period"], "2026-12");
 }
 
 #[test]

@@ -159,8 +159,9 @@ pub enum CustomerQuery {
 #[derive(Clone, Debug)]
 pub enum CustomerAnswer {
     Bill(Result<Box<Bill>, String>),
-    /// Each threshold newly reached.
-    Budgets(Result<Vec<Crossing>, String>),
+    /// Each threshold newly reached, and the alerts raised already in the open period
+    /// (for the engine to make sure its alert log has them).
+    Budgets(Result<(Vec<Crossing>, Vec<AlertMark>), String>),
     Terms(Option<Box<Customer>>),
 }
 
@@ -518,7 +519,27 @@ impl CustomerEntity {
             })
             .collect();
         self.departed = old.into_iter().filter(|(_, u)| !u.is_empty()).collect();
-        self.customer = Some(Box::new(customer.clone()));
+        let mut terms = customer.clone();
+        if let Some(previous) = self.customer.take() {
+            // Credits and discounts are grants, not terms: new terms keep those granted
+            // before (a credit with its balance left), and add the ones with new ids.
+            let mut credits = previous.credits;
+            let mut next = credits.iter().map(|c| c.granted + 1).max().unwrap_or(0);
+            for mut c in terms.credits.drain(..) {
+                if !credits.iter().any(|x| x.id == c.id) {
+                    c.granted = next;
+                    next += 1;
+                    credits.push(c);
+                }
+            }
+            terms.credits = credits;
+            for d in previous.discounts {
+                if !terms.discounts.iter().any(|x| x.id == d.id) {
+                    terms.discounts.push(d);
+                }
+            }
+        }
+        self.customer = Some(Box::new(terms));
     }
 
     fn release(&mut self, account: &AccountId, period: Period) -> CustomerReply {
@@ -693,7 +714,15 @@ impl Entity for CustomerEntity {
         match query {
             CustomerQuery::Bill(view) => CustomerAnswer::Bill(self.bill(view).map(Box::new)),
             CustomerQuery::PeriodBill(view) => CustomerAnswer::Bill(self.bill_of_period(view).map(Box::new)),
-            CustomerQuery::Budgets(view) => CustomerAnswer::Budgets(self.budgets(view)),
+            CustomerQuery::Budgets(view) => CustomerAnswer::Budgets(self.budgets(view).map(|c| {
+                let raised = self
+                    .alerts
+                    .iter()
+                    .filter(|a| a.period == view.period)
+                    .cloned()
+                    .collect();
+                (c, raised)
+            })),
             CustomerQuery::Terms => CustomerAnswer::Terms(self.customer.clone()),
         }
     }

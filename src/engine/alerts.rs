@@ -58,6 +58,8 @@ struct Log {
     alerts: Vec<Arc<Alert>>,
     ids: HashSet<String>,
     file: Option<File>,
+    /// Bytes of whole alerts in the file.
+    size: u64,
 }
 
 /// A partition's alerts: the durable log, its subscribers and its webhook.
@@ -75,6 +77,7 @@ impl AlertBook {
     pub fn open(partition: &str, dir: Option<PathBuf>) -> Result<AlertBook, String> {
         let mut alerts = Vec::new();
         let mut file = None;
+        let mut good = 0usize;
         if let Some(dir) = &dir {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let path = dir.join("alerts.ndjson");
@@ -83,7 +86,6 @@ impl AlertBook {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
                 Err(e) => return Err(format!("{}: {e}", path.display())),
             };
-            let mut good = 0usize;
             for line in bytes.split_inclusive(|&b| b == b'\n') {
                 if !line.ends_with(b"\n") {
                     tracing::warn!(file = %path.display(), offset = good, "torn last alert truncated");
@@ -112,7 +114,12 @@ impl AlertBook {
         Ok(AlertBook {
             partition: partition.to_owned(),
             dir,
-            log: Mutex::new(Log { alerts, ids, file }),
+            log: Mutex::new(Log {
+                alerts,
+                ids,
+                file,
+                size: good as u64,
+            }),
             count,
         })
     }
@@ -136,12 +143,16 @@ impl AlertBook {
             spent: mark.spent,
             at: mark.at,
         });
+        let size = log.size;
         if let Some(file) = log.file.as_mut() {
             let mut line = serde_json::to_vec(&*alert).expect("plain data");
             line.push(b'\n');
-            file.write_all(&line)
-                .and_then(|()| file.sync_data())
-                .map_err(|e| format!("writing the alert log: {e}"))?;
+            if let Err(e) = file.write_all(&line).and_then(|()| file.sync_data()) {
+                // Cut a partial line back, so the log stays whole; the alert is tried again.
+                let _ = file.set_len(size);
+                return Err(format!("writing the alert log: {e}"));
+            }
+            log.size += line.len() as u64;
         }
         log.ids.insert(id);
         log.alerts.push(alert.clone());

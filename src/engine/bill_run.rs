@@ -249,6 +249,9 @@ struct SegmentBills {
     invoices: Vec<Priced>,
     /// Customers invoiced before a crash whose `Close` may not have been applied.
     reclose: Vec<CustomerKey>,
+    /// Customers with nothing to invoice: closed all the same, so that every customer
+    /// moves on to the next period in step.
+    nothing: Vec<CustomerKey>,
     /// Customers looked at.
     visited: u64,
     compute: Option<Histogram<u64>>,
@@ -285,6 +288,16 @@ impl PartitionEngine {
             return Ok(run.view());
         }
         if let Some(summary) = self.invoices.summary(period) {
+            // The run finished; if a crash came before the period state said so, say it now.
+            let state = self.period_state();
+            if state.closing == Some(period) {
+                let done = PeriodState {
+                    open: state.open,
+                    closing: None,
+                };
+                self.save_period_state(done)?;
+                *self.periods.write().unwrap_or_else(|p| p.into_inner()) = done;
+            }
             let run = Arc::new(BillRun::finished(&self.id, period, summary));
             self.runs
                 .lock()
@@ -356,7 +369,13 @@ impl PartitionEngine {
         let period = run.period;
         // Every record journaled before the close reaches its segment first.
         let journaled = self.journal.last_lsn();
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
         while self.journal.durable_lsn() < journaled {
+            if Instant::now() > deadline {
+                return Err(
+                    "the journal did not catch up within a minute; the run resumes when started again".into(),
+                );
+            }
             actix_rt::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         run.customers_total
@@ -424,6 +443,9 @@ impl PartitionEngine {
             if !written.is_empty() && self.fault_abort_after_invoice_batches == Some(batches) {
                 tracing::error!(partition = %self.id, batches, "test fault: aborting after writing invoices");
                 std::process::abort();
+            }
+            for key in bills.nothing {
+                closes.push((key, close_command(period, late_until, std::iter::empty())));
             }
             for key in bills.reclose {
                 let stored = self.invoices.of_customer(period, &key)?;
@@ -521,7 +543,7 @@ impl PartitionEngine {
                                 credits: bill.credits.iter().map(|c| (c.id.clone(), c.remaining)).collect(),
                                 encoded: InvoiceStore::encode(bill),
                             }),
-                            Ok(_) => {}
+                            Ok(_) => out.nothing.push(key.clone()),
                             Err(e) => out.failures.push(format!("customer {key}: {e}")),
                         }
                     }

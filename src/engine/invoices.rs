@@ -130,6 +130,26 @@ impl InvoiceStore {
                 let invoices = Self::load(partition, period, &path)?;
                 periods.insert(period, invoices);
             }
+            // A period closed without a single invoice has only its summary.
+            for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+                let path = entry.map_err(|e| e.to_string())?.path();
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if let Some(p) = name
+                    .strip_suffix(".done.json")
+                    .and_then(|p| p.parse::<Period>().ok())
+                {
+                    if let std::collections::btree_map::Entry::Vacant(v) = periods.entry(p) {
+                        let summary = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                        v.insert(PeriodInvoices {
+                            done: Some(
+                                serde_json::from_slice(&summary)
+                                    .map_err(|e| format!("{}: {e}", path.display()))?,
+                            ),
+                            ..PeriodInvoices::default()
+                        });
+                    }
+                }
+            }
         }
         Ok(InvoiceStore {
             partition: partition.to_owned(),

@@ -903,7 +903,13 @@ impl PartitionEngine {
             .ask(key.clone(), CustomerQuery::Budgets(view.clone()))?
             .await?
         {
-            Some(CustomerAnswer::Budgets(Ok(c))) => c,
+            Some(CustomerAnswer::Budgets(Ok((crossed, raised)))) => {
+                // An alert journaled whose log line was lost (a failed write) is logged now.
+                for mark in &raised {
+                    self.alerts.record(key, mark).map_err(EngineError::Unavailable)?;
+                }
+                crossed
+            }
             Some(CustomerAnswer::Budgets(Err(e))) => return Err(EngineError::Failed(e)),
             _ => return Ok(()),
         };
