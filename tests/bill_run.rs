@@ -110,6 +110,7 @@ fn a_bill_run_closes_the_period_with_invoices_worked_out_by_hand() {
 
     let run = post(&d, "/v1/partitions/aws/bill-runs", json!({"period": "2026-11"}));
     assert_eq!(run["id"], "aws-2026-11");
+    assert_eq!(run["customers_total"], 4, "{run}");
     let run = wait_done(&d, "aws-2026-11");
     // acme: 720 h × 0.0416 = 29.952 → 29.95; the credit (instance hours only) pays all
     //       of it and keeps 50.00 − 29.95 = 20.05; total 0.00 — still an invoice: usage.

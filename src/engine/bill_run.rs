@@ -144,9 +144,13 @@ impl BillRun {
         }
         let done = self.customers_done.load(Ordering::Relaxed);
         let total = self.customers_total.load(Ordering::Relaxed).max(done);
-        let elapsed = self.started.elapsed();
-        let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // A finished run's rate is over its duration, not over the time since it started.
+        let elapsed = match &state {
+            RunState::Done { duration_ms } => std::time::Duration::from_millis(*duration_ms),
+            _ => self.started.elapsed(),
+        };
+        let rate = done as f64 / elapsed.as_secs_f64().max(1e-3);
         let (name, eta_ms, duration_ms, error) = match &state {
             RunState::Running => (
                 "running",
@@ -331,7 +335,11 @@ impl PartitionEngine {
                 )))
             }
         }
-        let run = Arc::new(BillRun::new(&self.id, period));
+        let run = BillRun::new(&self.id, period);
+        run.customers_total
+            .store(self.customers.len() as u64, Ordering::Relaxed);
+        *run.total_billed.lock().unwrap_or_else(|p| p.into_inner()) = self.rounding.round(Decimal::ZERO);
+        let run = Arc::new(run);
         self.runs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -382,7 +390,7 @@ impl PartitionEngine {
             .store(self.customers.len() as u64, Ordering::Relaxed);
         let done: Arc<HashMap<Arc<str>, u32>> = Arc::new(self.invoices.customers(period));
         // Resuming: the invoices written before count in this run's totals.
-        let mut billed = Decimal::ZERO;
+        let mut billed = self.rounding.round(Decimal::ZERO);
         for customer in done.keys() {
             billed += self
                 .invoices
