@@ -104,16 +104,6 @@ fn alerts(d: &Daemon, n: usize) -> Vec<Value> {
     }
 }
 
-fn stop(mut d: Daemon) {
-    let pid = d.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    assert!(d.child.wait().unwrap().success());
-}
-
 #[test]
 fn budget_alerts_fire_once_per_threshold_across_a_restart_and_reach_the_webhook() {
     let dir = TempDir::new("alerts");
@@ -153,7 +143,7 @@ fn budget_alerts_fire_once_per_threshold_across_a_restart_and_reach_the_webhook(
     );
 
     // After a restart, nothing fires twice; the next thresholds fire once each.
-    stop(d);
+    d.stop();
     let d = Daemon::start_at(&dir.0, Some(&config));
     // 1720 h: 71.55 + 10.80 = 82.35, past 80%.
     usage(&d, "e5", "111111111111", hours, "400");

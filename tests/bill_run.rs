@@ -36,28 +36,6 @@ fn usage(id: &str, account: &str, meter: &str, quantity: &str, time: &str) -> Va
     json!({"id": id, "account": account, "meter": meter, "quantity": quantity, "time": time})
 }
 
-fn wait_done(d: &Daemon, id: &str) -> Value {
-    for _ in 0..2000 {
-        let run = get(d, &format!("/v1/partitions/aws/bill-runs/{id}"));
-        if run["state"] == "done" {
-            return run;
-        }
-        assert_eq!(run["state"], "running", "{run}");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    panic!("the bill run did not finish");
-}
-
-fn stop(mut d: Daemon) {
-    let pid = d.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    assert!(d.child.wait().unwrap().success());
-}
-
 #[test]
 fn a_bill_run_closes_the_period_with_invoices_worked_out_by_hand() {
     let dir = TempDir::new("bill-run-flow");
@@ -111,7 +89,7 @@ fn a_bill_run_closes_the_period_with_invoices_worked_out_by_hand() {
     let run = post(&d, "/v1/partitions/aws/bill-runs", json!({"period": "2026-11"}));
     assert_eq!(run["id"], "aws-2026-11");
     assert_eq!(run["customers_total"], 4, "{run}");
-    let run = wait_done(&d, "aws-2026-11");
+    let run = d.wait_for_bill_run("aws-2026-11");
     // acme: 720 h × 0.0416 = 29.952 → 29.95; the credit (instance hours only) pays all
     //       of it and keeps 50.00 − 29.95 = 20.05; total 0.00 — still an invoice: usage.
     // bigco: no usage; the enterprise minimum commitment 1000.00 is charged in full.
@@ -228,7 +206,7 @@ fn a_bill_run_closes_the_period_with_invoices_worked_out_by_hand() {
 
     // All of it survives a restart, even one after a crash between the run's summary
     // and the period state (which then still says November is closing).
-    stop(d);
+    d.stop();
     std::fs::write(
         dir.0.join("data/aws/periods.json"),
         r#"{"open": "2026-12", "closing": "2026-11"}"#,
@@ -253,7 +231,7 @@ fn a_bill_run_closes_the_period_with_invoices_worked_out_by_hand() {
     // December can be closed: nothing is left "closing". acme (4.00, paid by its
     // credit) and bigco (its 1000.00 commitment) get invoices.
     post(&d, "/v1/partitions/aws/bill-runs", json!({"period": "2026-12"}));
-    let run = wait_done(&d, "aws-2026-12");
+    let run = d.wait_for_bill_run("aws-2026-12");
     assert_eq!(
         (run["invoices"].as_u64(), run["total_billed"].as_str()),
         (Some(2), Some("1000.00")),
@@ -271,8 +249,8 @@ fn a_period_closed_without_invoices_is_still_closed_after_a_restart() {
         json!({"id": "idle", "payer": "444444444444"}),
     );
     post(&d, "/v1/partitions/aws/bill-runs", json!({"period": "2026-11"}));
-    assert_eq!(wait_done(&d, "aws-2026-11")["invoices"], 0);
-    stop(d);
+    assert_eq!(d.wait_for_bill_run("aws-2026-11")["invoices"], 0);
+    d.stop();
     let d = Daemon::start_at(&dir.0, Some(CONFIG));
     let run = get(&d, "/v1/partitions/aws/bill-runs/aws-2026-11");
     assert_eq!(
@@ -306,7 +284,7 @@ fn late_usage_within_the_grace_window_is_an_adjustment_on_the_next_invoice() {
     post(&d, "/v1/partitions/aws/usage", json!([on_time]));
     post(&d, "/v1/partitions/aws/bill-runs", json!({"period": "2026-11"}));
     // November: 4196 GB, the first 100 free: 4096 × 0.09 = 368.64.
-    let run = wait_done(&d, "aws-2026-11");
+    let run = d.wait_for_bill_run("aws-2026-11");
     assert_eq!(run["total_billed"], "368.64");
 
     // 1000 GB of November arrive late. Re-rated, 5196 GB: 5096 × 0.09 = 458.64, so the
@@ -349,7 +327,7 @@ fn late_usage_within_the_grace_window_is_an_adjustment_on_the_next_invoice() {
 
     // December's invoice carries it, and then it is done: no more late November usage.
     post(&d, "/v1/partitions/aws/bill-runs", json!({"period": "2026-12"}));
-    let run = wait_done(&d, "aws-2026-12");
+    let run = d.wait_for_bill_run("aws-2026-12");
     assert_eq!(run["total_billed"], "94.00");
     let (_, december) = d.get("/v1/partitions/aws/invoices?period=2026-12");
     let invoice: Value = serde_json::from_str(december.trim()).unwrap();
@@ -399,7 +377,7 @@ fn late_usage_after_the_grace_window_is_refused_naming_the_period() {
         )]),
     );
     post(&d, "/v1/partitions/aws/bill-runs", json!({"period": "2026-11"}));
-    wait_done(&d, "aws-2026-11");
+    d.wait_for_bill_run("aws-2026-11");
     let r = d.post(
         "/v1/partitions/aws/usage",
         &json!([usage(
@@ -486,7 +464,7 @@ fn a_new_client_partition_is_onboarded_through_the_api_without_a_restart() {
     assert_eq!(r["accepted"], 1);
 
     // It is there after a restart, with its customers and usage.
-    stop(d);
+    d.stop();
     let d = Daemon::start_at(&dir.0, Some(CONFIG));
     let bill = get(&d, "/v1/partitions/eu/customers/bmw/bill");
     assert_eq!(bill["total"], "5.00");

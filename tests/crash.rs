@@ -235,18 +235,6 @@ fn sigterm_drains_and_loses_nothing_acknowledged() {
     }
 }
 
-/// Stops tallyd with SIGTERM and waits for it to exit 0 (it snapshots on the way out).
-fn stop(mut d: Daemon) {
-    let pid = d.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let exit = d.child.wait().unwrap();
-    assert!(exit.success(), "tallyd exits 0 after SIGTERM: {exit}");
-}
-
 #[test]
 fn a_damaged_newest_snapshot_falls_back_to_the_older_one() {
     let dir = TempDir::new("snapshot-fallback");
@@ -256,12 +244,12 @@ fn a_damaged_newest_snapshot_falls_back_to_the_older_one() {
     for batch in &all[..15] {
         post_usage(&d, batch);
     }
-    stop(d);
+    d.stop();
     let d = Daemon::start_at(&dir.0, Some(CONFIG));
     for batch in &all[15..] {
         post_usage(&d, batch);
     }
-    stop(d);
+    d.stop();
     // Flip one byte in the middle of the newest snapshot of every segment.
     let snapshots = dir.0.join("data/aws/snapshots");
     let mut newest: HashMap<String, std::path::PathBuf> = HashMap::new();
@@ -305,21 +293,6 @@ fn a_damaged_newest_snapshot_falls_back_to_the_older_one() {
     assert_eq!(r, json!({"accepted": 0, "duplicates": 40}));
 }
 
-/// Polls a bill run until it is done; its final view.
-fn wait_for_bill_run(d: &Daemon, id: &str) -> Value {
-    for _ in 0..2000 {
-        let (status, body) = d.get(&format!("/v1/partitions/aws/bill-runs/{id}"));
-        assert_eq!(status, 200, "{body}\n{}", d.log.lock().unwrap().join("\n"));
-        let run: Value = serde_json::from_str(&body).unwrap();
-        match run["state"].as_str().unwrap() {
-            "done" => return run,
-            "running" => std::thread::sleep(std::time::Duration::from_millis(5)),
-            other => panic!("bill run {other}: {run}"),
-        }
-    }
-    panic!("the bill run did not finish");
-}
-
 #[test]
 fn a_crash_in_the_middle_of_a_bill_run_resumes_with_no_invoice_twice_or_missing() {
     let dir = TempDir::new("bill-run-crash");
@@ -343,7 +316,7 @@ fn a_crash_in_the_middle_of_a_bill_run_resumes_with_no_invoice_twice_or_missing(
 
     // The restart resumes the run by itself.
     let d = Daemon::start_at(&dir.0, Some(CONFIG));
-    let run = wait_for_bill_run(&d, "aws-2026-11");
+    let run = d.wait_for_bill_run("aws-2026-11");
     let events: Vec<Value> = all.iter().flatten().cloned().collect();
     let expected = expected(&dir.0, &events);
     assert_eq!(run["invoices"], expected.len(), "{run}");

@@ -61,6 +61,21 @@ struct Shared {
     error_samples: Vec<String>,
 }
 
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            latency: histogram(),
+            service: histogram(),
+            intervals: Vec::new(),
+            accepted: 0,
+            offered: 0,
+            too_busy: 0,
+            errors: 0,
+            error_samples: Vec::new(),
+        }
+    }
+}
+
 /// Sends batches from `bodies` (each a JSON array of `batch` events) per `spec`, and
 /// reports progress once a second on stderr. Must run inside an actix system.
 pub async fn run(spec: LoadSpec, bodies: tokio::sync::mpsc::Receiver<Vec<u8>>) -> LoadResult {
@@ -76,16 +91,7 @@ pub async fn run(spec: LoadSpec, bodies: tokio::sync::mpsc::Receiver<Vec<u8>>) -
     let measure_from = start + spec.warmup;
     let end = start + total_time;
     let next = Arc::new(AtomicU64::new(0));
-    let shared = Arc::new(Mutex::new(Shared {
-        latency: histogram(),
-        service: histogram(),
-        intervals: Vec::new(),
-        accepted: 0,
-        offered: 0,
-        too_busy: 0,
-        errors: 0,
-        error_samples: Vec::new(),
-    }));
+    let shared = Arc::new(Mutex::new(Shared::new()));
     let url = format!(
         "{}/v1/partitions/{}/usage",
         spec.target.trim_end_matches('/'),
@@ -224,19 +230,7 @@ pub async fn run(spec: LoadSpec, bodies: tokio::sync::mpsc::Receiver<Vec<u8>>) -
     }
     live.abort();
     let measured = start.elapsed().saturating_sub(spec.warmup);
-    let s = std::mem::replace(
-        &mut *shared.lock().unwrap(),
-        Shared {
-            latency: histogram(),
-            service: histogram(),
-            intervals: Vec::new(),
-            accepted: 0,
-            offered: 0,
-            too_busy: 0,
-            errors: 0,
-            error_samples: Vec::new(),
-        },
-    );
+    let s = std::mem::replace(&mut *shared.lock().unwrap(), Shared::new());
     LoadResult {
         latency: s.latency,
         service: s.service,

@@ -212,6 +212,21 @@ pub struct ClosingUsage {
 }
 
 impl CustomerEntity {
+    /// Takes the usage of `self.period` out, per account (departed ones included), sorted;
+    /// the accounts keep empty usage.
+    fn take_period_usage(&mut self) -> Vec<(AccountId, AccountUsage)> {
+        let accounts = self.customer.as_deref().map_or(&[][..], |c| &c.accounts[..]);
+        let mut usage: Vec<(AccountId, AccountUsage)> = accounts
+            .iter()
+            .cloned()
+            .zip(self.usage.iter_mut().map(std::mem::take))
+            .chain(self.departed.drain(..))
+            .filter(|(_, u)| !u.is_empty())
+            .collect();
+        usage.sort_by(|a, b| a.0.cmp(&b.0));
+        usage
+    }
+
     /// Moves the usage of `period` aside (to `closing`) once usage of a later period
     /// arrives, so the next period starts empty. A bill run closes a period before the
     /// one after it can open, so `closing` is always empty here.
@@ -220,15 +235,7 @@ impl CustomerEntity {
             Some(current) if current >= period => return,
             Some(current) => {
                 debug_assert!(self.closing.is_none(), "two periods waiting to be closed");
-                let accounts = self.customer.as_deref().map_or(&[][..], |c| &c.accounts[..]);
-                let mut usage: Vec<(AccountId, AccountUsage)> = accounts
-                    .iter()
-                    .cloned()
-                    .zip(self.usage.iter_mut().map(std::mem::take))
-                    .chain(self.departed.drain(..))
-                    .filter(|(_, u)| !u.is_empty())
-                    .collect();
-                usage.sort_by(|a, b| a.0.cmp(&b.0));
+                let usage = self.take_period_usage();
                 if !usage.is_empty() && self.closed_through.is_none_or(|c| c < current) {
                     self.closing = Some(Box::new(ClosingUsage {
                         period: current,
@@ -418,16 +425,7 @@ impl CustomerEntity {
             self.closing.take().map(|c| c.accounts).unwrap_or_default()
         } else if self.period == Some(close.period) {
             self.period = None;
-            let accounts = self.customer.as_deref().map_or(&[][..], |c| &c.accounts[..]);
-            let mut usage: Vec<(AccountId, AccountUsage)> = accounts
-                .iter()
-                .cloned()
-                .zip(self.usage.iter_mut().map(std::mem::take))
-                .chain(self.departed.drain(..))
-                .filter(|(_, u)| !u.is_empty())
-                .collect();
-            usage.sort_by(|a, b| a.0.cmp(&b.0));
-            usage
+            self.take_period_usage()
         } else {
             Vec::new()
         };

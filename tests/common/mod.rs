@@ -185,6 +185,34 @@ impl Daemon {
         String::from_utf8_lossy(&head).into_owned()
     }
 
+    /// Stops tallyd with SIGTERM and asserts that it exits 0 (it drains, snapshots and
+    /// stops).
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "tallyd exits 0 after SIGTERM: {exit}");
+    }
+
+    /// Polls bill run `id` of partition `aws` until it is done; answers its final view.
+    pub fn wait_for_bill_run(&self, id: &str) -> serde_json::Value {
+        for _ in 0..2000 {
+            let (status, body) = self.get(&format!("/v1/partitions/aws/bill-runs/{id}"));
+            assert_eq!(status, 200, "{body}\n{}", self.log.lock().unwrap().join("\n"));
+            let run: serde_json::Value = serde_json::from_str(&body).unwrap();
+            match run["state"].as_str().unwrap() {
+                "done" => return run,
+                "running" => std::thread::sleep(Duration::from_millis(5)),
+                other => panic!("bill run {other}: {run}"),
+            }
+        }
+        panic!("the bill run did not finish");
+    }
+
     pub fn get(&self, path: &str) -> (u16, String) {
         let r = self.request("GET", path, "application/json", "");
         (r.status, r.body)
