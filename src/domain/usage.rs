@@ -240,11 +240,127 @@ pub enum Applied {
 
 /// One account's usage in the open period: an aggregate per meter, and the fingerprints
 /// of the event ids already applied.
+///
+/// Memory is what bounds how many accounts one process holds, so both parts grow
+/// exactly: the meters one at a time (an account uses a few), the ids as [`EventIds`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountUsage {
     /// Sorted by meter id.
     meters: Vec<(MeterId, MeterAggregate)>,
-    seen: HashSet<u128, Prehashed>,
+    seen: EventIds,
+}
+
+/// The fingerprints of the event ids applied to one account in one period.
+///
+/// Nearly every account sees a few events a period, so a small set is a sorted vector
+/// (16 bytes an id, found by binary search) that grows by a quarter at a time; a hash
+/// table would cost 96 bytes for two ids. Past [`EventIds::SORTED_MAX`] ids, where
+/// inserting into the vector would move too much, it becomes a hash set.
+#[derive(Clone, Debug)]
+pub enum EventIds {
+    Sorted(Vec<u128>),
+    Hashed(Box<HashSet<u128, Prehashed>>),
+}
+
+impl Default for EventIds {
+    fn default() -> Self {
+        EventIds::Sorted(Vec::new())
+    }
+}
+
+impl EventIds {
+    /// The most ids kept as a sorted vector.
+    pub const SORTED_MAX: usize = 64;
+
+    pub fn contains(&self, id: u128) -> bool {
+        match self {
+            EventIds::Sorted(ids) => ids.binary_search(&id).is_ok(),
+            EventIds::Hashed(ids) => ids.contains(&id),
+        }
+    }
+
+    /// Adds `id`; `false` if it was there already.
+    pub fn insert(&mut self, id: u128) -> bool {
+        match self {
+            EventIds::Sorted(ids) => match ids.binary_search(&id) {
+                Ok(_) => false,
+                Err(_) if ids.len() == Self::SORTED_MAX => {
+                    let mut set: HashSet<u128, Prehashed> =
+                        HashSet::with_capacity_and_hasher(2 * Self::SORTED_MAX, Prehashed);
+                    set.extend(ids.iter().copied());
+                    set.insert(id);
+                    *self = EventIds::Hashed(Box::new(set));
+                    true
+                }
+                Err(i) => {
+                    if ids.len() == ids.capacity() {
+                        ids.reserve_exact((ids.len() / 4).max(1));
+                    }
+                    ids.insert(i, id);
+                    true
+                }
+            },
+            EventIds::Hashed(ids) => ids.insert(id),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            EventIds::Sorted(ids) => ids.len(),
+            EventIds::Hashed(ids) => ids.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every id, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = u128> + '_ {
+        let (sorted, hashed) = match self {
+            EventIds::Sorted(ids) => (Some(ids.iter().copied()), None),
+            EventIds::Hashed(ids) => (None, Some(ids.iter().copied())),
+        };
+        sorted.into_iter().flatten().chain(hashed.into_iter().flatten())
+    }
+}
+
+impl FromIterator<u128> for EventIds {
+    fn from_iter<I: IntoIterator<Item = u128>>(iter: I) -> Self {
+        let mut ids: Vec<u128> = iter.into_iter().collect();
+        if ids.len() > Self::SORTED_MAX {
+            return EventIds::Hashed(Box::new(ids.into_iter().collect()));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids.shrink_to_fit();
+        EventIds::Sorted(ids)
+    }
+}
+
+/// The same set of ids, however it is kept.
+impl PartialEq for EventIds {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (EventIds::Sorted(a), EventIds::Sorted(b)) => a == b,
+            _ => self.len() == other.len() && self.iter().all(|id| other.contains(id)),
+        }
+    }
+}
+
+impl Eq for EventIds {}
+
+/// A sequence of ids, as the hash set it replaced was written (snapshots stay readable).
+impl Serialize for EventIds {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventIds {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Vec::<u128>::deserialize(deserializer)?.into_iter().collect())
+    }
 }
 
 impl AccountUsage {
@@ -252,12 +368,15 @@ impl AccountUsage {
     /// event was applied before. The id is marked seen only if the aggregate changed,
     /// so "seen" and "applied" never disagree.
     pub fn apply(&mut self, event: u128, meter: MeterId, reading: &Reading) -> Result<Applied, Overflow> {
-        if self.seen.contains(&event) {
+        if self.seen.contains(event) {
             return Ok(Applied::Duplicate);
         }
         match self.meters.binary_search_by_key(&meter, |m| m.0) {
             Ok(i) => self.meters[i].1.apply(reading)?,
-            Err(i) => self.meters.insert(i, (meter, MeterAggregate::new(reading))),
+            Err(i) => {
+                self.meters.reserve_exact(1);
+                self.meters.insert(i, (meter, MeterAggregate::new(reading)));
+            }
         }
         self.seen.insert(event);
         Ok(Applied::New)
@@ -271,22 +390,27 @@ impl AccountUsage {
         for (meter, aggregate) in &other.meters {
             match self.meters.binary_search_by_key(meter, |m| m.0) {
                 Ok(i) => self.meters[i].1.merge(aggregate)?,
-                Err(i) => self.meters.insert(i, (*meter, aggregate.clone())),
+                Err(i) => {
+                    self.meters.reserve_exact(1);
+                    self.meters.insert(i, (*meter, aggregate.clone()));
+                }
             }
         }
-        self.seen.extend(other.seen.iter().copied());
+        for id in other.seen.iter() {
+            self.seen.insert(id);
+        }
         Ok(())
     }
 
     /// Whether the event with fingerprint `event` was applied.
     pub fn has_seen(&self, event: u128) -> bool {
-        self.seen.contains(&event)
+        self.seen.contains(event)
     }
 
     /// Lets go of the applied events' fingerprints, keeping the aggregates: once no
     /// retry can come any more.
     pub fn forget_ids(&mut self) {
-        self.seen = HashSet::default();
+        self.seen = EventIds::default();
     }
 
     /// The aggregates, ascending by meter id.
@@ -378,6 +502,55 @@ mod tests {
             ["id", "account", "meter", "quantity", "time"]
         );
         assert!(errs[4].contains("RFC 3339"));
+    }
+
+    #[test]
+    fn event_ids_keep_every_id_once_across_the_switch_to_a_hash_set() {
+        let mut ids = EventIds::default();
+        // Descending, so every insert lands at the front of the sorted vector.
+        let all: Vec<u128> = (0..200u128).rev().map(|i| i * 7 + (1 << 100)).collect();
+        for (n, &id) in all.iter().enumerate() {
+            assert!(ids.insert(id), "{n}");
+            assert!(!ids.insert(id), "{n} twice");
+            assert_eq!(ids.len(), n + 1);
+            assert_eq!(
+                matches!(ids, EventIds::Sorted(_)),
+                n < EventIds::SORTED_MAX,
+                "{n}"
+            );
+        }
+        assert!(all.iter().all(|&id| ids.contains(id)));
+        assert!(!ids.contains(3));
+    }
+
+    #[test]
+    fn event_ids_equal_as_sets_and_read_back_from_a_sequence() {
+        let small: EventIds = [5u128, 1, 3, 3].into_iter().collect();
+        assert_eq!(small, EventIds::Sorted(vec![1, 3, 5]));
+        let big: EventIds = (0..100u128).collect();
+        assert!(matches!(big, EventIds::Hashed(_)));
+        let mut grown = EventIds::default();
+        (0..100u128).rev().for_each(|i| {
+            grown.insert(i);
+        });
+        assert_eq!(big, grown);
+        let bytes = rmp_serde::to_vec(&big).unwrap();
+        let back: EventIds = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, big);
+        // The hash set it replaced wrote the same sequence.
+        let old: HashSet<u128, Prehashed> = [9u128, 4].into_iter().collect();
+        let back: EventIds = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(back, EventIds::Sorted(vec![4, 9]));
+    }
+
+    #[test]
+    fn a_small_set_of_ids_grows_by_a_quarter() {
+        let mut ids = EventIds::default();
+        for i in 0..2u128 {
+            ids.insert(i);
+        }
+        let EventIds::Sorted(v) = &ids else { unreachable!() };
+        assert_eq!(v.capacity(), 2);
     }
 
     #[test]

@@ -106,7 +106,9 @@ pub struct PeriodClose {
 /// What applying a command did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CustomerReply {
-    Upserted,
+    /// The terms are in place; `left` are the accounts the terms before listed and these
+    /// do not.
+    Upserted { left: Vec<AccountId> },
     /// The event was applied.
     Accepted,
     /// An event with the same id was applied before; nothing changed.
@@ -501,8 +503,16 @@ impl CustomerEntity {
         ))
     }
 
-    /// Replaces the customer's terms, keeping each account's usage with its account.
-    fn upsert(&mut self, customer: &Customer) {
+    /// Replaces the customer's terms, keeping each account's usage with its account;
+    /// returns the accounts the customer no longer lists.
+    fn upsert(&mut self, customer: &Customer) -> Vec<AccountId> {
+        let left: Vec<AccountId> = self.customer.as_deref().map_or_else(Vec::new, |c| {
+            c.accounts
+                .iter()
+                .filter(|a| customer.accounts.binary_search(a).is_err())
+                .cloned()
+                .collect()
+        });
         let mut old: Vec<(AccountId, AccountUsage)> = match &self.customer {
             Some(c) => c.accounts.iter().cloned().zip(self.usage.drain(..)).collect(),
             None => Vec::new(),
@@ -538,6 +548,7 @@ impl CustomerEntity {
             }
         }
         self.customer = Some(Box::new(terms));
+        left
     }
 
     fn release(&mut self, account: &AccountId, period: Period) -> CustomerReply {
@@ -641,10 +652,9 @@ impl Entity for CustomerEntity {
 
     fn apply(&mut self, command: &CustomerCommand) -> CustomerReply {
         match command {
-            CustomerCommand::Upsert(customer) => {
-                self.upsert(customer);
-                CustomerReply::Upserted
-            }
+            CustomerCommand::Upsert(customer) => CustomerReply::Upserted {
+                left: self.upsert(customer),
+            },
             CustomerCommand::AddCredit(credit) => match self.customer.as_deref_mut() {
                 None => CustomerReply::NoSuchCustomer,
                 Some(c) if c.credits.iter().any(|x| x.id == credit.id) => CustomerReply::AlreadyGranted,

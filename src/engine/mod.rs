@@ -251,8 +251,8 @@ pub struct PartitionEngine {
     profiles: Arc<BTreeMap<String, BillingProfile>>,
     /// Which customer each account belongs to.
     directory: DashMap<AccountId, (CustomerKey, u32), Hashing>,
-    /// Each customer's accounts, sorted.
-    customers: DashMap<CustomerKey, Vec<AccountId>, Hashing>,
+    /// Every customer (their accounts are in their entities and in `directory`).
+    customers: dashmap::DashSet<CustomerKey, Hashing>,
     /// Held for reading from an ingest's directory lookups to its journal append, and for
     /// writing while accounts change hands, so no event is routed by a stale owner.
     routing: tokio::sync::RwLock<()>,
@@ -712,7 +712,7 @@ async fn open_partition(ctx: &Opening, p: &PartitionConfig) -> Result<Arc<Partit
         rejected: Default::default(),
         profiles: ctx.profiles.clone(),
         directory: DashMap::with_hasher(Hashing::default()),
-        customers: DashMap::with_hasher(Hashing::default()),
+        customers: dashmap::DashSet::with_hasher(Hashing::default()),
         routing: tokio::sync::RwLock::new(()),
         runtime,
         journal: journal.clone(),
@@ -724,7 +724,7 @@ async fn open_partition(ctx: &Opening, p: &PartitionConfig) -> Result<Arc<Partit
     let missing: Vec<Customer> = p
         .customers
         .iter()
-        .filter(|c| !engine.customers.contains_key(c.id.as_str()))
+        .filter(|c| !engine.customers.contains(c.id.as_str()))
         .cloned()
         .collect();
     if !missing.is_empty() {
@@ -1014,13 +1014,6 @@ impl PartitionEngine {
             }
             batch.push((key, CustomerCommand::Upsert(Box::new(customer))));
         }
-        let accounts: Vec<(CustomerKey, Vec<AccountId>)> = batch
-            .iter()
-            .map(|(k, c)| match c {
-                CustomerCommand::Upsert(c) => (k.clone(), c.accounts.clone()),
-                _ => unreachable!("only upserts here"),
-            })
-            .collect();
         let budgets: Vec<(CustomerKey, bool)> = batch
             .iter()
             .map(|(k, c)| match c {
@@ -1030,18 +1023,25 @@ impl PartitionEngine {
                 _ => unreachable!("only upserts here"),
             })
             .collect();
+        let keys: Vec<CustomerKey> = batch.iter().map(|(k, _)| k.clone()).collect();
         let result = async {
             let outcomes = self.runtime.submit(batch)?.await?;
-            match outcomes.into_iter().find_map(Result::err) {
-                Some(f) => Err(EngineError::Failed(format!("{f:?}"))),
-                None => Ok(()),
-            }
+            outcomes
+                .into_iter()
+                .map(|o| match o {
+                    Ok(CustomerReply::Upserted { left }) => Ok(left),
+                    other => Err(EngineError::Failed(format!("{other:?}"))),
+                })
+                .collect::<Result<Vec<_>, _>>()
         }
         .await;
-        if let Err(e) = result {
-            release(claimed);
-            return Err(e);
-        }
+        let left = match result {
+            Ok(left) => left,
+            Err(e) => {
+                release(claimed);
+                return Err(e);
+            }
+        };
         for (key, budgeted) in budgets {
             if budgeted {
                 self.budgeted.insert(key.clone(), ());
@@ -1054,13 +1054,12 @@ impl PartitionEngine {
                 self.budgeted.remove(&key);
             }
         }
-        for (key, list) in accounts {
-            if let Some(previous) = self.customers.insert(key.clone(), list.clone()) {
-                // Accounts the customer no longer lists are free for others.
-                for a in previous.iter().filter(|a| !list.contains(a)) {
-                    self.directory.remove_if(a, |_, owner| owner.0 == key);
-                }
+        for (key, left) in keys.into_iter().zip(left) {
+            // Accounts the customer no longer lists are free for others.
+            for a in &left {
+                self.directory.remove_if(a, |_, owner| owner.0 == key);
             }
+            self.customers.insert(key);
         }
         Ok(())
     }
@@ -1302,18 +1301,22 @@ impl PartitionEngine {
 
     /// Every customer with its accounts, sorted by id.
     pub fn customer_list(&self) -> Vec<(String, Vec<String>)> {
-        let mut list: Vec<(String, Vec<String>)> = self
+        let mut list: BTreeMap<String, Vec<String>> = self
             .customers
             .iter()
-            .map(|r| {
-                (
-                    r.key().to_string(),
-                    r.value().iter().map(|a| a.to_string()).collect(),
-                )
-            })
+            .map(|c| (c.key().to_string(), Vec::new()))
             .collect();
-        list.sort();
-        list
+        for entry in self.directory.iter() {
+            if let Some(accounts) = list.get_mut(&*entry.value().0) {
+                accounts.push(entry.key().to_string());
+            }
+        }
+        list.into_iter()
+            .map(|(c, mut accounts)| {
+                accounts.sort();
+                (c, accounts)
+            })
+            .collect()
     }
 
     /// The running bill of a customer.
@@ -1436,19 +1439,8 @@ impl PartitionEngine {
                 "account {account:?} could not move to {customer:?} ({adopted:?}); nothing changed, try again"
             )));
         }
-        self.directory.insert(account_id.clone(), (to.clone(), 0));
-        if let Some(from) = &from {
-            if let Some(mut list) = self.customers.get_mut(from) {
-                list.retain(|a| *a != account_id);
-            }
-            self.reindex(from);
-        }
-        if let Some(mut list) = self.customers.get_mut(&to) {
-            if let Err(i) = list.binary_search(&account_id) {
-                list.insert(i, account_id);
-            }
-        }
-        self.reindex(&to);
+        // The slot hint is a guess the customer checks; a wrong one costs a search.
+        self.directory.insert(account_id, (to.clone(), 0));
         tracing::info!(partition = %self.id, account, from = ?from, to = %to, "account moved");
         Ok(from.map(|f| f.to_string()))
     }
@@ -1533,7 +1525,7 @@ impl PartitionEngine {
             if let Some(day) = last {
                 latest = latest.max(days(day));
             }
-            self.customers.insert(key, accounts);
+            self.customers.insert(key);
         }
         self.latest_usage_day
             .fetch_max(latest, std::sync::atomic::Ordering::AcqRel);
@@ -1554,17 +1546,6 @@ impl PartitionEngine {
             elapsed_ms = started.elapsed().as_millis() as u64, "snapshot taken"
         );
         Ok(lsn)
-    }
-
-    /// Refreshes the slot hints of a customer's accounts after its list changed.
-    fn reindex(&self, customer: &CustomerKey) {
-        if let Some(list) = self.customers.get(customer) {
-            for (slot, a) in list.iter().enumerate() {
-                if let Some(mut entry) = self.directory.get_mut(a) {
-                    entry.1 = slot as u32;
-                }
-            }
-        }
     }
 
     /// Grants `customer` a credit, checked against the partition's currency and catalog.
