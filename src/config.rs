@@ -299,17 +299,32 @@ pub struct PartitionSettings {
     /// Name of an entry of `customer_sets` to load at start, if any.
     #[serde(default)]
     pub customers: Option<String>,
-    /// The open billing period (YYYY-MM); absent: the current month (UTC).
+    /// The open billing period (YYYY-MM); absent: the current month (in `time_zone`).
     #[serde(default)]
     pub open_period: Option<String>,
     /// Days after a closed period's end during which its late usage is still accepted
     /// (as an adjustment on the next invoice); later, it is refused.
     #[serde(default = "default_late_grace_days")]
     pub late_grace_days: u32,
+    /// The IANA time zone periods are calendar months of (e.g. `America/New_York`): an
+    /// event belongs to the month of its local date there.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
 }
 
 fn default_late_grace_days() -> u32 {
     3
+}
+
+fn default_time_zone() -> String {
+    "UTC".to_owned()
+}
+
+/// Reads an IANA time zone name.
+pub fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
+    name.parse::<chrono_tz::Tz>().map_err(|_| {
+        format!("{name:?} is not an IANA time zone name (such as \"UTC\" or \"America/New_York\")")
+    })
 }
 
 /// A partition created through the API (`POST /v1/partitions`): a new client realm with
@@ -330,6 +345,9 @@ pub struct PartitionSpec {
     pub open_period: Option<String>,
     #[serde(default = "default_late_grace_days")]
     pub late_grace_days: u32,
+    /// The IANA time zone of the partition's calendar months (default `UTC`).
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
 }
 
 impl PartitionSpec {
@@ -373,11 +391,13 @@ impl PartitionSpec {
                 format!("must be from 0 to 28 (got {})", self.late_grace_days),
             ));
         }
+        let time_zone = parse_time_zone(&self.time_zone).map_err(|e| FieldError::new("time_zone", e))?;
         Ok(PartitionConfig {
             id: self.id.clone(),
             rounding: Rounding::new(currency, self.rounding),
             open_period,
             late_grace_days: self.late_grace_days,
+            time_zone,
             catalog_name: format!("{}-catalog", self.id),
             catalog,
             customers: Vec::new(),
@@ -410,6 +430,8 @@ pub struct PartitionConfig {
     pub open_period: Option<Period>,
     /// See [`PartitionSettings::late_grace_days`].
     pub late_grace_days: u32,
+    /// See [`PartitionSettings::time_zone`].
+    pub time_zone: chrono_tz::Tz,
     pub catalog_name: String,
     pub catalog: Catalog,
     pub customers: Vec<Customer>,
@@ -601,11 +623,13 @@ impl Settings {
                     ),
                 ));
             }
+            let time_zone = parse_time_zone(&p.time_zone).map_err(|e| invalid(key("time_zone"), e))?;
             partitions.push(PartitionConfig {
                 id: p.id.clone(),
                 rounding: Rounding::new(currency, p.rounding),
                 open_period,
                 late_grace_days: p.late_grace_days,
+                time_zone,
                 catalog_name: p.catalog.clone(),
                 catalog,
                 customers,

@@ -94,8 +94,15 @@ fn check_config(settings: &Validated) -> ExitCode {
         for p in settings.partitions.iter().map(|p| summarize(p, r.segments)) {
             writeln!(
                 out,
-                "  {}: {} ({}), catalog {} with {} version(s), {} customer(s), {} account(s)",
-                p.id, p.currency, p.rounding, p.catalog, p.catalog_versions, p.customers, p.accounts
+                "  {}: {} ({}), periods in {}, catalog {} with {} version(s), {} customer(s), {} account(s)",
+                p.id,
+                p.currency,
+                p.rounding,
+                p.time_zone,
+                p.catalog,
+                p.catalog_versions,
+                p.customers,
+                p.accounts
             )?;
             writeln!(out, "    meters: {}", p.meters.join(", "))?;
         }

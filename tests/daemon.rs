@@ -70,7 +70,7 @@ fn check_config_summarises_the_embedded_default() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("configuration OK"), "{text}");
     assert!(
-        text.contains("aws: USD (half_even), catalog cloud-usd with 2 version(s)"),
+        text.contains("aws: USD (half_even), periods in UTC, catalog cloud-usd with 2 version(s)"),
         "{text}"
     );
     assert!(text.contains("aws-cn: CNY"), "{text}");

@@ -291,3 +291,79 @@ fn an_invalid_event_rejects_the_whole_batch_and_changes_nothing() {
         engine.stop();
     });
 }
+
+#[test]
+fn periods_are_calendar_months_in_the_partitions_time_zone() {
+    actix_rt::System::new().block_on(async {
+        let mut s = Settings::load(None).unwrap();
+        s.runtime.arbiters = 1;
+        s.runtime.segments = 2;
+        s.runtime.rebalance_interval_secs = 0;
+        s.partitions.truncate(1);
+        s.partitions[0].open_period = Some("2026-11".into());
+        s.partitions[0].customers = None;
+        s.partitions[0].time_zone = "America/New_York".into();
+        let settings = s.validate().unwrap();
+        let engine = Engine::start(&settings, EngineOptions::default()).await.unwrap();
+        let p = engine.partition("aws").unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let families = families(&mut rng, 1);
+        p.upsert_customer(families[0].customer.clone()).await.unwrap();
+        let at = |id: &str, time: &str| UsageEvent {
+            id: id.into(),
+            account: families[0].customer.payer.to_string(),
+            meter: "ec2.instance_hours".into(),
+            quantity: Decimal::from(10),
+            time: time.parse().unwrap(),
+            dimensions: Default::default(),
+        };
+        // 2026-12-01T03:00Z is 22:00 on 30 November in New York (EST, UTC-5): November's.
+        let s = p
+            .ingest(vec![at("late-evening", "2026-12-01T03:00:00Z")])
+            .await
+            .unwrap();
+        assert_eq!(s.accepted, 1);
+        // 2026-11-01T02:00Z is 22:00 on 31 October in New York (EDT, UTC-4): October's,
+        // so it is refused, and the message names the local period.
+        let err = p
+            .ingest(vec![at("halloween", "2026-11-01T02:00:00Z")])
+            .await
+            .unwrap_err();
+        let EngineError::InvalidEvents(errors) = err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            errors[0].message.contains("falls in period 2026-10"),
+            "{}",
+            errors[0].message
+        );
+        // An hour and a half later it is 1 November there, 23:30 the day before in UTC.
+        let s = p
+            .ingest(vec![at("midnight", "2026-11-01T05:30:00Z")])
+            .await
+            .unwrap();
+        assert_eq!(s.accepted, 1);
+        let bill = p.customer_bill(&families[0].customer.id).await.unwrap();
+        assert_eq!(bill.period.to_string(), "2026-11");
+        let hours: Decimal = bill
+            .lines
+            .iter()
+            .filter(|l| &*l.meter == "ec2.instance_hours")
+            .map(|l| l.quantity)
+            .sum();
+        assert_eq!(hours, Decimal::from(20), "both November events, and only they");
+        engine.stop();
+    });
+}
+
+#[test]
+fn an_unknown_time_zone_is_refused_by_name() {
+    let mut s = Settings::load(None).unwrap();
+    s.partitions[0].time_zone = "Mars/Olympus_Mons".into();
+    let err = s.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("partitions[0].time_zone") || err.contains("time_zone"),
+        "{err}"
+    );
+    assert!(err.contains("Mars/Olympus_Mons"), "{err}");
+}

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use tallyman_actors::Entity;
+use thin_vec::ThinVec;
 
 use crate::domain::customer::{Credit, Discount};
 use crate::domain::invoice::AdjustmentLine;
@@ -29,6 +30,8 @@ pub type CustomerKey = Arc<str>;
 /// One usage event, resolved and checked: ready to apply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeteredEvent {
+    /// The event's date in the partition's time zone: it decides the event's period.
+    pub day: NaiveDate,
     pub account: AccountId,
     /// The account's position in its customer's (sorted) account list when the event was
     /// resolved: a hint that saves a search, checked before use.
@@ -180,7 +183,9 @@ pub struct CustomerEntity {
     /// Usage of `customer.accounts[i]` at `usage[i]`.
     usage: Vec<AccountUsage>,
     /// Usage of accounts that left the customer during the period: still billed here.
-    departed: Vec<(AccountId, AccountUsage)>,
+    /// (The rarely used lists are `ThinVec`s: one word each when empty, which they
+    /// nearly always are, in a record kept per customer.)
+    departed: ThinVec<(AccountId, AccountUsage)>,
     /// The usage of the period before `period`, until it is closed.
     closing: Option<Box<ClosingUsage>>,
     /// The latest period closed for this customer.
@@ -189,9 +194,9 @@ pub struct CustomerEntity {
     /// and re-rated with.
     recent: Option<Box<RecentPeriod>>,
     /// Late usage per closed period, until the invoice that bills it.
-    late: Vec<ClosingUsage>,
+    late: ThinVec<ClosingUsage>,
     /// Budget thresholds crossed in the open period (and the one being closed).
-    alerts: Vec<AlertMark>,
+    alerts: ThinVec<AlertMark>,
     /// The latest day of any usage event applied (or refused as a duplicate).
     last_usage: Option<NaiveDate>,
 }
@@ -291,7 +296,7 @@ impl CustomerEntity {
         if self.customer.is_none() {
             return CustomerReply::NoSuchCustomer;
         }
-        let period = Period::containing(event.reading.time.date_naive());
+        let period = Period::containing(event.day);
         let seen = |accounts: &[(AccountId, AccountUsage)]| {
             accounts
                 .iter()
@@ -517,7 +522,7 @@ impl CustomerEntity {
             Some(c) => c.accounts.iter().cloned().zip(self.usage.drain(..)).collect(),
             None => Vec::new(),
         };
-        old.append(&mut self.departed);
+        old.extend(self.departed.drain(..));
         self.usage = customer
             .accounts
             .iter()
@@ -688,7 +693,7 @@ impl Entity for CustomerEntity {
                     return CustomerReply::NoSuchCustomer;
                 };
                 let position = self.position(customer, event);
-                let day = event.reading.time.date_naive();
+                let day = event.day;
                 if self.last_usage.is_none_or(|d| d < day) {
                     self.last_usage = Some(day);
                 }

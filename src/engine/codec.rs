@@ -9,14 +9,15 @@
 //!   key_len: u16, key bytes,
 //!   tag: u8 = 0 (usage)  then account_len: u16, account, slot: u32, meter: u16,
 //!                          version: u16, fold: u8, has_dimension: u8, quantity: [u8; 16],
-//!                          seconds: i64, nanos: u32, tiebreak: u64, dimension: u64,
+//!                          seconds: i64, nanos: u32, day: i32 (the local date, days
+//!                          from 0001-01-01), tiebreak: u64, dimension: u64,
 //!                          id: u128                      (all little-endian)
 //!        | 1 (other)  then json_len: u32, JSON of the command
 //! ```
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use tallyman_actors::file_journal::Codec;
 use tallyman_actors::{Batch, SnapshotCodec};
@@ -122,6 +123,7 @@ impl Codec<Batch<CustomerEntity>> for BatchCodec {
                     out.extend_from_slice(&e.reading.quantity.serialize());
                     out.extend_from_slice(&e.reading.time.timestamp().to_le_bytes());
                     out.extend_from_slice(&e.reading.time.timestamp_subsec_nanos().to_le_bytes());
+                    out.extend_from_slice(&e.day.num_days_from_ce().to_le_bytes());
                     out.extend_from_slice(&e.reading.tiebreak.to_le_bytes());
                     out.extend_from_slice(&e.reading.dimension.unwrap_or(0).to_le_bytes());
                     out.extend_from_slice(&e.id.to_le_bytes());
@@ -155,10 +157,14 @@ impl Codec<Batch<CustomerEntity>> for BatchCodec {
                     let nanos = r.u32()?;
                     let time = DateTime::<Utc>::from_timestamp(seconds, nanos)
                         .ok_or_else(|| format!("bad time {seconds}.{nanos}"))?;
+                    let days = r.u32()? as i32;
+                    let day = NaiveDate::from_num_days_from_ce_opt(days)
+                        .ok_or_else(|| format!("bad date {days}"))?;
                     let tiebreak = r.u64()?;
                     let dimension = r.u64()?;
                     let id = u128::from_le_bytes(r.array()?);
                     CustomerCommand::Usage(MeteredEvent {
+                        day,
                         account,
                         slot,
                         meter,
@@ -218,6 +224,8 @@ mod tests {
             dimension,
         };
         let event = |fold, dimension| MeteredEvent {
+            // The local date can differ from the UTC one (here: a zone ahead of UTC).
+            day: "2026-11-04".parse().unwrap(),
             account: "222".into(),
             slot: 1,
             meter: MeterId(5),

@@ -231,6 +231,8 @@ pub struct PartitionEngine {
     fault_abort_after_invoice_batches: Option<u32>,
     /// Days after a closed period's end its late usage is accepted.
     late_grace_days: u32,
+    /// Periods are calendar months in this time zone.
+    time_zone: chrono_tz::Tz,
     alerts: Arc<AlertBook>,
     /// Customers with a budget (their own or an account's).
     budgeted: DashMap<CustomerKey, (), Hashing>,
@@ -315,6 +317,8 @@ pub struct PartitionSummary {
     pub id: String,
     pub currency: String,
     pub rounding: String,
+    /// The IANA time zone of its calendar-month periods.
+    pub time_zone: String,
     pub catalog: String,
     pub catalog_versions: usize,
     pub meters: Vec<String>,
@@ -329,6 +333,7 @@ pub fn summarize(config: &PartitionConfig, segments: u32) -> PartitionSummary {
         id: config.id.clone(),
         currency: config.rounding.currency.code().to_owned(),
         rounding: config.rounding.mode.name().to_owned(),
+        time_zone: config.time_zone.name().to_owned(),
         catalog: config.catalog_name.clone(),
         catalog_versions: config.catalog.version_count(),
         meters: config.catalog.meters().map(|(_, m)| m.name.to_string()).collect(),
@@ -671,9 +676,9 @@ async fn open_partition(ctx: &Opening, p: &PartitionConfig) -> Result<Arc<Partit
     };
     let periods_file = data.as_ref().map(|d| d.join("periods.json"));
     let configured = PeriodState {
-        open: p
-            .open_period
-            .unwrap_or_else(|| Period::containing(chrono::Utc::now().date_naive())),
+        open: p.open_period.unwrap_or_else(|| {
+            Period::containing(chrono::Utc::now().with_timezone(&p.time_zone).date_naive())
+        }),
         closing: None,
     };
     let periods = match &periods_file {
@@ -696,6 +701,7 @@ async fn open_partition(ctx: &Opening, p: &PartitionConfig) -> Result<Arc<Partit
         closing: tokio::sync::Mutex::new(()),
         fault_abort_after_invoice_batches: ctx.options.fault_abort_after_invoice_batches,
         late_grace_days: p.late_grace_days,
+        time_zone: p.time_zone,
         now: ctx.options.now,
         alerts: Arc::new(
             AlertBook::open(&p.id, data.clone())
@@ -848,6 +854,7 @@ impl PartitionEngine {
             id: self.id.clone(),
             currency: self.rounding.currency.code().to_owned(),
             rounding: self.rounding.mode.name().to_owned(),
+            time_zone: self.time_zone.name().to_owned(),
             catalog: self.catalog_name.clone(),
             catalog_versions: catalog.version_count(),
             meters: catalog.meters().map(|(_, m)| m.name.to_string()).collect(),
@@ -882,6 +889,16 @@ impl PartitionEngine {
 
     fn now(&self) -> chrono::DateTime<chrono::Utc> {
         self.now.unwrap_or_else(chrono::Utc::now)
+    }
+
+    /// The date of `time` in the partition's time zone: what decides its period.
+    pub fn local_date(&self, time: chrono::DateTime<chrono::Utc>) -> chrono::NaiveDate {
+        time.with_timezone(&self.time_zone).date_naive()
+    }
+
+    /// The time zone of the partition's periods.
+    pub fn time_zone(&self) -> chrono_tz::Tz {
+        self.time_zone
     }
 
     /// The alerts of this partition.
@@ -1137,7 +1154,7 @@ impl PartitionEngine {
                 });
                 continue;
             };
-            let date = event.time.date_naive();
+            let date = self.local_date(event.time);
             let mut late = false;
             if !open.contains(date) {
                 let period = Period::containing(date);
@@ -1152,7 +1169,7 @@ impl PartitionEngine {
                         "falls in period {period}, which is closed; late usage is accepted for {} only",
                         open.previous()
                     )
-                } else if self.now().date_naive() >= self.late_until(period) {
+                } else if self.local_date(self.now()) >= self.late_until(period) {
                     format!(
                         "falls in period {period}, which is closed; its late usage was accepted until {} (late_grace_days = {})",
                         self.late_until(period),
@@ -1179,6 +1196,7 @@ impl PartitionEngine {
                 Ok((meter, reading)) if errors.is_empty() => {
                     latest_day = latest_day.max(days(date));
                     let metered = MeteredEvent {
+                        day: date,
                         account,
                         slot,
                         meter,
@@ -1291,7 +1309,7 @@ impl PartitionEngine {
 
     /// The catalog version in force on `date` (today when `None`), in its published shape.
     pub fn catalog_at(&self, date: Option<chrono::NaiveDate>) -> Result<CatalogVersionSpec, EngineError> {
-        let date = date.unwrap_or_else(|| chrono::Utc::now().date_naive());
+        let date = date.unwrap_or_else(|| self.local_date(chrono::Utc::now()));
         let catalog = self.catalog();
         let version = catalog.version_at(date).ok_or_else(|| {
             EngineError::UnknownCatalogVersion(format!("no catalog version is in force on {date}"))
