@@ -75,6 +75,8 @@ struct Pending<R> {
     bytes: Vec<u8>,
     record: Arc<R>,
     on_durable: OnDurable<R>,
+    /// When it was appended.
+    queued: std::time::Instant,
 }
 
 /// The journal.
@@ -305,6 +307,7 @@ impl<R: Send + Sync + 'static> Writer<R> {
                         .records
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     for p in batch.drain(..) {
+                        crate::latency::JOURNAL_APPEND.record(p.queued.elapsed());
                         (p.on_durable)(Ok(p.lsn), p.record);
                     }
                     self.durable.store(self.last, Ordering::Release);
@@ -346,6 +349,7 @@ impl<R: Send + Sync + 'static> Writer<R> {
                 return Err(fault);
             }
             self.file.sync_data()?;
+            crate::latency::FSYNC.record(started.elapsed());
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .sync_ns
@@ -386,6 +390,7 @@ impl<R: Send + Sync + 'static> Journal<R> for FileJournal<R> {
             bytes,
             record,
             on_durable,
+            queued: std::time::Instant::now(),
         };
         let sent = match &queue.1 {
             Some(tx) => tx.send(pending).map_err(|e| e.0),

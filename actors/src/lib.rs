@@ -11,11 +11,13 @@
 //!   catches panics per command.
 //! - The [`router::Router`] actor measures segment load and rebalances arbiters.
 //! - [`journal::Journal`] and [`snapshot::SnapshotStore`] are the persistence interfaces.
+//! - [`latency`] keeps per-stage latency histograms, per thread, merged when read.
 
 pub mod entity;
 pub mod file_journal;
 pub mod file_snapshots;
 pub mod journal;
+pub mod latency;
 pub mod partition;
 pub mod router;
 pub mod segment;

@@ -312,9 +312,11 @@ impl<E: Entity> Handler<Deliver<E>> for Segment<E> {
         self.stats
             .handled
             .fetch_add(msg.items.len() as u64, Ordering::Relaxed);
+        let busy = started.elapsed();
+        crate::latency::APPLY.record(busy);
         self.stats
             .busy_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
         // The mailbox place is given back before the answer, so a caller that sends its
         // next message as soon as it is answered finds the place free.
         drop(msg.permit);

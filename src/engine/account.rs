@@ -33,9 +33,6 @@ pub struct MeteredEvent {
     /// The event's date in the partition's time zone: it decides the event's period.
     pub day: NaiveDate,
     pub account: AccountId,
-    /// The account's position in its customer's (sorted) account list when the event was
-    /// resolved: a hint that saves a search, checked before use.
-    pub slot: u32,
     pub meter: MeterId,
     pub reading: Reading,
     /// Fingerprint of the event id, for deduplication.
@@ -172,6 +169,10 @@ pub enum CustomerAnswer {
 
 /// The state of one customer.
 ///
+/// One is kept per customer, millions of them, in a hash table whose slack multiplies
+/// its size: lists are `ThinVec`s (one word inline; the rarely used ones, empty, take
+/// nothing more).
+///
 /// Usage belongs to one period: `usage` and `departed` to `period`, and, while a bill run
 /// closes the period before it, that period's usage waits in `closing` until its `Close`
 /// command. Usage of the next period can thus stream in while the last one is billed.
@@ -181,10 +182,8 @@ pub struct CustomerEntity {
     /// The period of `usage` and `departed` (`None`: no usage yet).
     period: Option<Period>,
     /// Usage of `customer.accounts[i]` at `usage[i]`.
-    usage: Vec<AccountUsage>,
+    usage: ThinVec<AccountUsage>,
     /// Usage of accounts that left the customer during the period: still billed here.
-    /// (The rarely used lists are `ThinVec`s: one word each when empty, which they
-    /// nearly always are, in a record kept per customer.)
     departed: ThinVec<(AccountId, AccountUsage)>,
     /// The usage of the period before `period`, until it is closed.
     closing: Option<Box<ClosingUsage>>,
@@ -629,13 +628,9 @@ impl CustomerEntity {
         }
     }
 
-    /// Where `event`'s account is in `usage`: the slot hint when it still holds, else a search.
+    /// Where `event`'s account is in `usage` (`None`: it left the customer).
     fn position(&self, customer: &Customer, event: &MeteredEvent) -> Option<usize> {
-        let slot = event.slot as usize;
-        match customer.accounts.get(slot) {
-            Some(a) if Arc::ptr_eq(a, &event.account) || *a == event.account => Some(slot),
-            _ => customer.accounts.binary_search(&event.account).ok(),
-        }
+        customer.accounts.binary_search(&event.account).ok()
     }
 }
 

@@ -7,7 +7,7 @@
 //! ```text
 //! count: u32, then per command:
 //!   key_len: u16, key bytes,
-//!   tag: u8 = 0 (usage)  then account_len: u16, account, slot: u32, meter: u16,
+//!   tag: u8 = 0 (usage)  then account_len: u16, account, meter: u16,
 //!                          version: u16, fold: u8, has_dimension: u8, quantity: [u8; 16],
 //!                          seconds: i64, nanos: u32, day: i32 (the local date, days
 //!                          from 0001-01-01), tiebreak: u64, dimension: u64,
@@ -115,7 +115,6 @@ impl Codec<Batch<CustomerEntity>> for BatchCodec {
                 CustomerCommand::Usage(e) => {
                     out.push(0);
                     put_str(out, &e.account);
-                    out.extend_from_slice(&e.slot.to_le_bytes());
                     out.extend_from_slice(&e.meter.0.to_le_bytes());
                     out.extend_from_slice(&e.reading.version.to_le_bytes());
                     out.push(fold_code(e.reading.fold));
@@ -147,7 +146,6 @@ impl Codec<Batch<CustomerEntity>> for BatchCodec {
             let command = match r.u8()? {
                 0 => {
                     let account: Arc<str> = r.str()?.into();
-                    let slot = r.u32()?;
                     let meter = MeterId(r.u16()?);
                     let version = r.u16()?;
                     let fold = fold_of(r.u8()?)?;
@@ -166,7 +164,6 @@ impl Codec<Batch<CustomerEntity>> for BatchCodec {
                     CustomerCommand::Usage(MeteredEvent {
                         day,
                         account,
-                        slot,
                         meter,
                         reading: Reading {
                             fold,
@@ -227,7 +224,6 @@ mod tests {
             // The local date can differ from the UTC one (here: a zone ahead of UTC).
             day: "2026-11-04".parse().unwrap(),
             account: "222".into(),
-            slot: 1,
             meter: MeterId(5),
             reading: reading(fold, dimension),
             id: u128::MAX - 3,

@@ -252,7 +252,7 @@ pub struct PartitionEngine {
     rejected: std::sync::atomic::AtomicU64,
     profiles: Arc<BTreeMap<String, BillingProfile>>,
     /// Which customer each account belongs to.
-    directory: DashMap<AccountId, (CustomerKey, u32), Hashing>,
+    directory: DashMap<AccountId, CustomerKey, Hashing>,
     /// Every customer (their accounts are in their entities and in `directory`).
     customers: dashmap::DashSet<CustomerKey, Hashing>,
     /// Held for reading from an ingest's directory lookups to its journal append, and for
@@ -973,7 +973,7 @@ impl PartitionEngine {
 
     /// The customer that owns `account`.
     pub fn customer_of(&self, account: &str) -> Option<CustomerKey> {
-        self.directory.get(account).map(|c| c.0.clone())
+        self.directory.get(account).map(|c| c.value().clone())
     }
 
     /// Creates a customer, or replaces the terms of an existing one. Its accounts must
@@ -1010,17 +1010,15 @@ impl PartitionEngine {
         let mut batch = Vec::with_capacity(customers.len());
         for customer in customers {
             let key: CustomerKey = customer.id.as_str().into();
-            for (slot, account) in customer.accounts.iter().enumerate() {
+            for account in &customer.accounts {
                 match self.directory.entry(account.clone()) {
                     Entry::Vacant(v) => {
-                        v.insert((key.clone(), slot as u32));
+                        v.insert(key.clone());
                         claimed.push(account.clone());
                     }
-                    Entry::Occupied(mut o) if o.get().0 == key => {
-                        o.get_mut().1 = slot as u32;
-                    }
+                    Entry::Occupied(o) if *o.get() == key => {}
                     Entry::Occupied(o) => {
-                        let owner = o.get().0.clone();
+                        let owner = o.get().clone();
                         drop(o);
                         release(claimed);
                         return Err(EngineError::Conflict(format!(
@@ -1074,7 +1072,7 @@ impl PartitionEngine {
         for (key, left) in keys.into_iter().zip(left) {
             // Accounts the customer no longer lists are free for others.
             for a in &left {
-                self.directory.remove_if(a, |_, owner| owner.0 == key);
+                self.directory.remove_if(a, |_, owner| *owner == key);
             }
             self.customers.insert(key);
         }
@@ -1139,10 +1137,10 @@ impl PartitionEngine {
         let mut batch: Vec<(CustomerKey, CustomerCommand)> = Vec::with_capacity(events.len());
         let open = self.period();
         for (index, event) in events.into_iter().enumerate() {
-            let Some((account, customer, slot)) = self
+            let Some((account, customer)) = self
                 .directory
                 .get(event.account.as_str())
-                .map(|r| (r.key().clone(), r.value().0.clone(), r.value().1))
+                .map(|r| (r.key().clone(), r.value().clone()))
             else {
                 errors.push(EventError {
                     index,
@@ -1198,7 +1196,6 @@ impl PartitionEngine {
                     let metered = MeteredEvent {
                         day: date,
                         account,
-                        slot,
                         meter,
                         reading,
                         id: event_fingerprint(&event.id),
@@ -1325,7 +1322,7 @@ impl PartitionEngine {
             .map(|c| (c.key().to_string(), Vec::new()))
             .collect();
         for entry in self.directory.iter() {
-            if let Some(accounts) = list.get_mut(&*entry.value().0) {
+            if let Some(accounts) = list.get_mut(&**entry.value()) {
                 accounts.push(entry.key().to_string());
             }
         }
@@ -1393,7 +1390,7 @@ impl PartitionEngine {
         let owner = self
             .directory
             .get(account)
-            .map(|r| (r.key().clone(), r.value().0.clone()));
+            .map(|r| (r.key().clone(), r.value().clone()));
         let (account_id, from) = match owner {
             Some((_, from)) if from == to => return Ok(Some(customer.to_owned())),
             Some((id, from)) => (id, Some(from)),
@@ -1457,8 +1454,7 @@ impl PartitionEngine {
                 "account {account:?} could not move to {customer:?} ({adopted:?}); nothing changed, try again"
             )));
         }
-        // The slot hint is a guess the customer checks; a wrong one costs a search.
-        self.directory.insert(account_id, (to.clone(), 0));
+        self.directory.insert(account_id, to.clone());
         tracing::info!(partition = %self.id, account, from = ?from, to = %to, "account moved");
         Ok(from.map(|f| f.to_string()))
     }
@@ -1525,8 +1521,8 @@ impl PartitionEngine {
         let found = std::mem::take(&mut *found.lock().unwrap_or_else(|p| p.into_inner()));
         let mut latest = i64::MIN;
         for (key, accounts, last, budgeted, marks) in found {
-            for (slot, a) in accounts.iter().enumerate() {
-                self.directory.insert(a.clone(), (key.clone(), slot as u32));
+            for a in accounts {
+                self.directory.insert(a, key.clone());
             }
             // Alerts journaled before a crash that kept them from the log, appended now;
             // and every budgeted customer is checked once.
