@@ -79,6 +79,7 @@ fn a_stall_shows_in_the_latency_from_the_intended_time_not_only_in_one_request()
             connections: 1,
             warmup: Duration::ZERO,
             duration: Duration::from_secs(3),
+            resend: None,
         },
         rx,
     ));
