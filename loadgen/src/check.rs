@@ -201,9 +201,26 @@ pub async fn invoices(
     }
     let mut out = BTreeMap::new();
     let mut pending: Vec<u8> = Vec::new();
-    let take = |line: &[u8], out: &mut BTreeMap<String, BillFigures>| -> Result<(), String> {
+    while let Some(chunk) = r.next().await {
+        pending.extend_from_slice(&chunk.map_err(|e| format!("GET {url}: {e}"))?);
+        if let Some(at) = pending.iter().rposition(|&b| b == b'\n') {
+            add_invoices(&pending[..at], period, &mut out)?;
+            pending.drain(..=at);
+        }
+    }
+    add_invoices(&pending, period, &mut out)?;
+    Ok(out)
+}
+
+/// Reads invoices of `period` from NDJSON (whole lines) into `out`, by customer.
+pub fn add_invoices(
+    ndjson: &[u8],
+    period: Period,
+    out: &mut BTreeMap<String, BillFigures>,
+) -> Result<(), String> {
+    for line in ndjson.split(|&b| b == b'\n') {
         if line.iter().all(u8::is_ascii_whitespace) {
-            return Ok(());
+            continue;
         }
         let v: serde_json::Value =
             serde_json::from_slice(line).map_err(|e| format!("an invoice line: {e}"))?;
@@ -211,17 +228,8 @@ pub async fn invoices(
         if out.insert(customer.clone(), figures).is_some() {
             return Err(format!("two invoices of {period} for customer {customer}"));
         }
-        Ok(())
-    };
-    while let Some(chunk) = r.next().await {
-        pending.extend_from_slice(&chunk.map_err(|e| format!("GET {url}: {e}"))?);
-        while let Some(at) = pending.iter().position(|&b| b == b'\n') {
-            take(&pending[..at], &mut out)?;
-            pending.drain(..=at);
-        }
     }
-    take(&pending, &mut out)?;
-    Ok(out)
+    Ok(())
 }
 
 /// Compares the oracle's bills with the invoices; writes `verify.json` into `out`.

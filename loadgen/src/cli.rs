@@ -14,11 +14,11 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use tallyman::domain::Period;
 
-use crate::chaos::Chaos;
+use crate::chaos::{Chaos, Kill};
 use crate::daemon::Daemon;
 use crate::report::{write_hgrm, write_hlog, write_svg, Percentiles};
-use crate::run::{run, LoadSpec};
-use crate::workload::{MeterShape, Workload, WorkloadSpec};
+use crate::run::{run, Http, LoadResult, LoadSpec};
+use crate::workload::{EventRecord, MeterShape, Workload, WorkloadSpec};
 
 /// How long a batch is resent under `--chaos` after the run's end, at most.
 const RESEND_GRACE: Duration = Duration::from_secs(60);
@@ -47,32 +47,24 @@ pub struct Load {
     pub verify: bool,
     /// Kill and restart the spawned tallyd during the run.
     pub chaos: bool,
-    /// Flags of API.md that are not built yet, given anyway.
-    pub unbuilt: Vec<&'static str>,
+    /// Drive an engine inside loadgen, with no HTTP.
+    pub in_process: bool,
+    /// tallyd configuration (the catalog, and the engine of `--in-process`).
+    pub config: Option<PathBuf>,
 }
 
 /// Runs the load and writes the reports; answers whether it ran clean (no errors, and
 /// with `--verify`, no mismatch).
 pub fn load(l: Load) -> Result<bool, String> {
-    if let Some(flag) = l.unbuilt.first() {
-        return Err(format!("{flag} is not built yet (see the open loadgen issue)"));
-    }
     if l.batch == 0 || l.connections == 0 {
         return Err("--batch and --connections must be at least 1".into());
     }
     if l.chaos && !l.spawn {
         return Err("--chaos needs --spawn: loadgen kills and restarts the tallyd it started".into());
     }
-    let (daemon, target) = match (&l.target, l.spawn) {
-        (Some(t), false) => (None, t.clone()),
-        (None, true) => {
-            let extra = if l.chaos { crate::chaos::CONFIG } else { "" };
-            let d = Daemon::start(l.period, &l.partition, extra)?;
-            let url = d.url();
-            (Some(Arc::new(Mutex::new(d))), url)
-        }
-        _ => return Err("give --target URL or --spawn".into()),
-    };
+    if l.in_process && (l.target.is_some() || l.spawn) {
+        return Err("--in-process drives an engine inside loadgen: give neither --target nor --spawn".into());
+    }
     let midnight = |d: chrono::NaiveDate| Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight"));
     let spec = WorkloadSpec {
         accounts: l.accounts,
@@ -84,113 +76,169 @@ pub fn load(l: Load) -> Result<bool, String> {
         period_end: midnight(l.period.end()),
         profile: l.profile.clone(),
     };
-    let mut workload = Workload::new(spec.clone(), l.meters.clone())?;
+    let workload = Workload::new(spec.clone(), l.meters.clone())?;
     std::fs::create_dir_all(&l.out).map_err(|e| format!("cannot create {}: {e}", l.out.display()))?;
     let system = actix_rt::System::new();
-    let (result, kills, verdict) = system.block_on(async {
-        let client = awc::Client::builder().timeout(Duration::from_secs(120)).finish();
-        wait_ready(&client, &target).await?;
-        let setup = if l.verify {
-            Some(crate::check::prepare(&client, &target, &l.partition, l.period).await?)
-        } else {
-            None
-        };
-        if !l.no_seed {
-            seed(&client, &target, &l.partition, &workload).await?;
-        }
-        let customers = if l.verify {
-            workload.customers().to_vec()
-        } else {
-            Vec::new()
-        };
-        // Bodies are made ahead of the schedule, on a thread of their own.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(256);
-        let batch = l.batch;
-        let generator = std::thread::spawn(move || loop {
-            let mut body = Vec::with_capacity(batch * 160);
-            body.push(b'[');
-            for i in 0..batch {
-                if i > 0 {
-                    body.push(b',');
-                }
-                serde_json::to_writer(&mut body, &workload.next_event()).expect("plain data");
+    let (target, result, kills, verdict) = if l.in_process {
+        let (result, verdict) = system.block_on(crate::inprocess::drive(&l, spec, workload))?;
+        ("in-process".to_string(), result, None, verdict)
+    } else {
+        let (daemon, target) = match (&l.target, l.spawn) {
+            (Some(t), false) => (None, t.clone()),
+            (None, true) => {
+                let extra = if l.chaos { crate::chaos::CONFIG } else { "" };
+                let d = Daemon::start(l.period, &l.partition, extra)?;
+                let url = d.url();
+                (Some(Arc::new(Mutex::new(d))), url)
             }
-            body.push(b']');
-            if tx.blocking_send(body).is_err() {
-                return;
-            }
-        });
-        eprintln!(
-            "loadgen: {} events/s{} in batches of {} over {} connections, {} s warm-up, {} s measured{}",
-            l.rate,
-            if l.rate == 0 { " (closed loop)" } else { "" },
-            l.batch,
-            l.connections,
-            l.warmup,
-            l.duration,
-            if l.chaos { ", tallyd killed at random" } else { "" }
-        );
-        let chaos = match (&daemon, l.chaos) {
-            (Some(d), true) => Some(Chaos::start(
-                d.clone(),
-                l.seed,
-                Duration::from_secs(l.warmup + l.duration),
-            )),
-            _ => None,
+            _ => return Err("give --target URL, --spawn or --in-process".into()),
         };
-        let result = run(
-            LoadSpec {
-                target: target.clone(),
-                partition: l.partition.clone(),
-                rate: l.rate,
-                batch: l.batch,
-                connections: l.connections,
-                warmup: Duration::from_secs(l.warmup),
-                duration: Duration::from_secs(l.duration),
-                resend: l.chaos.then_some(RESEND_GRACE),
-            },
-            rx,
-        )
-        .await;
-        let _ = generator.join();
-        let kills = chaos.map(Chaos::finish).transpose()?;
-        let verdict = match setup {
-            Some(setup) => {
-                if !result.unresolved.is_empty() {
-                    return Err(format!(
-                        "--verify cannot conclude: {} batches were sent but never answered (their fate is unknown; the first: {:?})",
-                        result.unresolved.len(),
-                        &result.unresolved[..result.unresolved.len().min(5)]
-                    ));
-                }
-                eprintln!(
-                    "loadgen: verify: replaying {} acknowledged batches",
-                    result.acknowledged.len()
-                );
-                let ledger = crate::check::replay(
-                    spec.clone(),
-                    l.meters.clone(),
-                    l.batch,
-                    &result.acknowledged,
-                    setup.prices.clone(),
-                )?;
-                crate::check::bill_run(&client, &target, &l.partition, l.period).await?;
-                let invoices = crate::check::invoices(&client, &target, &l.partition, l.period).await?;
-                Some(crate::check::judge(
-                    &ledger,
-                    &customers,
-                    &invoices,
-                    &setup,
-                    result.acknowledged.len(),
-                    &l.out,
-                )?)
-            }
-            None => None,
-        };
-        Ok::<_, String>((result, kills, verdict))
-    })?;
-    drop(daemon);
+        let (result, kills, verdict) =
+            system.block_on(over_http(&l, daemon.clone(), &target, spec, workload))?;
+        drop(daemon);
+        (target, result, kills, verdict)
+    };
+    report(&l, &target, result, kills, verdict)
+}
 
+/// Makes the batches ahead of the schedule, on a thread of their own: `make` turns each
+/// `batch` events of the stream into one batch, in order.
+pub(crate) fn generator<B: Send + 'static>(
+    mut workload: Workload,
+    batch: usize,
+    make: fn(Vec<EventRecord>) -> B,
+) -> (tokio::sync::mpsc::Receiver<B>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<B>(256);
+    let thread = std::thread::spawn(move || loop {
+        let events = (0..batch).map(|_| workload.next_event()).collect();
+        if tx.blocking_send(make(events)).is_err() {
+            return;
+        }
+    });
+    (rx, thread)
+}
+
+/// A batch as tallyd's usage route takes it: a JSON array.
+fn json_array(events: Vec<EventRecord>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(events.len() * 160);
+    serde_json::to_writer(&mut body, &events).expect("plain data");
+    body
+}
+
+/// The schedule of `l`, and its progress line.
+pub(crate) fn schedule(l: &Load) -> LoadSpec {
+    eprintln!(
+        "loadgen: {} events/s{} in batches of {} over {} connections, {} s warm-up, {} s measured{}",
+        l.rate,
+        if l.rate == 0 { " (closed loop)" } else { "" },
+        l.batch,
+        l.connections,
+        l.warmup,
+        l.duration,
+        if l.chaos { ", tallyd killed at random" } else { "" }
+    );
+    LoadSpec {
+        rate: l.rate,
+        batch: l.batch,
+        connections: l.connections,
+        warmup: Duration::from_secs(l.warmup),
+        duration: Duration::from_secs(l.duration),
+        resend: l.chaos.then_some(RESEND_GRACE),
+    }
+}
+
+/// The oracle's ledger of a finished run: the acknowledged batches of the replayed
+/// workload. A batch of unknown fate makes the check impossible.
+pub(crate) fn ledger(
+    l: &Load,
+    spec: WorkloadSpec,
+    result: &LoadResult,
+    setup: &crate::check::Setup,
+) -> Result<crate::verify::Ledger, String> {
+    if !result.unresolved.is_empty() {
+        return Err(format!(
+            "--verify cannot conclude: {} batches were sent but never answered (their fate is unknown; the first: {:?})",
+            result.unresolved.len(),
+            &result.unresolved[..result.unresolved.len().min(5)]
+        ));
+    }
+    eprintln!(
+        "loadgen: verify: replaying {} acknowledged batches",
+        result.acknowledged.len()
+    );
+    crate::check::replay(
+        spec,
+        l.meters.clone(),
+        l.batch,
+        &result.acknowledged,
+        setup.prices.clone(),
+    )
+}
+
+/// A run against tallyd over HTTP (started by loadgen or not), with chaos and the
+/// verification when asked.
+async fn over_http(
+    l: &Load,
+    daemon: Option<Arc<Mutex<Daemon>>>,
+    target: &str,
+    spec: WorkloadSpec,
+    workload: Workload,
+) -> Result<(LoadResult, Option<Vec<Kill>>, Option<crate::check::Verdict>), String> {
+    let client = awc::Client::builder().timeout(Duration::from_secs(120)).finish();
+    wait_ready(&client, target).await?;
+    let setup = if l.verify {
+        Some(crate::check::prepare(&client, target, &l.partition, l.period).await?)
+    } else {
+        None
+    };
+    if !l.no_seed {
+        seed(&client, target, &l.partition, &workload).await?;
+    }
+    let customers = if l.verify {
+        workload.customers().to_vec()
+    } else {
+        Vec::new()
+    };
+    let (rx, generator) = generator(workload, l.batch, json_array);
+    let spec_of_run = schedule(l);
+    let chaos = match (&daemon, l.chaos) {
+        (Some(d), true) => Some(Chaos::start(
+            d.clone(),
+            l.seed,
+            Duration::from_secs(l.warmup + l.duration),
+        )),
+        _ => None,
+    };
+    let result = run(spec_of_run, Http::new(target, &l.partition, l.connections), rx).await;
+    let _ = generator.join();
+    let kills = chaos.map(Chaos::finish).transpose()?;
+    let verdict = match setup {
+        Some(setup) => {
+            let ledger = ledger(l, spec, &result, &setup)?;
+            crate::check::bill_run(&client, target, &l.partition, l.period).await?;
+            let invoices = crate::check::invoices(&client, target, &l.partition, l.period).await?;
+            Some(crate::check::judge(
+                &ledger,
+                &customers,
+                &invoices,
+                &setup,
+                result.acknowledged.len(),
+                &l.out,
+            )?)
+        }
+        None => None,
+    };
+    Ok((result, kills, verdict))
+}
+
+/// Prints the tables and writes the reports; answers whether the run was clean.
+fn report(
+    l: &Load,
+    target: &str,
+    result: LoadResult,
+    kills: Option<Vec<Kill>>,
+    verdict: Option<crate::check::Verdict>,
+) -> Result<bool, String> {
     let secs = result.measured.as_secs_f64().max(1e-9);
     let latency = Percentiles::of(&result.latency);
     let service = Percentiles::of(&result.service);

@@ -8,6 +8,7 @@ pub mod chaos;
 pub mod check;
 pub mod cli;
 pub mod daemon;
+pub mod inprocess;
 pub mod report;
 pub mod run;
 pub mod verify;

@@ -81,8 +81,10 @@ struct RunArgs {
     /// unanswered batches are resent until acknowledged (needs --spawn).
     #[arg(long, requires = "spawn")]
     chaos: bool,
-    /// Drive the engine in-process, without HTTP (not built yet).
-    #[arg(long)]
+    /// Drive an engine inside loadgen through its Rust API, with no HTTP (durable, on a
+    /// temporary folder, as tallyd would run on the same configuration): the engine's
+    /// ceiling, with the same reports.
+    #[arg(long, conflicts_with_all = ["target", "spawn", "chaos"])]
     in_process: bool,
 }
 
@@ -158,11 +160,8 @@ fn main() -> ExitCode {
             },
             verify: run.verify,
             chaos: run.chaos,
-            unbuilt: [("--in-process", run.in_process)]
-                .iter()
-                .filter(|(_, on)| *on)
-                .map(|(name, _)| *name)
-                .collect(),
+            in_process: run.in_process,
+            config: run.config.clone(),
         })
         .map(|clean| {
             if clean {

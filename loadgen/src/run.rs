@@ -1,4 +1,5 @@
-//! A load run against a tallyd over HTTP.
+//! A load run: batches sent on a schedule to a [`Sink`] (tallyd over HTTP, [`Http`], or
+//! the engine in this process, see [`crate::inprocess`]), and what their answers took.
 //!
 //! Open loop: batch `i` is due at `start + i × batch / rate`, whatever happened to the
 //! batches before it. `connections` senders take the next due batch, wait for its time,
@@ -29,8 +30,6 @@ use crate::report::{histogram, Interval};
 /// What to send, how fast, for how long.
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
-    pub target: String,
-    pub partition: String,
     /// Events per second offered; 0 for closed loop.
     pub rate: u64,
     pub batch: usize,
@@ -121,30 +120,106 @@ impl Shared {
     }
 }
 
-/// How a batch's sending ended.
-enum Outcome {
-    /// Answered 2xx, with the body (`{"accepted": n, "duplicates": m}`).
-    Acknowledged(Vec<u8>),
-    /// Answered 4xx: refused whole, nothing applied.
+/// What one send of a batch came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Applied (2xx); `duplicates` of its events had been applied before.
+    Acknowledged { duplicates: u64 },
+    /// Backpressure (429): nothing applied; send again after the wait.
+    TooBusy(Duration),
+    /// Recovering (503 with `Retry-After`): nothing applied; send again after the wait.
+    Unavailable(Duration),
+    /// Refused whole (4xx): nothing applied, and sending again will not help.
     Refused(String),
-    /// A 5xx, or no answer and no more resends: applied or not, nobody knows.
+    /// A server error (5xx): applied or not, nobody knows.
     Unknown(String),
+    /// No answer: the connection failed, before or after the batch was applied.
+    Lost(String),
 }
 
-/// Seconds to wait from a `Retry-After` header (0.1 when absent or unreadable).
-fn retry_after<S>(r: &awc::ClientResponse<S>) -> Duration {
-    let secs = r
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.1);
-    Duration::from_secs_f64(secs.clamp(0.0, 60.0))
+/// Where a run's batches go.
+pub trait Sink: Clone + 'static {
+    /// A batch as the sink takes it.
+    type Batch: 'static;
+    /// Sends `batch` once and reads the answer.
+    fn send(&self, batch: &Self::Batch) -> impl std::future::Future<Output = Answer>;
 }
 
-/// Sends batches from `bodies` (each a JSON array of `batch` events) per `spec`, and
+/// tallyd's usage route over HTTP: a batch is a JSON array of events.
+#[derive(Clone)]
+pub struct Http {
+    client: awc::Client,
+    url: String,
+}
+
+impl Http {
+    /// `connections` connections at most to `target`, for partition `partition`.
+    pub fn new(target: &str, partition: &str, connections: usize) -> Http {
+        Http {
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .connector(awc::Connector::new().limit(connections))
+                .finish(),
+            url: format!("{}/v1/partitions/{partition}/usage", target.trim_end_matches('/')),
+        }
+    }
+}
+
+impl Sink for Http {
+    type Batch = Vec<u8>;
+
+    async fn send(&self, body: &Vec<u8>) -> Answer {
+        let answer = self
+            .client
+            .post(self.url.as_str())
+            .insert_header(("Content-Type", "application/json"))
+            .send_body(body.clone())
+            .await;
+        let mut r = match answer {
+            Ok(r) => r,
+            Err(e) => return Answer::Lost(e.to_string()),
+        };
+        let status = r.status();
+        // Seconds to wait from a `Retry-After` header (0.1 when absent or unreadable).
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<f64>().ok());
+        let wait = Duration::from_secs_f64(retry_after.unwrap_or(0.1).clamp(0.0, 60.0));
+        let text = match r.body().limit(1 << 20).await {
+            Ok(text) => text,
+            Err(e) if status.is_success() => return Answer::Lost(format!("{status}, then {e}")),
+            Err(_) => Default::default(),
+        };
+        match status.as_u16() {
+            429 => Answer::TooBusy(wait),
+            503 if retry_after.is_some() => Answer::Unavailable(wait),
+            _ if status.is_success() => {
+                let answer: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+                Answer::Acknowledged {
+                    duplicates: answer["duplicates"].as_u64().unwrap_or(0),
+                }
+            }
+            _ => {
+                let text = format!("{status}: {}", String::from_utf8_lossy(&text));
+                if status.is_client_error() {
+                    Answer::Refused(text)
+                } else {
+                    Answer::Unknown(text)
+                }
+            }
+        }
+    }
+}
+
+/// Sends batches from `bodies` (each of `spec.batch` events) to `sink` per `spec`, and
 /// reports progress once a second on stderr. Must run inside an actix system.
-pub async fn run(spec: LoadSpec, bodies: tokio::sync::mpsc::Receiver<Vec<u8>>) -> LoadResult {
+pub async fn run<S: Sink>(
+    spec: LoadSpec,
+    sink: S,
+    bodies: tokio::sync::mpsc::Receiver<S::Batch>,
+) -> LoadResult {
     // The receiver and the number of the next batch it gives, under one lock.
     let bodies = Arc::new(tokio::sync::Mutex::new((bodies, 0u64)));
     let total_time = spec.warmup + spec.duration;
@@ -160,24 +235,9 @@ pub async fn run(spec: LoadSpec, bodies: tokio::sync::mpsc::Receiver<Vec<u8>>) -
     let resend_until = spec.resend.map(|grace| end + grace);
     let next = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(Mutex::new(Shared::new()));
-    let url = format!(
-        "{}/v1/partitions/{}/usage",
-        spec.target.trim_end_matches('/'),
-        spec.partition
-    );
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .connector(awc::Connector::new().limit(spec.connections))
-        .finish();
     let mut senders = Vec::new();
     for _ in 0..spec.connections {
-        let (client, url, next, shared, bodies) = (
-            client.clone(),
-            url.clone(),
-            next.clone(),
-            shared.clone(),
-            bodies.clone(),
-        );
+        let (sink, next, shared, bodies) = (sink.clone(), next.clone(), shared.clone(), bodies.clone());
         let batch = spec.batch as u64;
         senders.push(actix_rt::spawn(async move {
             loop {
@@ -204,45 +264,22 @@ pub async fn run(spec: LoadSpec, bodies: tokio::sync::mpsc::Receiver<Vec<u8>>) -
                 }
                 let mut sent = Instant::now();
                 let outcome = loop {
-                    let answer = client
-                        .post(url.as_str())
-                        .insert_header(("Content-Type", "application/json"))
-                        .send_body(body.clone())
-                        .await;
-                    match answer {
-                        Ok(mut r)
-                            if r.status().as_u16() == 429
-                                || (r.status().as_u16() == 503
-                                    && r.headers().contains_key("retry-after")) =>
-                        {
-                            let wait = retry_after(&r);
-                            let _ = r.body().await;
+                    match sink.send(&body).await {
+                        Answer::TooBusy(wait) => {
                             if measured {
-                                let mut s = shared.lock().unwrap();
-                                if r.status().as_u16() == 429 {
-                                    s.too_busy += 1;
-                                } else {
-                                    s.unavailable += 1;
-                                }
+                                shared.lock().unwrap().too_busy += 1;
                             }
                             actix_rt::time::sleep(wait).await;
                             sent = Instant::now();
                         }
-                        Ok(mut r) => {
-                            let status = r.status();
-                            let text = r.body().limit(1 << 20).await.unwrap_or_default().to_vec();
-                            break if status.is_success() {
-                                Outcome::Acknowledged(text)
-                            } else {
-                                let text = format!("{status}: {}", String::from_utf8_lossy(&text));
-                                if status.is_client_error() {
-                                    Outcome::Refused(text)
-                                } else {
-                                    Outcome::Unknown(text)
-                                }
-                            };
+                        Answer::Unavailable(wait) => {
+                            if measured {
+                                shared.lock().unwrap().unavailable += 1;
+                            }
+                            actix_rt::time::sleep(wait).await;
+                            sent = Instant::now();
                         }
-                        Err(e) => match resend_until {
+                        Answer::Lost(e) => match resend_until {
                             Some(until) if Instant::now() < until => {
                                 // tallyd went away (or is restarting): send the same batch
                                 // again shortly; a copy it had applied counts as duplicates.
@@ -250,18 +287,18 @@ pub async fn run(spec: LoadSpec, bodies: tokio::sync::mpsc::Receiver<Vec<u8>>) -
                                 actix_rt::time::sleep(Duration::from_millis(20)).await;
                                 sent = Instant::now();
                             }
-                            _ => break Outcome::Unknown(e.to_string()),
+                            _ => break Answer::Unknown(e),
                         },
+                        other => break other,
                     }
                 };
                 let done = Instant::now();
                 let mut s = shared.lock().unwrap();
                 match outcome {
-                    Outcome::Acknowledged(text) => {
+                    Answer::Acknowledged { duplicates } => {
                         s.acknowledged.push(seq);
                         s.acknowledged_events += batch;
-                        let answer: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
-                        s.duplicates += answer["duplicates"].as_u64().unwrap_or(0);
+                        s.duplicates += duplicates;
                         if measured {
                             let from_intended = done.duration_since(intended).as_micros().max(1) as u64;
                             let _ = s.latency.record(from_intended);
@@ -280,17 +317,18 @@ pub async fn run(spec: LoadSpec, bodies: tokio::sync::mpsc::Receiver<Vec<u8>>) -
                             s.accepted += batch;
                         }
                     }
-                    Outcome::Refused(text) => {
+                    Answer::Refused(text) => {
                         if measured {
                             s.error(text);
                         }
                     }
-                    Outcome::Unknown(text) => {
+                    Answer::Unknown(text) | Answer::Lost(text) => {
                         s.unresolved.push(seq);
                         if measured {
                             s.error(text);
                         }
                     }
+                    Answer::TooBusy(_) | Answer::Unavailable(_) => unreachable!("sent again above"),
                 }
             }
         }));

@@ -144,6 +144,41 @@ fn chaos_kills_tallyd_and_verify_still_matches() {
     assert!(stdout.contains("verify: all 60 customers match"), "{stdout}");
 }
 
+#[test]
+fn in_process_verify_matches_with_the_same_reports() {
+    let out = TempDir::new("in-process");
+    let out_dir = out.0.to_str().unwrap();
+    let mut args = vec![
+        "--in-process",
+        "--verify",
+        "--seed",
+        "5",
+        "--warmup",
+        "1",
+        "--duration",
+        "2",
+    ];
+    args.extend_from_slice(WORKLOAD);
+    args.extend_from_slice(&["--out", out_dir]);
+    let (code, stdout) = loadgen(&args);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("verify: all 60 customers match"), "{stdout}");
+    let verdict = read_json(&out.0.join("verify.json"));
+    assert_eq!(verdict["mismatches"], serde_json::json!([]), "{verdict}");
+    // 3 s at one batch of 50 every 25 ms: 120 batches, every one acknowledged.
+    assert_eq!(verdict["acknowledged_events"], 6_000, "{verdict}");
+    assert_eq!(verdict["expected_total"], verdict["invoiced_total"]);
+    let summary = read_json(&out.0.join("summary.json"));
+    assert_eq!(summary["target"], "in-process");
+    assert_eq!(summary["errors"], 0);
+    // Two measured seconds of 2,000 events/s (±1 batch at the edges).
+    let accepted = summary["accepted_events_per_s"].as_f64().unwrap();
+    assert!((1_900.0..=2_100.0).contains(&accepted), "{accepted}");
+    for report in ["latency.hgrm", "service.hgrm", "latency.hlog", "latency.svg"] {
+        assert!(out.0.join(report).metadata().unwrap().len() > 0, "{report}");
+    }
+}
+
 /// A POST with a JSON or NDJSON body; answers the status and the body.
 fn post(addr: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
