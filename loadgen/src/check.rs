@@ -33,13 +33,28 @@ pub struct Verdict {
     pub period: String,
     pub currency: String,
     pub customers: usize,
+    /// Invoices of the workload's customers.
     pub invoices: usize,
+    /// Invoices of other customers of the partition (not checked).
+    pub other_invoices: usize,
     pub acknowledged_batches: usize,
     pub acknowledged_events: u64,
-    /// Sum of the expected totals, and of the invoiced ones.
+    /// What the check covered, per meter: how many customers it charged, and the
+    /// largest family quantity (to see which tiers were reached).
+    pub meters: BTreeMap<String, Coverage>,
+    /// Sum of the expected totals, and of the workload's customers' invoiced ones.
     pub expected_total: String,
     pub invoiced_total: String,
     pub mismatches: Vec<Mismatch>,
+}
+
+/// One meter's part in a verification.
+#[derive(Debug, Default, Serialize)]
+pub struct Coverage {
+    /// Customers whose expected line is above zero.
+    pub customers_charged: usize,
+    pub largest_quantity: rust_decimal::Decimal,
+    pub largest_line: rust_decimal::Decimal,
 }
 
 async fn get_json(client: &awc::Client, url: &str) -> Result<serde_json::Value, String> {
@@ -242,12 +257,23 @@ pub fn judge(
     out: &Path,
 ) -> Result<Verdict, String> {
     let expected = expected_bills(ledger, customers, &setup.currency)?;
+    let mut meters: BTreeMap<String, Coverage> = BTreeMap::new();
+    for bill in expected.values() {
+        for (meter, line) in &bill.lines {
+            let c = meters.entry(meter.clone()).or_default();
+            c.customers_charged += usize::from(!line.is_zero());
+            c.largest_line = c.largest_line.max(*line);
+            c.largest_quantity = c.largest_quantity.max(bill.quantities[meter]);
+        }
+    }
     let verdict = Verdict {
+        meters,
         partition: setup.partition.clone(),
         period: setup.period.to_string(),
         currency: setup.currency.clone(),
         customers: expected.len(),
-        invoices: invoices.len(),
+        invoices: invoices.keys().filter(|c| expected.contains_key(*c)).count(),
+        other_invoices: invoices.keys().filter(|c| !expected.contains_key(*c)).count(),
         acknowledged_batches,
         acknowledged_events: ledger.events(),
         expected_total: expected
@@ -256,8 +282,9 @@ pub fn judge(
             .sum::<rust_decimal::Decimal>()
             .to_string(),
         invoiced_total: invoices
-            .values()
-            .map(|b| b.total)
+            .iter()
+            .filter(|(c, _)| expected.contains_key(*c))
+            .map(|(_, b)| b.total)
             .sum::<rust_decimal::Decimal>()
             .to_string(),
         mismatches: compare(&expected, invoices),

@@ -179,6 +179,111 @@ fn in_process_verify_matches_with_the_same_reports() {
     }
 }
 
+/// A catalog whose tier bounds, allowances and packages are small enough for a few
+/// thousand events to cross them all (the embedded catalog's are cloud-sized).
+const SMALL_CATALOG: &str = r#"
+[[partitions]]
+id = "aws"
+currency = "USD"
+catalog = "small"
+
+[[catalogs.small]]
+effective_from = "2026-11-01"
+
+[[catalogs.small.meters]]
+name = "compute.hours"
+aggregation = "sum"
+price = { model = "graduated", tiers = [
+  { up_to = "500", unit_price = "0.05", flat_fee = "1.50" },
+  { up_to = "2000", unit_price = "0.04", flat_fee = "2.25" },
+  { unit_price = "0.0333" },
+] }
+
+[[catalogs.small.meters]]
+name = "requests"
+aggregation = "sum"
+free_allowance = "300"
+price = { model = "package", package_size = "250", package_price = "0.17" }
+
+[[catalogs.small.meters]]
+name = "api.calls"
+aggregation = "count"
+free_allowance = "20"
+price = { model = "volume", tiers = [
+  { up_to = "50", unit_price = "0.013" },
+  { up_to = "200", unit_price = "0.011", flat_fee = "0.5" },
+  { unit_price = "0.007" },
+] }
+
+[[catalogs.small.meters]]
+name = "disk.gb"
+aggregation = "max"
+price = { model = "volume", tiers = [
+  { up_to = "1500", unit_price = "0.10" },
+  { unit_price = "0.085", flat_fee = "3" },
+] }
+
+[[catalogs.small.meters]]
+name = "users"
+aggregation = "unique_count"
+dimension = "user"
+free_allowance = "25"
+price = { model = "graduated", tiers = [
+  { up_to = "100", unit_price = "0.0055" },
+  { unit_price = "0.0046" },
+] }
+
+[[catalogs.small.meters]]
+name = "seats"
+aggregation = "latest"
+price = { model = "per_unit", unit_price = "0.333" }
+"#;
+
+#[test]
+fn in_process_verify_crosses_every_tier_of_a_small_catalog() {
+    let out = TempDir::new("small-catalog");
+    let config = out.0.join("small.toml");
+    std::fs::write(&config, SMALL_CATALOG).unwrap();
+    let out_dir = out.0.join("out");
+    let mut args = vec![
+        "--in-process",
+        "--verify",
+        "--config",
+        config.to_str().unwrap(),
+        "--seed",
+        "9",
+        "--warmup",
+        "0",
+        "--duration",
+        "3",
+    ];
+    args.extend_from_slice(WORKLOAD);
+    args.extend_from_slice(&["--out", out_dir.to_str().unwrap()]);
+    let (code, stdout) = loadgen(&args);
+    assert_eq!(code, 0, "{stdout}");
+    let verdict = read_json(&out_dir.join("verify.json"));
+    assert_eq!(verdict["mismatches"], serde_json::json!([]), "{verdict}");
+    // The largest families went past the last bound of every plan: graduated past 2000
+    // (both flat fees), packages past the 300 free, volume past 200 calls and 1500 GB,
+    // distinct users past 100.
+    let largest = |meter: &str| -> f64 {
+        verdict["meters"][meter]["largest_quantity"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{meter}: {verdict}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(largest("compute.hours") > 2000.0, "{verdict}");
+    assert!(largest("requests") > 300.0 + 250.0, "{verdict}");
+    assert!(largest("api.calls") > 200.0, "{verdict}");
+    assert!(largest("disk.gb") > 1500.0, "{verdict}");
+    assert!(largest("users") > 100.0, "{verdict}");
+    assert!(
+        verdict["meters"]["seats"]["customers_charged"].as_u64().unwrap() >= 40,
+        "{verdict}"
+    );
+}
+
 /// A POST with a JSON or NDJSON body; answers the status and the body.
 fn post(addr: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
