@@ -5,7 +5,8 @@
 //! acknowledged batches (and only those) into a [`Ledger`], closes the period with a bill
 //! run, reads every invoice, compares them with the oracle's bills, and writes
 //! `verify.json`. Closing the period is what makes the invoices, so a verified run
-//! leaves the period closed.
+//! leaves the period closed. `--in-process` uses the same replay, invoice reading and
+//! judgement, with the engine's API in place of HTTP.
 
 use std::collections::BTreeMap;
 use std::path::Path;
