@@ -1,20 +1,27 @@
 //! `loadgen` without a subcommand: a load run, from the workload to the reports.
 //!
-//! It starts tallyd when asked (`--spawn`), waits until it is ready, creates the
-//! workload's customers through the bulk API (with a progress line), sends the usage
-//! (see [`crate::run`]), and writes the reports (see [`crate::report`]).
+//! It starts tallyd when asked (`--spawn`, see [`crate::daemon`]), waits until it is
+//! ready, creates the workload's customers through the bulk API (with a progress line),
+//! sends the usage (see [`crate::run`]) while `--chaos` kills and restarts tallyd (see
+//! [`crate::chaos`]), checks the bills with `--verify` (see [`crate::check`]), and writes
+//! the reports (see [`crate::report`]).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use tallyman::domain::Period;
 
+use crate::chaos::{Chaos, Kill};
+use crate::daemon::Daemon;
 use crate::report::{write_hgrm, write_hlog, write_svg, Percentiles};
-use crate::run::{run, LoadSpec};
-use crate::workload::{MeterShape, Workload, WorkloadSpec};
+use crate::run::{run, Http, LoadResult, LoadSpec};
+use crate::workload::{EventRecord, MeterShape, Workload, WorkloadSpec};
+
+/// How long a batch is resent under `--chaos` after the run's end, at most.
+const RESEND_GRACE: Duration = Duration::from_secs(60);
 
 /// A load run's settings.
 pub struct Load {
@@ -36,170 +43,202 @@ pub struct Load {
     pub traffic_skew: f64,
     pub profile: String,
     pub meters: Vec<MeterShape>,
-    /// Flags of API.md that are not built yet, given anyway.
-    pub unbuilt: Vec<&'static str>,
+    /// Compare every customer's invoice with loadgen's own computation.
+    pub verify: bool,
+    /// Kill and restart the spawned tallyd during the run.
+    pub chaos: bool,
+    /// Drive an engine inside loadgen, with no HTTP.
+    pub in_process: bool,
+    /// tallyd configuration (the catalog, and the engine of `--in-process`).
+    pub config: Option<PathBuf>,
 }
 
-/// A tallyd started by loadgen, stopped (SIGTERM) when dropped.
-struct Spawned {
-    child: Child,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the tallyd beside this binary on a temporary folder, with the workload's
-/// period open; answers it and its base URL once it listens.
-fn spawn(period: Period, partition: &str) -> Result<(Spawned, String), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let tallyd = exe.with_file_name("tallyd");
-    if !tallyd.exists() {
-        return Err(format!(
-            "--spawn needs tallyd beside loadgen ({}): build it with `cargo build --release --bin tallyd`",
-            tallyd.display()
-        ));
-    }
-    let dir = std::env::temp_dir().join(format!("loadgen-tallyd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[partitions]]\nid = \"{partition}\"\ncurrency = \"USD\"\ncatalog = \"cloud-usd\"\nopen_period = \"{period}\"\n"
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let mut child = Command::new(&tallyd)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("data"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", tallyd.display()))?;
-    let stderr = child.stderr.take().expect("piped");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut addr = None;
-    for line in lines.by_ref() {
-        let line = line.map_err(|e| e.to_string())?;
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            addr = rest.split_whitespace().next().map(str::to_owned);
-        }
-        if line.contains("start-up finished") {
-            break;
-        }
-    }
-    // Keep reading, so tallyd never blocks on a full pipe.
-    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-    let addr = addr.ok_or("the spawned tallyd never said where it listens")?;
-    eprintln!("loadgen: spawned tallyd on {addr} (data in {})", dir.display());
-    Ok((
-        Spawned {
-            child,
-            _dir: TempDir(dir),
-        },
-        format!("http://{addr}"),
-    ))
-}
-
-/// Runs the load and writes the reports; answers whether it ran clean (no errors).
+/// Runs the load and writes the reports; answers whether it ran clean (no errors, and
+/// with `--verify`, no mismatch).
 pub fn load(l: Load) -> Result<bool, String> {
-    if let Some(flag) = l.unbuilt.first() {
-        return Err(format!("{flag} is not built yet (see the open loadgen issue)"));
-    }
     if l.batch == 0 || l.connections == 0 {
         return Err("--batch and --connections must be at least 1".into());
     }
-    let (spawned, target) = match (&l.target, l.spawn) {
-        (Some(t), false) => (None, t.clone()),
-        (None, true) => {
-            let (s, url) = spawn(l.period, &l.partition)?;
-            (Some(s), url)
-        }
-        _ => return Err("give --target URL or --spawn".into()),
-    };
+    if l.chaos && !l.spawn {
+        return Err("--chaos needs --spawn: loadgen kills and restarts the tallyd it started".into());
+    }
+    if l.in_process && (l.target.is_some() || l.spawn) {
+        return Err("--in-process drives an engine inside loadgen: give neither --target nor --spawn".into());
+    }
     let midnight = |d: chrono::NaiveDate| Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight"));
-    let mut workload = Workload::new(
-        WorkloadSpec {
-            accounts: l.accounts,
-            customers: l.customers,
-            seed: l.seed,
-            family_skew: l.family_skew,
-            traffic_skew: l.traffic_skew,
-            period_start: midnight(l.period.first_day()),
-            period_end: midnight(l.period.end()),
-            profile: l.profile.clone(),
-        },
-        l.meters.clone(),
-    )?;
+    let spec = WorkloadSpec {
+        accounts: l.accounts,
+        customers: l.customers,
+        seed: l.seed,
+        family_skew: l.family_skew,
+        traffic_skew: l.traffic_skew,
+        period_start: midnight(l.period.first_day()),
+        period_end: midnight(l.period.end()),
+        profile: l.profile.clone(),
+    };
+    let workload = Workload::new(spec.clone(), l.meters.clone())?;
     std::fs::create_dir_all(&l.out).map_err(|e| format!("cannot create {}: {e}", l.out.display()))?;
     let system = actix_rt::System::new();
-    let result = system.block_on(async {
-        let client = awc::Client::builder().timeout(Duration::from_secs(120)).finish();
-        wait_ready(&client, &target).await?;
-        if !l.no_seed {
-            seed(&client, &target, &l.partition, &workload).await?;
-        }
-        // Bodies are made ahead of the schedule, on a thread of their own.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(256);
-        let batch = l.batch;
-        let generator = std::thread::spawn(move || loop {
-            let mut body = Vec::with_capacity(batch * 160);
-            body.push(b'[');
-            for i in 0..batch {
-                if i > 0 {
-                    body.push(b',');
-                }
-                serde_json::to_writer(&mut body, &workload.next_event()).expect("plain data");
+    let (target, result, kills, verdict) = if l.in_process {
+        let (result, verdict) = system.block_on(crate::inprocess::drive(&l, spec, workload))?;
+        ("in-process".to_string(), result, None, verdict)
+    } else {
+        let (daemon, target) = match (&l.target, l.spawn) {
+            (Some(t), false) => (None, t.clone()),
+            (None, true) => {
+                let extra = if l.chaos { crate::chaos::CONFIG } else { "" };
+                let d = Daemon::start(l.period, &l.partition, extra)?;
+                let url = d.url();
+                (Some(Arc::new(Mutex::new(d))), url)
             }
-            body.push(b']');
-            if tx.blocking_send(body).is_err() {
-                return;
-            }
-        });
-        eprintln!(
-            "loadgen: {} events/s{} in batches of {} over {} connections, {} s warm-up, {} s measured",
-            l.rate,
-            if l.rate == 0 { " (closed loop)" } else { "" },
-            l.batch,
-            l.connections,
-            l.warmup,
-            l.duration
-        );
-        let result = run(
-            LoadSpec {
-                target: target.clone(),
-                partition: l.partition.clone(),
-                rate: l.rate,
-                batch: l.batch,
-                connections: l.connections,
-                warmup: Duration::from_secs(l.warmup),
-                duration: Duration::from_secs(l.duration),
-            },
-            rx,
-        )
-        .await;
-        let _ = generator.join();
-        Ok::<_, String>(result)
-    })?;
-    drop(spawned);
+            _ => return Err("give --target URL, --spawn or --in-process".into()),
+        };
+        let (result, kills, verdict) =
+            system.block_on(over_http(&l, daemon.clone(), &target, spec, workload))?;
+        drop(daemon);
+        (target, result, kills, verdict)
+    };
+    report(&l, &target, result, kills, verdict)
+}
 
+/// Makes the batches ahead of the schedule, on a thread of their own: `make` turns each
+/// `batch` events of the stream into one batch, in order.
+pub(crate) fn generator<B: Send + 'static>(
+    mut workload: Workload,
+    batch: usize,
+    make: fn(Vec<EventRecord>) -> B,
+) -> (tokio::sync::mpsc::Receiver<B>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<B>(256);
+    let thread = std::thread::spawn(move || loop {
+        let events = (0..batch).map(|_| workload.next_event()).collect();
+        if tx.blocking_send(make(events)).is_err() {
+            return;
+        }
+    });
+    (rx, thread)
+}
+
+/// A batch as tallyd's usage route takes it: a JSON array.
+fn json_array(events: Vec<EventRecord>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(events.len() * 160);
+    serde_json::to_writer(&mut body, &events).expect("plain data");
+    body
+}
+
+/// The schedule of `l`, and its progress line.
+pub(crate) fn schedule(l: &Load) -> LoadSpec {
+    eprintln!(
+        "loadgen: {} events/s{} in batches of {} over {} connections, {} s warm-up, {} s measured{}",
+        l.rate,
+        if l.rate == 0 { " (closed loop)" } else { "" },
+        l.batch,
+        l.connections,
+        l.warmup,
+        l.duration,
+        if l.chaos { ", tallyd killed at random" } else { "" }
+    );
+    LoadSpec {
+        rate: l.rate,
+        batch: l.batch,
+        connections: l.connections,
+        warmup: Duration::from_secs(l.warmup),
+        duration: Duration::from_secs(l.duration),
+        resend: l.chaos.then_some(RESEND_GRACE),
+    }
+}
+
+/// The oracle's ledger of a finished run: the acknowledged batches of the replayed
+/// workload. A batch of unknown fate makes the check impossible.
+pub(crate) fn ledger(
+    l: &Load,
+    spec: WorkloadSpec,
+    result: &LoadResult,
+    setup: &crate::check::Setup,
+) -> Result<crate::verify::Ledger, String> {
+    if !result.unresolved.is_empty() {
+        return Err(format!(
+            "--verify cannot conclude: {} batches were sent but never answered (their fate is unknown; the first: {:?})",
+            result.unresolved.len(),
+            &result.unresolved[..result.unresolved.len().min(5)]
+        ));
+    }
+    eprintln!(
+        "loadgen: verify: replaying {} acknowledged batches",
+        result.acknowledged.len()
+    );
+    crate::check::replay(
+        spec,
+        l.meters.clone(),
+        l.batch,
+        &result.acknowledged,
+        setup.prices.clone(),
+    )
+}
+
+/// A run against tallyd over HTTP (started by loadgen or not), with chaos and the
+/// verification when asked.
+async fn over_http(
+    l: &Load,
+    daemon: Option<Arc<Mutex<Daemon>>>,
+    target: &str,
+    spec: WorkloadSpec,
+    workload: Workload,
+) -> Result<(LoadResult, Option<Vec<Kill>>, Option<crate::check::Verdict>), String> {
+    let client = awc::Client::builder().timeout(Duration::from_secs(120)).finish();
+    wait_ready(&client, target).await?;
+    let setup = if l.verify {
+        Some(crate::check::prepare(&client, target, &l.partition, l.period).await?)
+    } else {
+        None
+    };
+    if !l.no_seed {
+        seed(&client, target, &l.partition, &workload).await?;
+    }
+    let customers = if l.verify {
+        workload.customers().to_vec()
+    } else {
+        Vec::new()
+    };
+    let (rx, generator) = generator(workload, l.batch, json_array);
+    let spec_of_run = schedule(l);
+    let chaos = match (&daemon, l.chaos) {
+        (Some(d), true) => Some(Chaos::start(
+            d.clone(),
+            l.seed,
+            Duration::from_secs(l.warmup + l.duration),
+        )),
+        _ => None,
+    };
+    let result = run(spec_of_run, Http::new(target, &l.partition, l.connections), rx).await;
+    let _ = generator.join();
+    let kills = chaos.map(Chaos::finish).transpose()?;
+    let verdict = match setup {
+        Some(setup) => {
+            let ledger = ledger(l, spec, &result, &setup)?;
+            crate::check::bill_run(&client, target, &l.partition, l.period).await?;
+            let invoices = crate::check::invoices(&client, target, &l.partition, l.period).await?;
+            Some(crate::check::judge(
+                &ledger,
+                &customers,
+                &invoices,
+                &setup,
+                result.acknowledged.len(),
+                &l.out,
+            )?)
+        }
+        None => None,
+    };
+    Ok((result, kills, verdict))
+}
+
+/// Prints the tables and writes the reports; answers whether the run was clean.
+fn report(
+    l: &Load,
+    target: &str,
+    result: LoadResult,
+    kills: Option<Vec<Kill>>,
+    verdict: Option<crate::check::Verdict>,
+) -> Result<bool, String> {
     let secs = result.measured.as_secs_f64().max(1e-9);
     let latency = Percentiles::of(&result.latency);
     let service = Percentiles::of(&result.service);
@@ -214,6 +253,16 @@ pub fn load(l: Load) -> Result<bool, String> {
         result.too_busy,
         result.errors
     );
+    if let Some(kills) = &kills {
+        println!(
+            "chaos: tallyd killed {} times (down {} ms at most); {} sends after a failed connection, {} answered 503 (recovering), {} events acknowledged as duplicates",
+            kills.len(),
+            kills.iter().map(|k| k.down_ms).fold(0.0, f64::max).round(),
+            result.resent,
+            result.unavailable,
+            result.duplicates
+        );
+    }
     for e in &result.error_samples {
         println!("  error: {e}");
     }
@@ -240,7 +289,17 @@ pub fn load(l: Load) -> Result<bool, String> {
         "accepted_events_per_s": result.accepted_events as f64 / secs,
         "measured_s": secs,
         "answered_429": result.too_busy,
+        "answered_503": result.unavailable,
+        "resent": result.resent,
+        "acknowledged_events": result.acknowledged_events,
+        "duplicates": result.duplicates,
         "errors": result.errors,
+        "chaos": kills.as_ref().map(|k| serde_json::json!({ "kills": k })),
+        "verify": verdict.as_ref().map(|v| serde_json::json!({
+            "customers": v.customers,
+            "invoices": v.invoices,
+            "mismatches": v.mismatches.len(),
+        })),
         "latency_ms": latency,
         "service_ms": service,
     });
@@ -259,10 +318,44 @@ pub fn load(l: Load) -> Result<bool, String> {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "reports: {}/{{latency.hgrm, service.hgrm, latency.hlog, summary.json, latency.svg}}",
-        l.out.display()
+        "reports: {}/{{latency.hgrm, service.hgrm, latency.hlog, summary.json, latency.svg{}}}",
+        l.out.display(),
+        if verdict.is_some() { ", verify.json" } else { "" }
     );
-    Ok(result.errors == 0)
+    let verified = match &verdict {
+        Some(v) if v.mismatches.is_empty() => {
+            let _ = writeln!(
+                out,
+                "verify: all {} customers match ({} invoices, {} acknowledged events, {} {} billed)",
+                v.customers, v.invoices, v.acknowledged_events, v.invoiced_total, v.currency
+            );
+            true
+        }
+        Some(v) => {
+            let customers: std::collections::BTreeSet<&str> =
+                v.mismatches.iter().map(|m| m.customer.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "verify: {} MISMATCHES in {} of {} customers (expected {} in all, invoiced {}); all of them in {}",
+                v.mismatches.len(),
+                customers.len(),
+                v.customers,
+                v.expected_total,
+                v.invoiced_total,
+                l.out.join("verify.json").display()
+            );
+            for m in v.mismatches.iter().take(20) {
+                let _ = writeln!(
+                    out,
+                    "  {} {}: expected {}, got {}",
+                    m.customer, m.figure, m.expected, m.got
+                );
+            }
+            false
+        }
+        None => true,
+    };
+    Ok(result.errors == 0 && verified)
 }
 
 /// Waits until tallyd answers `/ready` (it listens before it has recovered).

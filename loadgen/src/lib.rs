@@ -4,7 +4,12 @@
 //! from the catalog) and, being seeded, replays it exactly. Its checks of tallyd's answers
 //! are its own simple re-computation, never the engine's pricing code.
 
+pub mod chaos;
+pub mod check;
 pub mod cli;
+pub mod daemon;
+pub mod inprocess;
 pub mod report;
 pub mod run;
+pub mod verify;
 pub mod workload;

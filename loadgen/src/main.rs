@@ -72,14 +72,19 @@ struct RunArgs {
     traffic_skew: f64,
     #[arg(long, default_value = "standard")]
     profile: String,
-    /// Compare every customer's bill with loadgen's own computation (not built yet).
+    /// At the end, close the period with a bill run and compare every customer's invoice
+    /// with loadgen's own computation from the acknowledged events (verify.json in --out);
+    /// exit 1 on any mismatch.
     #[arg(long)]
     verify: bool,
-    /// SIGKILL and restart the spawned tallyd during the run (not built yet).
-    #[arg(long)]
+    /// SIGKILL and restart the spawned tallyd at seeded random moments of the run;
+    /// unanswered batches are resent until acknowledged (needs --spawn).
+    #[arg(long, requires = "spawn")]
     chaos: bool,
-    /// Drive the engine in-process, without HTTP (not built yet).
-    #[arg(long)]
+    /// Drive an engine inside loadgen through its Rust API, with no HTTP (durable, on a
+    /// temporary folder, as tallyd would run on the same configuration): the engine's
+    /// ceiling, with the same reports.
+    #[arg(long, conflicts_with_all = ["target", "spawn", "chaos"])]
     in_process: bool,
 }
 
@@ -153,15 +158,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             },
-            unbuilt: [
-                ("--verify", run.verify),
-                ("--chaos", run.chaos),
-                ("--in-process", run.in_process),
-            ]
-            .iter()
-            .filter(|(_, on)| *on)
-            .map(|(name, _)| *name)
-            .collect(),
+            verify: run.verify,
+            chaos: run.chaos,
+            in_process: run.in_process,
+            config: run.config.clone(),
         })
         .map(|clean| {
             if clean {

@@ -1,4 +1,5 @@
-//! A load run against a tallyd over HTTP.
+//! A load run: batches sent on a schedule to a [`Sink`] (tallyd over HTTP, [`Http`], or
+//! the engine in this process, see [`crate::inprocess`]), and what their answers took.
 //!
 //! Open loop: batch `i` is due at `start + i × batch / rate`, whatever happened to the
 //! batches before it. `connections` senders take the next due batch, wait for its time,
@@ -6,9 +7,17 @@
 //! schedule would have seen: coordinated omission corrected) and from the actual send
 //! (the service time). A batch answered 429 is sent again after the server's
 //! `Retry-After`, its latency still counting from its intended time; it is never
-//! dropped. In closed loop (`rate` 0) each sender sends as soon as its last batch is
-//! answered, which finds the maximum throughput. The bodies are made ahead of time by a
-//! generator thread, so making them costs no latency.
+//! dropped; so is a 503 with `Retry-After` (tallyd recovering after a restart). With
+//! [`LoadSpec::resend`], a batch whose answer never came (the connection failed: tallyd
+//! was killed) is sent again, the same bytes and so the same event ids, until it is
+//! acknowledged; tallyd deduplicates by event id, so the resent events count once. A
+//! batch's latency spans all its sends. In closed loop (`rate` 0) each sender sends as
+//! soon as its last batch is answered, which finds the maximum throughput. The bodies
+//! are made ahead of time by a generator thread, so making them costs no latency.
+//!
+//! Batches are numbered in the order they leave the bodies channel (0, 1, 2, …), and the
+//! result lists which were acknowledged: `--verify` replays the seeded workload and
+//! counts exactly those.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,14 +30,16 @@ use crate::report::{histogram, Interval};
 /// What to send, how fast, for how long.
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
-    pub target: String,
-    pub partition: String,
     /// Events per second offered; 0 for closed loop.
     pub rate: u64,
     pub batch: usize,
     pub connections: usize,
     pub warmup: Duration,
     pub duration: Duration,
+    /// `Some(grace)`: a batch whose answer never came is sent again until acknowledged,
+    /// for at most `grace` past the run's end, and a failed connection is expected (not
+    /// an error). `None`: a failed connection is an error, and its batch's fate unknown.
+    pub resend: Option<Duration>,
 }
 
 /// What a run measured.
@@ -45,9 +56,23 @@ pub struct LoadResult {
     pub accepted_events: u64,
     pub measured: Duration,
     pub too_busy: u64,
+    /// Answers 503 with `Retry-After` (tallyd recovering), retried.
+    pub unavailable: u64,
+    /// Sends again after a failed connection (with [`LoadSpec::resend`]).
+    pub resent: u64,
     pub errors: u64,
     /// The first few error answers, for the report.
     pub error_samples: Vec<String>,
+    /// Every batch acknowledged (2xx), warm-up included, by number, ascending.
+    pub acknowledged: Vec<u64>,
+    /// Events of the acknowledged batches, warm-up included.
+    pub acknowledged_events: u64,
+    /// Events the acknowledgements counted as duplicates (a resent batch that had been
+    /// applied before its answer was lost).
+    pub duplicates: u64,
+    /// Batches sent whose fate is unknown (no answer and no more resends, or a 5xx):
+    /// tallyd may or may not have applied them.
+    pub unresolved: Vec<u64>,
 }
 
 struct Shared {
@@ -57,8 +82,14 @@ struct Shared {
     accepted: u64,
     offered: u64,
     too_busy: u64,
+    unavailable: u64,
+    resent: u64,
     errors: u64,
     error_samples: Vec<String>,
+    acknowledged: Vec<u64>,
+    acknowledged_events: u64,
+    duplicates: u64,
+    unresolved: Vec<u64>,
 }
 
 impl Shared {
@@ -70,16 +101,127 @@ impl Shared {
             accepted: 0,
             offered: 0,
             too_busy: 0,
+            unavailable: 0,
+            resent: 0,
             errors: 0,
             error_samples: Vec::new(),
+            acknowledged: Vec::new(),
+            acknowledged_events: 0,
+            duplicates: 0,
+            unresolved: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, sample: String) {
+        self.errors += 1;
+        if self.error_samples.len() < 5 {
+            self.error_samples.push(sample);
         }
     }
 }
 
-/// Sends batches from `bodies` (each a JSON array of `batch` events) per `spec`, and
+/// What one send of a batch came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Applied (2xx); `duplicates` of its events had been applied before.
+    Acknowledged { duplicates: u64 },
+    /// Backpressure (429): nothing applied; send again after the wait.
+    TooBusy(Duration),
+    /// Recovering (503 with `Retry-After`): nothing applied; send again after the wait.
+    Unavailable(Duration),
+    /// Refused whole (4xx): nothing applied, and sending again will not help.
+    Refused(String),
+    /// A server error (5xx): applied or not, nobody knows.
+    Unknown(String),
+    /// No answer: the connection failed, before or after the batch was applied.
+    Lost(String),
+}
+
+/// Where a run's batches go.
+pub trait Sink: Clone + 'static {
+    /// A batch as the sink takes it.
+    type Batch: 'static;
+    /// Sends `batch` once and reads the answer.
+    fn send(&self, batch: &Self::Batch) -> impl std::future::Future<Output = Answer>;
+}
+
+/// tallyd's usage route over HTTP: a batch is a JSON array of events.
+#[derive(Clone)]
+pub struct Http {
+    client: awc::Client,
+    url: String,
+}
+
+impl Http {
+    /// `connections` connections at most to `target`, for partition `partition`.
+    pub fn new(target: &str, partition: &str, connections: usize) -> Http {
+        Http {
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .connector(awc::Connector::new().limit(connections))
+                .finish(),
+            url: format!("{}/v1/partitions/{partition}/usage", target.trim_end_matches('/')),
+        }
+    }
+}
+
+impl Sink for Http {
+    type Batch = Vec<u8>;
+
+    async fn send(&self, body: &Vec<u8>) -> Answer {
+        let answer = self
+            .client
+            .post(self.url.as_str())
+            .insert_header(("Content-Type", "application/json"))
+            .send_body(body.clone())
+            .await;
+        let mut r = match answer {
+            Ok(r) => r,
+            Err(e) => return Answer::Lost(e.to_string()),
+        };
+        let status = r.status();
+        // Seconds to wait from a `Retry-After` header (0.1 when absent or unreadable).
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<f64>().ok());
+        let wait = Duration::from_secs_f64(retry_after.unwrap_or(0.1).clamp(0.0, 60.0));
+        let text = match r.body().limit(1 << 20).await {
+            Ok(text) => text,
+            Err(e) if status.is_success() => return Answer::Lost(format!("{status}, then {e}")),
+            Err(_) => Default::default(),
+        };
+        match status.as_u16() {
+            429 => Answer::TooBusy(wait),
+            503 if retry_after.is_some() => Answer::Unavailable(wait),
+            _ if status.is_success() => {
+                let answer: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+                Answer::Acknowledged {
+                    duplicates: answer["duplicates"].as_u64().unwrap_or(0),
+                }
+            }
+            _ => {
+                let text = format!("{status}: {}", String::from_utf8_lossy(&text));
+                if status.is_client_error() {
+                    Answer::Refused(text)
+                } else {
+                    Answer::Unknown(text)
+                }
+            }
+        }
+    }
+}
+
+/// Sends batches from `bodies` (each of `spec.batch` events) to `sink` per `spec`, and
 /// reports progress once a second on stderr. Must run inside an actix system.
-pub async fn run(spec: LoadSpec, bodies: tokio::sync::mpsc::Receiver<Vec<u8>>) -> LoadResult {
-    let bodies = Arc::new(tokio::sync::Mutex::new(bodies));
+pub async fn run<S: Sink>(
+    spec: LoadSpec,
+    sink: S,
+    bodies: tokio::sync::mpsc::Receiver<S::Batch>,
+) -> LoadResult {
+    // The receiver and the number of the next batch it gives, under one lock.
+    let bodies = Arc::new(tokio::sync::Mutex::new((bodies, 0u64)));
     let total_time = spec.warmup + spec.duration;
     let interval = if spec.rate == 0 {
         None
@@ -90,26 +232,12 @@ pub async fn run(spec: LoadSpec, bodies: tokio::sync::mpsc::Receiver<Vec<u8>>) -
     let start = Instant::now();
     let measure_from = start + spec.warmup;
     let end = start + total_time;
+    let resend_until = spec.resend.map(|grace| end + grace);
     let next = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(Mutex::new(Shared::new()));
-    let url = format!(
-        "{}/v1/partitions/{}/usage",
-        spec.target.trim_end_matches('/'),
-        spec.partition
-    );
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .connector(awc::Connector::new().limit(spec.connections))
-        .finish();
     let mut senders = Vec::new();
     for _ in 0..spec.connections {
-        let (client, url, next, shared, bodies) = (
-            client.clone(),
-            url.clone(),
-            next.clone(),
-            shared.clone(),
-            bodies.clone(),
-        );
+        let (sink, next, shared, bodies) = (sink.clone(), next.clone(), shared.clone(), bodies.clone());
         let batch = spec.batch as u64;
         senders.push(actix_rt::spawn(async move {
             loop {
@@ -121,8 +249,13 @@ pub async fn run(spec: LoadSpec, bodies: tokio::sync::mpsc::Receiver<Vec<u8>>) -
                 if intended >= end {
                     return;
                 }
-                let Some(body) = bodies.lock().await.recv().await else {
-                    return;
+                let (seq, body) = {
+                    let mut channel = bodies.lock().await;
+                    let Some(body) = channel.0.recv().await else {
+                        return;
+                    };
+                    channel.1 += 1;
+                    (channel.1 - 1, body)
                 };
                 actix_rt::time::sleep_until(intended.into()).await;
                 let measured = intended >= measure_from;
@@ -130,73 +263,72 @@ pub async fn run(spec: LoadSpec, bodies: tokio::sync::mpsc::Receiver<Vec<u8>>) -
                     shared.lock().unwrap().offered += batch;
                 }
                 let mut sent = Instant::now();
-                loop {
-                    let answer = client
-                        .post(url.as_str())
-                        .insert_header(("Content-Type", "application/json"))
-                        .send_body(body.clone())
-                        .await;
-                    match answer {
-                        Ok(mut r) if r.status().as_u16() == 429 => {
-                            let wait = r
-                                .headers()
-                                .get("retry-after")
-                                .and_then(|v| v.to_str().ok())
-                                .and_then(|v| v.parse::<f64>().ok())
-                                .unwrap_or(0.1);
-                            let _ = r.body().await;
+                let outcome = loop {
+                    match sink.send(&body).await {
+                        Answer::TooBusy(wait) => {
                             if measured {
                                 shared.lock().unwrap().too_busy += 1;
                             }
-                            actix_rt::time::sleep(Duration::from_secs_f64(wait)).await;
+                            actix_rt::time::sleep(wait).await;
                             sent = Instant::now();
                         }
-                        Ok(mut r) => {
-                            let ok = r.status().is_success();
-                            let text = r.body().limit(1 << 20).await.unwrap_or_default();
-                            let done = Instant::now();
-                            if !measured {
-                                break;
-                            }
-                            let mut s = shared.lock().unwrap();
-                            if ok {
-                                let _ = s
-                                    .latency
-                                    .record(done.duration_since(intended).as_micros().max(1) as u64);
-                                let _ = s
-                                    .service
-                                    .record(done.duration_since(sent).as_micros().max(1) as u64);
-                                let second = done.duration_since(measure_from).as_secs() as usize;
-                                while s.intervals.len() <= second {
-                                    let n = s.intervals.len();
-                                    s.intervals.push(Interval {
-                                        start_secs: n as f64,
-                                        histogram: histogram(),
-                                    });
-                                }
-                                let _ = s.intervals[second]
-                                    .histogram
-                                    .record(done.duration_since(intended).as_micros().max(1) as u64);
-                                s.accepted += batch;
-                            } else {
-                                s.errors += 1;
-                                if s.error_samples.len() < 5 {
-                                    s.error_samples.push(String::from_utf8_lossy(&text).into_owned());
-                                }
-                            }
-                            break;
-                        }
-                        Err(e) => {
+                        Answer::Unavailable(wait) => {
                             if measured {
-                                let mut s = shared.lock().unwrap();
-                                s.errors += 1;
-                                if s.error_samples.len() < 5 {
-                                    s.error_samples.push(e.to_string());
-                                }
+                                shared.lock().unwrap().unavailable += 1;
                             }
-                            break;
+                            actix_rt::time::sleep(wait).await;
+                            sent = Instant::now();
+                        }
+                        Answer::Lost(e) => match resend_until {
+                            Some(until) if Instant::now() < until => {
+                                // tallyd went away (or is restarting): send the same batch
+                                // again shortly; a copy it had applied counts as duplicates.
+                                shared.lock().unwrap().resent += 1;
+                                actix_rt::time::sleep(Duration::from_millis(20)).await;
+                                sent = Instant::now();
+                            }
+                            _ => break Answer::Unknown(e),
+                        },
+                        other => break other,
+                    }
+                };
+                let done = Instant::now();
+                let mut s = shared.lock().unwrap();
+                match outcome {
+                    Answer::Acknowledged { duplicates } => {
+                        s.acknowledged.push(seq);
+                        s.acknowledged_events += batch;
+                        s.duplicates += duplicates;
+                        if measured {
+                            let from_intended = done.duration_since(intended).as_micros().max(1) as u64;
+                            let _ = s.latency.record(from_intended);
+                            let _ = s
+                                .service
+                                .record(done.duration_since(sent).as_micros().max(1) as u64);
+                            let second = done.duration_since(measure_from).as_secs() as usize;
+                            while s.intervals.len() <= second {
+                                let n = s.intervals.len();
+                                s.intervals.push(Interval {
+                                    start_secs: n as f64,
+                                    histogram: histogram(),
+                                });
+                            }
+                            let _ = s.intervals[second].histogram.record(from_intended);
+                            s.accepted += batch;
                         }
                     }
+                    Answer::Refused(text) => {
+                        if measured {
+                            s.error(text);
+                        }
+                    }
+                    Answer::Unknown(text) | Answer::Lost(text) => {
+                        s.unresolved.push(seq);
+                        if measured {
+                            s.error(text);
+                        }
+                    }
+                    Answer::TooBusy(_) | Answer::Unavailable(_) => unreachable!("sent again above"),
                 }
             }
         }));
@@ -213,8 +345,13 @@ pub async fn run(spec: LoadSpec, bodies: tokio::sync::mpsc::Receiver<Vec<u8>>) -
                 let s = shared.lock().unwrap();
                 let rate = s.accepted - last;
                 last = s.accepted;
+                let restarts = if resend_until.is_some() {
+                    format!("  503s {}  resent {}", s.unavailable, s.resent)
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "[{:>4}s] {:>9} events/s  p50 {:>8.3} ms  p99 {:>8.3} ms  429s {}  errors {}",
+                    "[{:>4}s] {:>9} events/s  p50 {:>8.3} ms  p99 {:>8.3} ms  429s {}{restarts}  errors {}",
                     start.elapsed().as_secs(),
                     rate,
                     s.latency.value_at_quantile(0.5) as f64 / 1000.0,
@@ -230,7 +367,9 @@ pub async fn run(spec: LoadSpec, bodies: tokio::sync::mpsc::Receiver<Vec<u8>>) -
     }
     live.abort();
     let measured = start.elapsed().saturating_sub(spec.warmup);
-    let s = std::mem::replace(&mut *shared.lock().unwrap(), Shared::new());
+    let mut s = std::mem::replace(&mut *shared.lock().unwrap(), Shared::new());
+    s.acknowledged.sort_unstable();
+    s.unresolved.sort_unstable();
     LoadResult {
         latency: s.latency,
         service: s.service,
@@ -240,7 +379,13 @@ pub async fn run(spec: LoadSpec, bodies: tokio::sync::mpsc::Receiver<Vec<u8>>) -
         accepted_events: s.accepted,
         measured,
         too_busy: s.too_busy,
+        unavailable: s.unavailable,
+        resent: s.resent,
         errors: s.errors,
         error_samples: s.error_samples,
+        acknowledged: s.acknowledged,
+        acknowledged_events: s.acknowledged_events,
+        duplicates: s.duplicates,
+        unresolved: s.unresolved,
     }
 }

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
-use loadgen::run::{run, LoadSpec};
+use loadgen::run::{run, Http, LoadSpec};
 
 /// Answers every request at once, except the `stall_at`-th, held for `stall`.
 fn synthetic_server(stall_at: usize, stall: Duration) -> String {
@@ -72,14 +72,14 @@ fn a_stall_shows_in_the_latency_from_the_intended_time_not_only_in_one_request()
     // which the ~100 due during the stall wait for it.
     let result = actix_rt::System::new().block_on(run(
         LoadSpec {
-            target,
-            partition: "aws".into(),
             rate: 1000,
             batch: 10,
             connections: 1,
             warmup: Duration::ZERO,
             duration: Duration::from_secs(3),
+            resend: None,
         },
+        Http::new(&target, "aws", 1),
         rx,
     ));
     assert_eq!(result.errors, 0);
