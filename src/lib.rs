@@ -3,12 +3,14 @@
 //! Layers, with arrows pointing one way: `api → engine → {domain, actors}`.
 //! [`domain`] holds the billing rules as pure functions; the actor runtime lives in the
 //! `tallyman-actors` crate and knows nothing of billing; [`engine`] joins the two;
-//! [`api`] is the HTTP face; [`config`] reads settings.
+//! [`api`] is the HTTP face; [`config`] reads settings; [`report`] renders latency
+//! histograms as tables and files (for `tallyd report` and `loadgen`).
 
 pub mod api;
 pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod report;
 
 /// The allocator of every binary built on the engine (`tallyd`, the benches, the tests),
 /// so that benchmarks measure what runs. Millions of small records (account ids, usage,

@@ -31,10 +31,32 @@ struct Cli {
 enum Command {
     /// Validate the configuration and catalogs, print a summary, and exit.
     CheckConfig,
+    /// Fetch a running daemon's latency per stage and render it: a table, and with
+    /// --out an .hgrm per stage, latency.svg and latency.json.
+    Report {
+        /// The daemon's base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// A folder for the files (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// A bearer token with the read scope, when the daemon has auth on.
+        #[arg(long, env = "TALLYD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Report { url, out, token }) = &cli.command {
+        return match report(url, out.as_deref(), token.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tallyd report: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let settings = match load(&cli) {
         Ok(s) => s,
         Err(e) => {
@@ -44,8 +66,79 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::CheckConfig) => check_config(&settings),
+        Some(Command::Report { .. }) => unreachable!("handled before the configuration is read"),
         None => run(settings),
     }
+}
+
+/// `tallyd report`: the daemon's stage histograms as a table and files.
+fn report(url: &str, out: Option<&std::path::Path>, token: Option<&str>) -> Result<(), String> {
+    use tallyman::engine::stats::{decode_histogram, LatencyReport};
+    let base = url.trim_end_matches('/');
+    let url = if base.ends_with("/v1/stats/latency") {
+        base.to_owned()
+    } else {
+        format!("{base}/v1/stats/latency")
+    };
+    let body = actix_rt::System::new().block_on(async {
+        let mut request = awc::Client::default().get(&url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let mut response = request.send().await.map_err(|e| format!("GET {url}: {e}"))?;
+        let body = response
+            .body()
+            .limit(64 << 20)
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "GET {url}: {} {}",
+                response.status(),
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        Ok(body)
+    })?;
+    let report: LatencyReport =
+        serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not a latency report: {e}"))?;
+    let mut table = format!(
+        "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+        "stage (µs)", "count", "p50", "p90", "p99", "p99.9", "p99.99", "max"
+    );
+    for s in &report.stages {
+        table.push_str(&format!(
+            "{:<20} {:>10} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}\n",
+            s.stage, s.count, s.p50, s.p90, s.p99, s.p999, s.p9999, s.max
+        ));
+    }
+    print!("{table}");
+    let Some(dir) = out else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let write = |name: &str, bytes: &[u8]| {
+        std::fs::write(dir.join(name), bytes).map_err(|e| format!("{}: {e}", dir.join(name).display()))
+    };
+    write("latency.json", &body)?;
+    write("latency.txt", table.as_bytes())?;
+    let mut series = Vec::new();
+    for s in &report.stages {
+        let h = decode_histogram(&s.histogram).map_err(|e| format!("stage {}: {e}", s.stage))?;
+        let mut hgrm = Vec::new();
+        tallyman::report::write_hgrm_unit(&h, 1e6, &mut hgrm).map_err(|e| e.to_string())?;
+        write(&format!("{}.hgrm", s.stage), &hgrm)?;
+        if !h.is_empty() {
+            series.push((s.stage.as_str(), h));
+        }
+    }
+    let series: Vec<(&str, &hdrhistogram::Histogram<u64>)> = series.iter().map(|(n, h)| (*n, h)).collect();
+    tallyman::report::write_svg_unit(&series, 1e6, &dir.join("latency.svg"))?;
+    println!(
+        "wrote latency.json, latency.txt, latency.svg and one .hgrm per stage (values in ms) to {}",
+        dir.display()
+    );
+    Ok(())
 }
 
 fn load(cli: &Cli) -> Result<Validated, tallyman::config::ConfigError> {

@@ -475,3 +475,67 @@ fn openapi_lists_every_route_and_every_route_answers() {
     let quantity = &doc["components"]["schemas"]["UsageEvent"]["properties"]["quantity"];
     assert_eq!(quantity["type"], json!(["string", "number"]));
 }
+
+#[test]
+fn latency_per_stage_is_served_and_rendered_by_tallyd_report() {
+    let d = daemon("latency");
+    setup(&d);
+    let r = ingest(&d, &[event("l1", "111111111111", "ec2.instance_hours", json!(3))]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    customer_total(&d);
+    let (status, body) = d.get("/v1/stats/latency");
+    assert_eq!(status, 200, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["unit"], "microseconds");
+    let stages = report["stages"].as_array().unwrap();
+    let stage = |name: &str| {
+        stages
+            .iter()
+            .find(|s| s["stage"] == name)
+            .unwrap_or_else(|| panic!("no stage {name}: {body}"))
+    };
+    // One request each went through parsing, the journal (appended, synced) and a segment,
+    // and one running bill was queried; no bill run happened.
+    for name in ["parse", "journal_append", "fsync", "apply", "query"] {
+        let s = stage(name);
+        assert!(s["count"].as_u64().unwrap() >= 1, "{name}: {s}");
+        assert!(s["p50"].as_f64().unwrap() > 0.0, "{name}: {s}");
+        assert!(
+            s["max"].as_f64().unwrap() >= s["p50"].as_f64().unwrap(),
+            "{name}: {s}"
+        );
+    }
+    assert_eq!(stage("bill_run_customer")["count"], 0);
+    let histogram = stage("fsync")["histogram"].as_str().unwrap();
+    let h = tallyman::engine::stats::decode_histogram(histogram).unwrap();
+    assert_eq!(h.len(), stage("fsync")["count"].as_u64().unwrap());
+
+    // `tallyd report` renders the same numbers as a table and files.
+    let out = std::env::temp_dir().join(format!("tallyd-report-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args(["report", "--url", &format!("http://{}", d.addr), "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.lines().any(|l| l.starts_with("fsync ")), "{stdout}");
+    for file in [
+        "latency.json",
+        "latency.txt",
+        "latency.svg",
+        "fsync.hgrm",
+        "query.hgrm",
+    ] {
+        let bytes = std::fs::read(out.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(!bytes.is_empty(), "{file}");
+    }
+    let hgrm = std::fs::read_to_string(out.join("fsync.hgrm")).unwrap();
+    assert!(hgrm.contains("#[Max     ="), "{hgrm}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -58,6 +58,7 @@ api! {
     get "/health" => health { "Liveness: the process answers.", scope: None, request: None, ok: 200, response: None }
     get "/ready" => ready { "Readiness: recovery has finished and traffic is accepted.", scope: None, request: None, ok: 200, response: None }
     get "/metrics" => metrics::render { "Prometheus text metrics.", scope: Some("read"), request: None, ok: 200, response: None }
+    get "/v1/stats/latency" => latency_stats { "Latency per stage (parse, journal append, fsync, apply, query, bill run per customer), merged across threads: percentiles in microseconds and each HdrHistogram, encoded.", scope: Some("read"), request: None, ok: 200, response: Some(schema::<crate::engine::stats::LatencyReport>) }
     get "/v1/openapi.json" => openapi_json { "This document.", scope: Some("read"), request: None, ok: 200, response: None }
     get "/v1/partitions" => v1::partitions { "Partitions with their currency, segments, customers and accounts.", scope: Some("read"), request: None, ok: 200, response: Some(schema::<Vec<v1::PartitionView>>) }
     post "/v1/partitions" => v1::create_partition { "Creates a partition with its own currency and catalog, without a restart.", scope: Some("admin"), request: Some(schema::<crate::config::PartitionSpec>), ok: 201, response: Some(schema::<v1::PartitionView>) }
@@ -154,6 +155,11 @@ struct SegmentReport {
     moves: u64,
     restarts: u64,
     segments: Vec<SegmentView>,
+}
+
+/// Latency per stage since the process started.
+async fn latency_stats() -> HttpResponse {
+    HttpResponse::Ok().json(crate::engine::stats::latency_report())
 }
 
 /// Segments with their arbiter, state and load.

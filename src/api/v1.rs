@@ -385,8 +385,11 @@ pub(super) async fn ingest(
 ) -> Result<HttpResponse, Problem> {
     let p = partition(&engine, &path)?;
     let body = wire::read_body(payload, limits.max_body_bytes).await?;
+    let parsing = std::time::Instant::now();
     let items = wire::items(&body, wire::is_ndjson(&req), limits.max_events_per_request)?;
-    let events = wire::usage_events(&items).map_err(|errors| {
+    let events = wire::usage_events(&items);
+    crate::engine::stats::PARSE.record(parsing.elapsed());
+    let events = events.map_err(|errors| {
         Problem::bad_request(
             "invalid-events",
             "Invalid events",

@@ -540,7 +540,9 @@ impl PartitionEngine {
                         }
                         let started = Instant::now();
                         let bill = entity.bill_of_period(&view);
-                        let ns = started.elapsed().as_nanos() as u64;
+                        let elapsed = started.elapsed();
+                        super::stats::BILL_RUN_CUSTOMER.record(elapsed);
+                        let ns = elapsed.as_nanos() as u64;
                         if let Some(h) = out.compute.as_mut() {
                             let _ = h.record(ns.max(1));
                         }

@@ -12,6 +12,7 @@ pub mod alerts;
 pub mod bill_run;
 pub mod codec;
 pub mod invoices;
+pub mod stats;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -361,6 +362,7 @@ impl Engine {
     /// Starts the runtime and every partition, and loads the configured customers.
     /// Must run inside an actix system.
     pub async fn start(settings: &Validated, options: EngineOptions) -> Result<Engine, EngineError> {
+        stats::register_all();
         let pool = Arc::new(ArbiterPool::new(settings.runtime.arbiters));
         let r = &settings.runtime;
         let router = Router::new(
@@ -1336,6 +1338,7 @@ impl PartitionEngine {
 
     /// The running bill of a customer.
     pub async fn customer_bill(&self, customer: &str) -> Result<Bill, EngineError> {
+        let started = std::time::Instant::now();
         let key = self.customer_key(customer)?;
         // The catalog is read and the query queued under the catalog lock: usage priced by
         // a version published later can only queue behind the query, never ahead of it.
@@ -1350,6 +1353,7 @@ impl PartitionEngine {
             self.runtime.ask(key, CustomerQuery::Bill(view))?
         };
         let answer = pending.await?;
+        stats::QUERY.record(started.elapsed());
         match answer {
             Some(CustomerAnswer::Bill(Ok(bill))) => Ok(*bill),
             Some(CustomerAnswer::Bill(Err(e))) => Err(EngineError::Failed(e)),
