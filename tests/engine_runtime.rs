@@ -367,3 +367,75 @@ fn an_unknown_time_zone_is_refused_by_name() {
     );
     assert!(err.contains("Mars/Olympus_Mons"), "{err}");
 }
+
+#[test]
+fn an_account_move_is_one_journal_record_that_carries_its_usage() {
+    use tallyman::engine::CustomerCommand;
+    actix_rt::System::new().block_on(async {
+        let settings = settings();
+        let engine = Engine::start(&settings, EngineOptions::default()).await.unwrap();
+        let p = engine.partition("aws").unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let families: Vec<Family> = families(&mut rng, 8)
+            .into_iter()
+            .filter(|f| f.customer.accounts.len() >= 2)
+            .take(2)
+            .collect();
+        for f in &families {
+            p.upsert_customer(f.customer.clone()).await.unwrap();
+        }
+        let (from, to) = (&families[0].customer, &families[1].customer);
+        let moving = from.accounts.iter().find(|a| **a != from.payer).unwrap().to_string();
+        let s = p
+            .ingest(vec![UsageEvent {
+                id: "m1".into(),
+                account: moving.clone(),
+                meter: "ec2.instance_hours".into(),
+                quantity: Decimal::from(7),
+                time: "2026-11-03T10:00:00Z".parse().unwrap(),
+                dimensions: Default::default(),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(s.accepted, 1);
+        let before = p.runtime().journal().last_lsn();
+        p.move_account(&to.id, &moving).await.unwrap();
+        let journal = p.runtime().journal();
+        assert_eq!(journal.last_lsn(), before + 1, "the move is one record");
+        let mut record = None;
+        journal
+            .replay(before, &mut |_, r| {
+                record = Some(r.clone());
+                false
+            })
+            .unwrap();
+        let record = record.unwrap();
+        assert_eq!(record.len(), 2, "{record:?}");
+        assert!(
+            matches!(&record[0], (k, CustomerCommand::Release { account, .. }) if **k == *from.id && **account == *moving)
+        );
+        match &record[1] {
+            (k, CustomerCommand::Adopt { account, usage, .. }) => {
+                assert_eq!(**k, *to.id);
+                assert_eq!(**account, *moving);
+                assert!(usage.is_some(), "the usage travels inside the record");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The hours moved with the account: the new customer's bill has them.
+        let bill = p.customer_bill(&to.id).await.unwrap();
+        let hours: Decimal = bill
+            .lines
+            .iter()
+            .filter(|l| &*l.meter == "ec2.instance_hours")
+            .map(|l| l.quantity)
+            .sum();
+        assert_eq!(hours, Decimal::from(7));
+        // The payer cannot leave, and nothing is journaled for the refusal.
+        let last = journal.last_lsn();
+        let err = p.move_account(&to.id, &from.payer).await.unwrap_err();
+        assert!(matches!(err, EngineError::Conflict(_)), "{err:?}");
+        assert_eq!(journal.last_lsn(), last);
+        engine.stop();
+    });
+}

@@ -155,6 +155,8 @@ pub enum CustomerQuery {
     Bill(Arc<PricingView>),
     /// The customer's terms.
     Terms,
+    /// What `account` would take with it if it left now (a `Release` for `period`).
+    Leaving { account: AccountId, period: Period },
 }
 
 /// Answers to [`CustomerQuery`].
@@ -165,6 +167,8 @@ pub enum CustomerAnswer {
     /// (for the engine to make sure its alert log has them).
     Budgets(Result<(Vec<Crossing>, Vec<AlertMark>), String>),
     Terms(Option<Box<Customer>>),
+    /// The usage a `Release` would hand over (`None`: none), or why the account cannot leave.
+    Leaving(Result<Option<Box<AccountUsage>>, String>),
 }
 
 /// The state of one customer.
@@ -555,6 +559,34 @@ impl CustomerEntity {
         left
     }
 
+    /// What [`Self::release`] would answer now, without changing anything: the account's
+    /// usage of `period` (with any it left behind earlier), or why it cannot leave.
+    fn leaving(&self, account: &AccountId, period: Period) -> Result<Option<Box<AccountUsage>>, String> {
+        let customer = self.customer.as_deref().ok_or("the customer does not exist")?;
+        if customer.payer == *account {
+            return Err(format!(
+                "account {account:?} is the payer of customer {:?} and cannot leave it",
+                customer.id
+            ));
+        }
+        if self.period != Some(period) {
+            // Usage of an earlier period stays to be billed with it; none of `period` yet.
+            return Ok(None);
+        }
+        let mut usage = customer
+            .accounts
+            .binary_search(account)
+            .ok()
+            .map(|i| self.usage[i].clone());
+        if let Some((_, departed)) = self.departed.iter().find(|(a, _)| a == account) {
+            match &mut usage {
+                Some(u) => u.merge(departed).map_err(|e| e.to_string())?,
+                None => usage = Some(departed.clone()),
+            }
+        }
+        Ok(usage.filter(|u| !u.is_empty()).map(Box::new))
+    }
+
     fn release(&mut self, account: &AccountId, period: Period) -> CustomerReply {
         if self.customer.is_none() {
             return CustomerReply::NoSuchCustomer;
@@ -732,6 +764,9 @@ impl Entity for CustomerEntity {
                 (c, raised)
             })),
             CustomerQuery::Terms => CustomerAnswer::Terms(self.customer.clone()),
+            CustomerQuery::Leaving { account, period } => {
+                CustomerAnswer::Leaving(self.leaving(account, *period))
+            }
         }
     }
 

@@ -1409,53 +1409,73 @@ impl PartitionEngine {
                 (AccountId::from(name), None)
             }
         };
+        let period = self.period();
+        let mut batch = Vec::with_capacity(2);
         let mut usage = None;
         if let Some(from) = &from {
-            match self
-                .submit_one(
+            // Everything journaled before reaches its segment first, so that the usage
+            // read next is all the account has (ingest is paused meanwhile).
+            self.wait_until_delivered().await?;
+            let query = CustomerQuery::Leaving {
+                account: account_id.clone(),
+                period,
+            };
+            usage = match self.runtime.ask(from.clone(), query)?.await? {
+                Some(CustomerAnswer::Leaving(Ok(u))) => u,
+                Some(CustomerAnswer::Leaving(Err(why))) => return Err(EngineError::Conflict(why)),
+                other => return Err(EngineError::Failed(format!("{other:?}"))),
+            };
+            batch.push((
+                from.clone(),
+                CustomerCommand::Release {
+                    account: account_id.clone(),
+                    period,
+                },
+            ));
+        }
+        batch.push((
+            to.clone(),
+            CustomerCommand::Adopt {
+                account: account_id.clone(),
+                usage: usage.clone(),
+                period,
+            },
+        ));
+        // One journal record: the account leaves one customer and joins the other with its
+        // usage together, or (a crash before the record is durable) not at all.
+        let outcomes = self.submit_batch(batch).await?;
+        let released = from.is_none() || matches!(outcomes.first(), Some(Ok(CustomerReply::Released(_))));
+        let adopted = matches!(outcomes.last(), Some(Ok(CustomerReply::Adopted)));
+        if !(released && adopted) {
+            // A segment failed in the middle (the journal has both; a restart applies both).
+            // Until then, undo the half that took effect, so the account is billed once.
+            let undo = match (&from, released, adopted) {
+                (Some(from), true, false) => Some((
                     from.clone(),
+                    CustomerCommand::Adopt {
+                        account: account_id.clone(),
+                        usage,
+                        period,
+                    },
+                )),
+                (Some(_), false, true) => Some((
+                    to.clone(),
                     CustomerCommand::Release {
                         account: account_id.clone(),
-                        period: self.period(),
+                        period,
                     },
-                )
-                .await?
-            {
-                CustomerReply::Released(u) => usage = u,
-                CustomerReply::Refused(why) => return Err(EngineError::Conflict(why)),
-                other => return Err(EngineError::Failed(format!("{other:?}"))),
-            }
-        }
-        let adopted = self
-            .submit_one(
-                to.clone(),
-                CustomerCommand::Adopt {
-                    account: account_id.clone(),
-                    usage: usage.clone(),
-                    period: self.period(),
-                },
-            )
-            .await;
-        if !matches!(adopted, Ok(CustomerReply::Adopted)) {
-            // Give the account and its usage back to where they were.
-            if let Some(from) = &from {
-                let back = self
-                    .submit_one(
-                        from.clone(),
-                        CustomerCommand::Adopt {
-                            account: account_id.clone(),
-                            usage,
-                            period: self.period(),
-                        },
-                    )
-                    .await;
-                if !matches!(back, Ok(CustomerReply::Adopted)) {
-                    tracing::error!(partition = %self.id, account, from = %from, to = %to,
-                        "account left its customer and could not be put back: {back:?}");
+                )),
+                _ => None,
+            };
+            if let Some((key, command)) = undo {
+                let back = self.submit_one(key, command).await;
+                if !matches!(back, Ok(CustomerReply::Adopted | CustomerReply::Released(_))) {
+                    tracing::error!(partition = %self.id, account, from = ?from, to = %to,
+                        "an account move failed halfway and could not be undone: {back:?}");
                 }
             }
             return Err(EngineError::Unavailable(format!(
-                "account {account:?} could not move to {customer:?} ({adopted:?}); nothing changed, try again"
+                "account {account:?} could not move to {customer:?} ({outcomes:?}); nothing changed, try again"
             )));
         }
         self.directory.insert(account_id, to.clone());
@@ -1463,24 +1483,30 @@ impl PartitionEngine {
         Ok(from.map(|f| f.to_string()))
     }
 
-    /// Submits one command and waits for its reply. While routing is held for writing,
-    /// ingest is paused, so a busy segment drains: a refusal for backpressure (nothing
-    /// journaled) is retried for up to five seconds.
+    /// Submits one command and waits for its reply (see [`Self::submit_batch`]).
     async fn submit_one(
         &self,
         key: CustomerKey,
         command: CustomerCommand,
     ) -> Result<CustomerReply, EngineError> {
+        match self.submit_batch(vec![(key, command)]).await?.pop() {
+            Some(Ok(reply)) => Ok(reply),
+            other => Err(EngineError::Unavailable(format!("{other:?}"))),
+        }
+    }
+
+    /// Submits commands as one journal record and waits for their replies. While routing
+    /// is held for writing, ingest is paused, so a busy segment drains: a refusal for
+    /// backpressure (nothing journaled) is retried for up to five seconds.
+    async fn submit_batch(
+        &self,
+        batch: Vec<(CustomerKey, CustomerCommand)>,
+    ) -> Result<Vec<Result<CustomerReply, tallyman_actors::Failure>>, EngineError> {
         let mut wait = std::time::Duration::from_millis(1);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            match self.runtime.submit(vec![(key.clone(), command.clone())]) {
-                Ok(pending) => {
-                    return match pending.await?.pop() {
-                        Some(Ok(reply)) => Ok(reply),
-                        other => Err(EngineError::Unavailable(format!("{other:?}"))),
-                    }
-                }
+            match self.runtime.submit(batch.clone()) {
+                Ok(pending) => return Ok(pending.await?),
                 Err(SubmitError::Busy { .. }) if std::time::Instant::now() < deadline => {
                     actix_rt::time::sleep(wait).await;
                     wait = (wait * 2).min(std::time::Duration::from_millis(100));
@@ -1488,6 +1514,22 @@ impl PartitionEngine {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Waits (up to five seconds) until every record journaled so far has been handed to
+    /// its segment.
+    async fn wait_until_delivered(&self) -> Result<(), EngineError> {
+        let journaled = self.journal.last_lsn();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.journal.durable_lsn() < journaled {
+            if std::time::Instant::now() > deadline {
+                return Err(EngineError::Unavailable(
+                    "the journal did not catch up within five seconds; try again".into(),
+                ));
+            }
+            actix_rt::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        Ok(())
     }
 
     /// Rebuilds who owns which account (and the latest usage date) from the journal:
