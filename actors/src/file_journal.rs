@@ -89,6 +89,56 @@ pub struct FileJournal<R: Send + Sync + 'static> {
     stats: Arc<JournalStats>,
     /// The LSN up to which every `on_durable` has been called.
     durable: Arc<AtomicU64>,
+    /// Held while the skip marks file is written.
+    skips: Mutex<()>,
+}
+
+/// The file of skip marks: `(lsn: u64, index: u32, crc32c: u32)` little-endian, 16 bytes
+/// each, appended and synced one call at a time.
+const SKIPS_FILE: &str = "skipped.marks";
+const MARK: usize = 16;
+
+fn encode_mark(lsn: Lsn, index: u32) -> [u8; MARK] {
+    let mut out = [0u8; MARK];
+    out[0..8].copy_from_slice(&lsn.to_le_bytes());
+    out[8..12].copy_from_slice(&index.to_le_bytes());
+    let crc = crc32c::crc32c(&out[0..12]);
+    out[12..16].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Reads the skip marks; a torn last mark (a crash mid-append) is ignored, a damaged one
+/// before it refuses, naming the file and offset.
+fn read_marks(path: &Path) -> Result<Vec<(Lsn, u32)>, JournalError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(JournalError::Unavailable(format!("{}: {e}", path.display()))),
+    };
+    let mut marks = Vec::with_capacity(bytes.len() / MARK);
+    for (i, chunk) in bytes.chunks(MARK).enumerate() {
+        let last = (i + 1) * MARK >= bytes.len();
+        let whole = chunk.len() == MARK
+            && u32::from_le_bytes(chunk[12..16].try_into().expect("4 bytes"))
+                == crc32c::crc32c(&chunk[0..12]);
+        if !whole {
+            if last {
+                tracing::warn!(file = %path.display(), offset = i * MARK, "torn last skip mark ignored");
+                break;
+            }
+            return Err(JournalError::Corrupt(format!(
+                "{} is damaged at offset {}: a skip mark fails its checksum before the end of the file. \
+                 Restore the file from a replica or backup; deleting it lets refused commands be applied on replay",
+                path.display(),
+                i * MARK
+            )));
+        }
+        marks.push((
+            u64::from_le_bytes(chunk[0..8].try_into().expect("8 bytes")),
+            u32::from_le_bytes(chunk[8..12].try_into().expect("4 bytes")),
+        ));
+    }
+    Ok(marks)
 }
 
 /// A file of the journal: its path and the first LSN it holds.
@@ -218,6 +268,8 @@ impl<R: Send + Sync + 'static> FileJournal<R> {
                 }
             }
         }
+        // Damaged skip marks refuse to start, as damaged records do.
+        read_marks(&config.dir.join(SKIPS_FILE))?;
         let current = match files.last() {
             Some(f) => f.path.clone(),
             None => segment_path(&config.dir, last + 1),
@@ -251,11 +303,36 @@ impl<R: Send + Sync + 'static> FileJournal<R> {
             writer: Mutex::new(Some(handle)),
             stats,
             durable,
+            skips: Mutex::new(()),
         })
     }
 
     pub fn stats(&self) -> &JournalStats {
         &self.stats
+    }
+
+    /// Drops the skip marks of records up to `upto` (no longer replayed), rewriting the
+    /// file atomically when any go.
+    fn forget_marks(&self, upto: Lsn) {
+        let _one = self.skips.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.dir.join(SKIPS_FILE);
+        let Ok(marks) = read_marks(&path) else { return };
+        if marks.iter().all(|m| m.0 > upto) {
+            return;
+        }
+        let keep: Vec<u8> = marks
+            .iter()
+            .filter(|m| m.0 > upto)
+            .flat_map(|&(l, i)| encode_mark(l, i))
+            .collect();
+        let tmp = self.dir.join(format!("{SKIPS_FILE}.tmp"));
+        let written = std::fs::write(&tmp, &keep)
+            .and_then(|()| File::open(&tmp).and_then(|f| f.sync_all()))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| File::open(&self.dir).and_then(|d| d.sync_all()));
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e, "cannot drop old skip marks; they stay");
+        }
     }
 
     /// Stops the writer after it has written and synced everything queued.
@@ -446,7 +523,25 @@ impl<R: Send + Sync + 'static> Journal<R> for FileJournal<R> {
         Ok(())
     }
 
+    fn mark_skipped(&self, marks: &[(Lsn, u32)]) -> Result<(), JournalError> {
+        let _one = self.skips.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes: Vec<u8> = marks.iter().flat_map(|&(l, i)| encode_mark(l, i)).collect();
+        let path = self.dir.join(SKIPS_FILE);
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_data()))
+            .map_err(|e| JournalError::Unavailable(format!("{}: {e}", path.display())))
+    }
+
+    fn skipped(&self) -> Result<Vec<(Lsn, u32)>, JournalError> {
+        let _one = self.skips.lock().unwrap_or_else(|p| p.into_inner());
+        read_marks(&self.dir.join(SKIPS_FILE))
+    }
+
     fn truncate(&self, upto: Lsn) {
+        self.forget_marks(upto);
         let Ok(files) = segments(&self.dir) else { return };
         // A file can go when the next one starts at or before `upto + 1`: all its records
         // are at most `upto`. The last file always stays.

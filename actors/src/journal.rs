@@ -48,12 +48,26 @@ pub trait Journal<R>: Send + Sync + 'static {
     fn durable_lsn(&self) -> Lsn;
     /// Finishes what was appended and stops taking appends (which then fail).
     fn close(&self) {}
+    /// Records, durably before returning, that the commands at these `(lsn, index)`
+    /// positions are never to be applied: they were refused (or dead-lettered) after
+    /// they were journaled, and their callers were told so. A journal that does not
+    /// outlive the process need not keep them.
+    fn mark_skipped(&self, _marks: &[(Lsn, u32)]) -> Result<(), JournalError> {
+        Ok(())
+    }
+    /// The marks recorded by [`Journal::mark_skipped`] for records still retained.
+    fn skipped(&self) -> Result<Vec<(Lsn, u32)>, JournalError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A journal in memory: for tests, and for runs that need no durability.
 pub struct MemoryJournal<R> {
     inner: Mutex<MemoryInner<R>>,
     retain: bool,
+    /// Skip marks, kept as long as the journal (apart from `inner`: marks are made while
+    /// `append` holds it, from `on_durable`).
+    marks: Mutex<Vec<(Lsn, u32)>>,
 }
 
 struct MemoryInner<R> {
@@ -83,6 +97,7 @@ impl<R> MemoryJournal<R> {
                 last: 0,
             }),
             retain,
+            marks: Mutex::new(Vec::new()),
         }
     }
 }
@@ -126,6 +141,25 @@ impl<R: Send + Sync + 'static> Journal<R> for MemoryJournal<R> {
         while inner.first <= upto && inner.records.pop_front().is_some() {
             inner.first += 1;
         }
+        let first = inner.first;
+        self.marks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|m| m.0 >= first);
+    }
+
+    fn mark_skipped(&self, marks: &[(Lsn, u32)]) -> Result<(), JournalError> {
+        if self.retain {
+            self.marks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(marks);
+        }
+        Ok(())
+    }
+
+    fn skipped(&self) -> Result<Vec<(Lsn, u32)>, JournalError> {
+        Ok(self.marks.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     fn last_lsn(&self) -> Lsn {

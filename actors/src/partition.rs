@@ -149,9 +149,12 @@ impl<E: Entity> Partition<E> {
         let env = Arc::new(SegmentEnv {
             partition: config.name.clone(),
             segments: config.segments,
+            dead_letters: Arc::new(DeadLetters::kept_in(
+                config.supervision.dead_letter_capacity,
+                journal.clone(),
+            )),
             journal,
             snapshots,
-            dead_letters: Arc::new(DeadLetters::new(config.supervision.dead_letter_capacity)),
             supervision: config.supervision.clone(),
             fault_hook,
         });
@@ -814,9 +817,7 @@ fn refuse<E: Entity>(dead_letters: &DeadLetters<E>, envelope: Envelope<E>, reaso
     };
     match envelope {
         Envelope::Deliver(d) => {
-            for &i in &d.items {
-                dead_letters.skip(d.lsn, i);
-            }
+            dead_letters.skip(d.lsn, &d.items);
             let _ = d
                 .reply
                 .send(d.items.iter().map(|_| Err(failure.clone())).collect());

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::entity::{Batch, Entity};
-use crate::journal::Lsn;
+use crate::journal::{Journal, Lsn};
 
 /// The supervision settings of a partition.
 #[derive(Clone, Debug)]
@@ -93,6 +93,8 @@ impl<E: Entity> DeadLetter<E> {
 pub struct DeadLetters<E: Entity> {
     inner: Mutex<DeadInner<E>>,
     capacity: usize,
+    /// Where the skipped positions are kept across restarts.
+    journal: Option<Arc<dyn Journal<Batch<E>>>>,
 }
 
 struct DeadInner<E: Entity> {
@@ -112,6 +114,29 @@ impl<E: Entity> DeadLetters<E> {
                 dropped: 0,
             }),
             capacity,
+            journal: None,
+        }
+    }
+
+    /// A queue whose skipped positions are kept in `journal` (and start from the ones it
+    /// kept), so that a restart never applies what a caller was told was refused.
+    pub fn kept_in(capacity: usize, journal: Arc<dyn Journal<Batch<E>>>) -> Self {
+        let mut letters = Self::new(capacity);
+        match journal.skipped() {
+            Ok(marks) => letters.lock().skipped.extend(marks),
+            Err(e) => tracing::error!(error = %e, "the journal's skip marks cannot be read"),
+        }
+        letters.journal = Some(journal);
+        letters
+    }
+
+    /// Keeps the marks durably (when there is a journal to keep them in).
+    fn keep(&self, marks: &[(Lsn, u32)]) {
+        if let Some(journal) = &self.journal {
+            if let Err(e) = journal.mark_skipped(marks) {
+                tracing::error!(error = %e, marks = marks.len(),
+                    "cannot keep skip marks; after a restart, these refused commands would be applied");
+            }
         }
     }
 
@@ -128,6 +153,7 @@ impl<E: Entity> DeadLetters<E> {
         reason: String,
         attempts: u32,
     ) {
+        self.keep(&[(lsn, index)]);
         let mut inner = self.lock();
         let id = inner.next_id;
         inner.next_id += 1;
@@ -150,8 +176,10 @@ impl<E: Entity> DeadLetters<E> {
     /// Marks the journaled command at `(lsn, index)` as never to be applied: it was
     /// refused (its segment failed or overflowed) after it was journaled, so a rebuild
     /// must not apply what the live segment never did.
-    pub(crate) fn skip(&self, lsn: Lsn, index: u32) {
-        self.lock().skipped.insert((lsn, index));
+    pub(crate) fn skip(&self, lsn: Lsn, indexes: &[u32]) {
+        let marks: Vec<(Lsn, u32)> = indexes.iter().map(|&i| (lsn, i)).collect();
+        self.keep(&marks);
+        self.lock().skipped.extend(marks);
     }
 
     /// Puts a letter taken for replay back at the front, when the replay could not start.

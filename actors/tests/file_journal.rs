@@ -234,3 +234,36 @@ fn a_failing_disk_acknowledges_nothing_and_recovers() {
     let j = open(&dir, 1 << 30, None).unwrap();
     assert_eq!(all(&j, 0).len(), 2);
 }
+
+#[test]
+fn skip_marks_survive_a_reopen_and_go_with_truncation() {
+    let dir = Dir::new("marks");
+    {
+        let j = open(&dir, 1 << 20, None).unwrap();
+        for i in 0..5 {
+            append(&j, &format!("record {i}")).unwrap();
+        }
+        j.mark_skipped(&[(2, 0), (2, 3)]).unwrap();
+        j.mark_skipped(&[(5, 1)]).unwrap();
+    }
+    let marks = dir.0.join("skipped.marks");
+    let j = open(&dir, 1 << 20, None).unwrap();
+    assert_eq!(j.skipped().unwrap(), [(2, 0), (2, 3), (5, 1)]);
+    // Truncating past LSN 2 lets its marks go; the others stay.
+    j.truncate(3);
+    assert_eq!(j.skipped().unwrap(), [(5, 1)]);
+    drop(j);
+    // A mark torn by a crash mid-append is ignored; a damaged one before the end refuses.
+    let mut bytes = std::fs::read(&marks).unwrap();
+    std::fs::write(&marks, [&bytes[..], &bytes[..7]].concat()).unwrap();
+    let j = open(&dir, 1 << 20, None).unwrap();
+    assert_eq!(j.skipped().unwrap(), [(5, 1)]);
+    drop(j);
+    bytes[3] ^= 0x40;
+    std::fs::write(&marks, [&bytes[..], &bytes[..]].concat()).unwrap();
+    let err = open(&dir, 1 << 20, None).err().unwrap();
+    assert!(
+        matches!(&err, JournalError::Corrupt(m) if m.contains("skipped.marks") && m.contains("offset 0")),
+        "{err:?}"
+    );
+}

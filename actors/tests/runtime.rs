@@ -312,3 +312,55 @@ fn restart_intensity_marks_a_crashing_segment_failed() {
         ));
     });
 }
+
+#[test]
+fn a_dead_lettered_command_stays_unapplied_after_a_restart() {
+    actix_rt::System::new().block_on(async {
+        let journal: Arc<MemoryJournal<Batch<Counter>>> = Arc::new(MemoryJournal::new());
+        let pool = Arc::new(ArbiterPool::new(2));
+        let mut no_retries = config(2, 64);
+        no_retries.supervision.max_retries = 0;
+        // The command at LSN 2 panics on its first try; with no retries it is dead-lettered
+        // and its caller told so.
+        let hook: tallyman_actors::FaultHook<u64> = Arc::new(|_, lsn| lsn == 2);
+        let first = Partition::start(
+            no_retries.clone(),
+            journal.clone(),
+            Arc::new(MemorySnapshots::default()),
+            pool.clone(),
+            Some(hook),
+        )
+        .await;
+        assert_eq!(
+            first.submit(vec![(7, Cmd::Add(10))]).unwrap().await.unwrap(),
+            [Ok(10)]
+        );
+        let refused = first.submit(vec![(7, Cmd::Add(5))]).unwrap().await.unwrap();
+        assert!(
+            matches!(&refused[0], Err(Failure::DeadLettered { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(total(&first, 7).await, 10);
+        assert_eq!(
+            journal.skipped().unwrap(),
+            [(2, 0)],
+            "the skip is kept in the journal"
+        );
+        first.stop();
+        // A new partition on the same journal (a restart), with no fault: the command its
+        // caller saw refused is still not applied.
+        let second = Partition::start(
+            no_retries,
+            journal.clone(),
+            Arc::new(MemorySnapshots::default()),
+            pool,
+            None,
+        )
+        .await;
+        assert_eq!(total(&second, 7).await, 10);
+        assert_eq!(
+            second.submit(vec![(7, Cmd::Add(1))]).unwrap().await.unwrap(),
+            [Ok(11)]
+        );
+    });
+}
