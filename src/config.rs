@@ -215,6 +215,10 @@ pub struct LimitSettings {
     /// Most responses streaming at once (invoice streams, alert subscriptions); past it,
     /// a new stream gets 429 with Retry-After.
     pub max_streams: usize,
+    /// Most distinct usage events one account may have applied in one period: the bound
+    /// of its deduplication state (16 bytes an event id). Past it, its new events are
+    /// refused (422) and nothing of them is applied; duplicates are still recognised.
+    pub max_events_per_account: usize,
 }
 
 impl LimitSettings {
@@ -247,6 +251,12 @@ impl LimitSettings {
             self.max_connections_per_worker,
             1,
             1_000_000,
+        )?;
+        check(
+            "max_events_per_account",
+            self.max_events_per_account,
+            1,
+            u32::MAX as usize,
         )?;
         check("max_streams", self.max_streams, 1, 100_000)?;
         Ok(self.clone())

@@ -539,3 +539,51 @@ fn latency_per_stage_is_served_and_rendered_by_tallyd_report() {
     assert!(hgrm.contains("#[Max     ="), "{hgrm}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn an_account_past_its_event_limit_is_refused_by_name_even_after_a_restart() {
+    let config = r#"
+[limits]
+max_events_per_account = 2
+
+[[partitions]]
+id = "aws"
+currency = "USD"
+catalog = "cloud-usd"
+open_period = "2026-11"
+"#;
+    let dir = common::TempDir::new("event-limit");
+    let d = Daemon::start_at(&dir.0, Some(config));
+    setup(&d);
+    let hours = |id: &str| event(id, "111111111111", "ec2.instance_hours", json!(10));
+    assert_eq!(ingest(&d, &[hours("a"), hours("b")]).status, 200);
+    let before = customer_total(&d);
+    // A third distinct event of the same account is past the limit of 2: refused, named.
+    let r = ingest(&d, &[hours("c")]);
+    let p = assert_problem(&r, 422);
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_events_per_account"),
+        "{p}"
+    );
+    assert_eq!(customer_total(&d), before, "nothing of it applied");
+    // A resent event is still a duplicate, and another account has its own limit.
+    let r = ingest(&d, &[hours("a")]);
+    assert_eq!(
+        (r.status, r.json()["duplicates"].clone()),
+        (200, json!(1)),
+        "{}",
+        r.body
+    );
+    let other = event("c", "222222222222", "ec2.instance_hours", json!(1));
+    assert_eq!(ingest(&d, &[other]).status, 200);
+    let after = customer_total(&d);
+    d.stop();
+    // The journal replays the same decisions.
+    let d = Daemon::start_at(&dir.0, Some(config));
+    assert_eq!(customer_total(&d), after);
+    assert_eq!(ingest(&d, &[hours("d")]).status, 422);
+    d.stop();
+}

@@ -236,6 +236,9 @@ pub enum Applied {
     New,
     /// An event with this id was already applied this period; nothing changed.
     Duplicate,
+    /// The account has applied as many distinct events this period as it may (the
+    /// bound of its deduplication state); this new one was not applied.
+    Full,
 }
 
 /// One account's usage in the open period: an aggregate per meter, and the fingerprints
@@ -368,8 +371,24 @@ impl AccountUsage {
     /// event was applied before. The id is marked seen only if the aggregate changed,
     /// so "seen" and "applied" never disagree.
     pub fn apply(&mut self, event: u128, meter: MeterId, reading: &Reading) -> Result<Applied, Overflow> {
+        self.apply_within(u32::MAX, event, meter, reading)
+    }
+
+    /// [`Self::apply`], unless the account has applied `limit` distinct events already:
+    /// then a new event is [`Applied::Full`] and changes nothing (a duplicate is still a
+    /// duplicate).
+    pub fn apply_within(
+        &mut self,
+        limit: u32,
+        event: u128,
+        meter: MeterId,
+        reading: &Reading,
+    ) -> Result<Applied, Overflow> {
         if self.seen.contains(event) {
             return Ok(Applied::Duplicate);
+        }
+        if self.seen.len() >= limit as usize {
+            return Ok(Applied::Full);
         }
         match self.meters.binary_search_by_key(&meter, |m| m.0) {
             Ok(i) => self.meters[i].1.apply(reading)?,
@@ -551,6 +570,34 @@ mod tests {
         }
         let EventIds::Sorted(v) = &ids else { unreachable!() };
         assert_eq!(v.capacity(), 2);
+    }
+
+    #[test]
+    fn an_account_applies_at_most_its_limit_of_distinct_events() {
+        use crate::domain::meter::Fold;
+        let reading = |q: i64| Reading {
+            fold: Fold::Sum,
+            quantity: Decimal::from(q),
+            time: "2026-11-03T10:00:00Z".parse().unwrap(),
+            version: 0,
+            tiebreak: 0,
+            dimension: None,
+        };
+        let meter = MeterId(0);
+        let mut usage = AccountUsage::default();
+        // A limit of 2: events 1 and 2 apply (1 + 2 = 3 units), event 3 is refused and
+        // changes nothing, and event 1 sent again is still a duplicate, not a refusal.
+        assert_eq!(usage.apply_within(2, 1, meter, &reading(1)), Ok(Applied::New));
+        assert_eq!(usage.apply_within(2, 2, meter, &reading(2)), Ok(Applied::New));
+        let before = usage.clone();
+        assert_eq!(usage.apply_within(2, 3, meter, &reading(4)), Ok(Applied::Full));
+        assert_eq!(usage, before);
+        assert_eq!(
+            usage.apply_within(2, 1, meter, &reading(1)),
+            Ok(Applied::Duplicate)
+        );
+        assert_eq!(usage.meters()[0].1.quantity(), Decimal::from(3));
+        assert!(!usage.has_seen(3));
     }
 
     #[test]

@@ -37,6 +37,29 @@ pub struct MeteredEvent {
     pub reading: Reading,
     /// Fingerprint of the event id, for deduplication.
     pub id: u128,
+    /// The most distinct events its account may apply in the period
+    /// (`limits.max_events_per_account` when it was journaled, so replay decides alike).
+    pub limit: u32,
+}
+
+impl MeteredEvent {
+    /// The reply to applying this event in `period`.
+    fn reply(
+        &self,
+        applied: Result<Applied, crate::domain::meter::Overflow>,
+        period: Period,
+    ) -> CustomerReply {
+        match applied {
+            Ok(Applied::New) => CustomerReply::Accepted,
+            Ok(Applied::Duplicate) => CustomerReply::Duplicate,
+            Ok(Applied::Full) => CustomerReply::Refused(format!(
+                "account {:?} has applied {} distinct events in period {period}, the most one account may \
+                 (limits.max_events_per_account); its new events are refused until the period closes",
+                self.account, self.limit
+            )),
+            Err(_) => CustomerReply::Overflowed,
+        }
+    }
 }
 
 /// What changes a customer.
@@ -348,11 +371,10 @@ impl CustomerEntity {
                 accounts.len() - 1
             }
         };
-        match accounts[j].1.apply(event.id, event.meter, &event.reading) {
-            Ok(Applied::New) => CustomerReply::Accepted,
-            Ok(Applied::Duplicate) => CustomerReply::Duplicate,
-            Err(_) => CustomerReply::Overflowed,
-        }
+        let applied = accounts[j]
+            .1
+            .apply_within(event.limit, event.id, event.meter, &event.reading);
+        event.reply(applied, period)
     }
 
     /// The budget thresholds crossed so far.
@@ -741,11 +763,8 @@ impl Entity for CustomerEntity {
                     Some(i) => &mut self.usage[i],
                     None => self.departed_usage(&event.account),
                 };
-                match usage.apply(event.id, event.meter, &event.reading) {
-                    Ok(Applied::New) => CustomerReply::Accepted,
-                    Ok(Applied::Duplicate) => CustomerReply::Duplicate,
-                    Err(_) => CustomerReply::Overflowed,
-                }
+                let applied = usage.apply_within(event.limit, event.id, event.meter, &event.reading);
+                event.reply(applied, period)
             }
         }
     }

@@ -11,7 +11,7 @@
 //!                          version: u16, fold: u8, has_dimension: u8, quantity: [u8; 16],
 //!                          seconds: i64, nanos: u32, day: i32 (the local date, days
 //!                          from 0001-01-01), tiebreak: u64, dimension: u64,
-//!                          id: u128                      (all little-endian)
+//!                          id: u128, limit: u32          (all little-endian)
 //!        | 1 (other)  then json_len: u32, JSON of the command
 //! ```
 
@@ -126,6 +126,7 @@ impl Codec<Batch<CustomerEntity>> for BatchCodec {
                     out.extend_from_slice(&e.reading.tiebreak.to_le_bytes());
                     out.extend_from_slice(&e.reading.dimension.unwrap_or(0).to_le_bytes());
                     out.extend_from_slice(&e.id.to_le_bytes());
+                    out.extend_from_slice(&e.limit.to_le_bytes());
                 }
                 other => {
                     out.push(1);
@@ -161,6 +162,7 @@ impl Codec<Batch<CustomerEntity>> for BatchCodec {
                     let tiebreak = r.u64()?;
                     let dimension = r.u64()?;
                     let id = u128::from_le_bytes(r.array()?);
+                    let limit = r.u32()?;
                     CustomerCommand::Usage(MeteredEvent {
                         day,
                         account,
@@ -174,6 +176,7 @@ impl Codec<Batch<CustomerEntity>> for BatchCodec {
                             dimension: has_dimension.then_some(dimension),
                         },
                         id,
+                        limit,
                     })
                 }
                 1 => {
@@ -227,6 +230,7 @@ mod tests {
             meter: MeterId(5),
             reading: reading(fold, dimension),
             id: u128::MAX - 3,
+            limit: 1_000_000,
         };
         let mut usage = AccountUsage::default();
         usage.apply(1, MeterId(0), &reading(Fold::Sum, None)).unwrap();

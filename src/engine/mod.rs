@@ -234,6 +234,8 @@ pub struct PartitionEngine {
     late_grace_days: u32,
     /// Periods are calendar months in this time zone.
     time_zone: chrono_tz::Tz,
+    /// The most distinct events one account may apply in a period.
+    max_events_per_account: u32,
     alerts: Arc<AlertBook>,
     /// Customers with a budget (their own or an account's).
     budgeted: DashMap<CustomerKey, (), Hashing>,
@@ -378,6 +380,7 @@ impl Engine {
         .start();
         let ctx = Opening {
             runtime: settings.runtime.clone(),
+            max_events_per_account: u32::try_from(settings.limits.max_events_per_account).unwrap_or(u32::MAX),
             alerts: settings.alerts.clone(),
             options,
             profiles: Arc::new(settings.profiles.clone()),
@@ -599,6 +602,8 @@ impl Engine {
 /// What opening a partition needs from the engine.
 struct Opening {
     runtime: RuntimeSettings,
+    /// `limits.max_events_per_account`.
+    max_events_per_account: u32,
     alerts: crate::config::AlertSettings,
     options: EngineOptions,
     profiles: Arc<BTreeMap<String, BillingProfile>>,
@@ -704,6 +709,7 @@ async fn open_partition(ctx: &Opening, p: &PartitionConfig) -> Result<Arc<Partit
         fault_abort_after_invoice_batches: ctx.options.fault_abort_after_invoice_batches,
         late_grace_days: p.late_grace_days,
         time_zone: p.time_zone,
+        max_events_per_account: ctx.max_events_per_account,
         now: ctx.options.now,
         alerts: Arc::new(
             AlertBook::open(&p.id, data.clone())
@@ -1201,6 +1207,7 @@ impl PartitionEngine {
                         meter,
                         reading,
                         id: event_fingerprint(&event.id),
+                        limit: self.max_events_per_account,
                     };
                     let command = if late {
                         // Billed as an adjustment on the next invoice.
