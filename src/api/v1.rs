@@ -386,20 +386,9 @@ pub(super) async fn ingest(
     let p = partition(&engine, &path)?;
     let body = wire::read_body(payload, limits.max_body_bytes).await?;
     let parsing = std::time::Instant::now();
-    let items = wire::items(&body, wire::is_ndjson(&req), limits.max_events_per_request)?;
-    let events = wire::usage_events(&items);
+    let events = wire::parse_usage(&body, wire::is_ndjson(&req), limits.max_events_per_request);
     crate::engine::stats::PARSE.record(parsing.elapsed());
-    let events = events.map_err(|errors| {
-        Problem::bad_request(
-            "invalid-events",
-            "Invalid events",
-            format!(
-                "{} problem(s) in the batch; nothing was applied: fix the events listed in `errors` and send the batch again",
-                errors.len()
-            ),
-        )
-        .with_errors(errors)
-    })?;
+    let events = events?;
     let summary = p.ingest(events).await?;
     Ok(HttpResponse::Ok().json(summary))
 }

@@ -167,6 +167,82 @@ fn string_field(
     }
 }
 
+/// A well-formed usage event, read in one pass (the fast path of [`parse_usage`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainEvent<'a> {
+    id: String,
+    account: String,
+    meter: String,
+    #[serde(borrow)]
+    quantity: &'a RawValue,
+    time: String,
+    #[serde(default)]
+    dimensions: Option<BTreeMap<String, String>>,
+}
+
+impl PlainEvent<'_> {
+    fn check(self) -> Option<UsageEvent> {
+        let text = self.quantity.get().trim();
+        let quantity = match kind_of(text) {
+            "a number" => RawQuantity::Number(text.to_owned()),
+            "a string" => RawQuantity::Text(serde_json::from_str::<String>(text).ok()?),
+            _ => return None,
+        };
+        UsageEvent::validate(RawUsageEvent {
+            id: Some(self.id),
+            account: Some(self.account),
+            meter: Some(self.meter),
+            quantity: Some(quantity),
+            time: Some(self.time),
+            dimensions: self.dimensions,
+        })
+        .ok()
+    }
+}
+
+/// Reads a batch whose every event is well formed in one pass over the body; `None`
+/// for anything else (the caller then takes the slow path, which names every problem).
+fn plain_usage(body: &str, ndjson: bool, max_items: usize) -> Option<Vec<UsageEvent>> {
+    let plain: Vec<PlainEvent> = if ndjson {
+        let mut plain = Vec::new();
+        for line in body.lines().filter(|l| !l.trim().is_empty()) {
+            plain.push(serde_json::from_str(line).ok()?);
+        }
+        plain
+    } else {
+        serde_json::from_str(body).ok()?
+    };
+    if plain.len() > max_items {
+        return None;
+    }
+    plain.into_iter().map(PlainEvent::check).collect()
+}
+
+/// Parses and checks a batch of usage events: in one pass when every event is well
+/// formed (nearly always); otherwise item by item, every problem of every event reported
+/// together with its index and field.
+pub fn parse_usage(body: &[u8], ndjson: bool, max_items: usize) -> Result<Vec<UsageEvent>, Problem> {
+    if let Some(events) = std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| plain_usage(text, ndjson, max_items))
+    {
+        return Ok(events);
+    }
+    let items = items(body, ndjson, max_items)?;
+    usage_events(&items).map_err(|errors| {
+        Problem::bad_request(
+            "invalid-events",
+            "Invalid events",
+            format!(
+                "{} problem(s) in the batch; nothing was applied: fix the events listed in `errors` and send the batch again",
+                errors.len()
+            ),
+        )
+        .with_errors(errors)
+    })
+}
+
 /// Parses and checks the usage events of a batch; all the problems of all the events
 /// are reported together, each with its index and field.
 pub fn usage_events(items: &[&RawValue]) -> Result<Vec<UsageEvent>, Vec<ItemError>> {
@@ -246,6 +322,37 @@ mod tests {
     fn parse(body: &str) -> Result<Vec<UsageEvent>, Vec<ItemError>> {
         let items = items(body.as_bytes(), false, 100).unwrap();
         usage_events(&items)
+    }
+
+    #[test]
+    fn the_one_pass_reading_equals_the_item_by_item_one() {
+        let array = r#"[
+            {"id": "e1", "account": "a", "meter": "m", "quantity": 0.1, "time": "2026-11-03T10:00:00Z"},
+            {"id": "e\u00e9\"2", "account": "b", "meter": "m", "quantity": "4096.000", "time": "2026-11-03T10:00:00+01:00",
+             "dimensions": {"user": "u-7"}},
+            {"id": "e3", "account": "c", "meter": "m", "quantity": 1e3, "time": "2026-11-03T10:00:00Z", "dimensions": null}
+        ]"#;
+        let ndjson = concat!(
+            r#"{"id": "e1", "account": "a", "meter": "m", "quantity": 0.1, "time": "2026-11-03T10:00:00Z"}"#,
+            "\n\n",
+            r#"{"id": "e\u00e9\"2", "account": "b", "meter": "m", "quantity": "4096.000", "time": "2026-11-03T10:00:00+01:00", "dimensions": {"user": "u-7"}}"#,
+            "\n",
+            r#"{"id": "e3", "account": "c", "meter": "m", "quantity": 1e3, "time": "2026-11-03T10:00:00Z", "dimensions": null}"#,
+            "\n"
+        );
+        let slow = parse(array).unwrap();
+        assert_eq!(slow.len(), 3);
+        assert_eq!(plain_usage(array, false, 100).unwrap(), slow);
+        assert_eq!(plain_usage(ndjson, true, 100).unwrap(), slow);
+        assert_eq!(parse_usage(array.as_bytes(), false, 100).unwrap(), slow);
+        assert_eq!(slow[1].id, "e\u{e9}\"2");
+        assert_eq!(slow[2].quantity.to_string(), "1000");
+        // Past the item limit, or with any problem, the one-pass reading steps aside.
+        assert!(plain_usage(array, false, 2).is_none());
+        let bad = array.replace("\"quantity\": 0.1", "\"quantity\": -0.1");
+        assert!(plain_usage(&bad, false, 100).is_none());
+        let err = parse_usage(bad.as_bytes(), false, 100).unwrap_err();
+        assert_eq!(err.status, 400);
     }
 
     #[test]
