@@ -252,11 +252,13 @@ impl LimitSettings {
             1,
             1_000_000,
         )?;
+        // An account's event ids travel in one journal record when it moves (about 40
+        // bytes each): the bound keeps that record well within the journal's limit.
         check(
             "max_events_per_account",
             self.max_events_per_account,
             1,
-            u32::MAX as usize,
+            4_000_000,
         )?;
         check("max_streams", self.max_streams, 1, 100_000)?;
         Ok(self.clone())

@@ -439,3 +439,49 @@ fn an_account_move_is_one_journal_record_that_carries_its_usage() {
         engine.stop();
     });
 }
+
+#[test]
+fn a_partitions_time_zone_cannot_change_once_it_has_data() {
+    use tallyman::engine::JournalMode;
+    let dir = std::env::temp_dir().join(format!("tallyman-tz-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let options = || EngineOptions {
+        journal: JournalMode::File {
+            dir: dir.clone(),
+            fsync: false,
+            file_bytes: 1 << 20,
+        },
+        ..EngineOptions::default()
+    };
+    let zoned = |zone: &str| {
+        let mut s = Settings::load(None).unwrap();
+        s.runtime.arbiters = 1;
+        s.runtime.segments = 2;
+        s.runtime.rebalance_interval_secs = 0;
+        s.partitions.truncate(1);
+        s.partitions[0].open_period = Some("2026-11".into());
+        s.partitions[0].customers = None;
+        s.partitions[0].time_zone = zone.into();
+        s.validate().unwrap()
+    };
+    actix_rt::System::new().block_on(async {
+        let engine = Engine::start(&zoned("America/New_York"), options())
+            .await
+            .unwrap();
+        engine.stop();
+    });
+    actix_rt::System::new().block_on(async {
+        let err = Engine::start(&zoned("UTC"), options()).await.err().unwrap();
+        let text = format!("{err}");
+        assert!(
+            text.contains("America/New_York") && text.contains("cannot change"),
+            "{text}"
+        );
+        // The zone it was opened in still opens.
+        let engine = Engine::start(&zoned("America/New_York"), options())
+            .await
+            .unwrap();
+        engine.stop();
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

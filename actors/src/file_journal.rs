@@ -107,7 +107,7 @@ fn encode_mark(lsn: Lsn, index: u32) -> [u8; MARK] {
     out
 }
 
-/// Reads the skip marks; a torn last mark (a crash mid-append) is ignored, a damaged one
+/// Reads the skip marks; a torn last mark (a crash mid-append) is left out, a damaged one
 /// before it refuses, naming the file and offset.
 fn read_marks(path: &Path) -> Result<Vec<(Lsn, u32)>, JournalError> {
     let bytes = match std::fs::read(path) {
@@ -115,6 +115,27 @@ fn read_marks(path: &Path) -> Result<Vec<(Lsn, u32)>, JournalError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(JournalError::Unavailable(format!("{}: {e}", path.display()))),
     };
+    parse_marks(path, &bytes)
+}
+
+/// Opens the skip marks at start: checks them, and cuts a torn last mark off (so the
+/// next append starts on a whole mark).
+fn open_marks(path: &Path) -> Result<(), JournalError> {
+    let err = |e: io::Error| JournalError::Unavailable(format!("{}: {e}", path.display()));
+    if !path.exists() {
+        return Ok(());
+    }
+    let marks = read_marks(path)?;
+    let whole = (marks.len() * MARK) as u64;
+    let file = OpenOptions::new().write(true).open(path).map_err(err)?;
+    if file.metadata().map_err(err)?.len() > whole {
+        tracing::warn!(file = %path.display(), offset = whole, "torn last skip mark cut off");
+        file.set_len(whole).and_then(|()| file.sync_all()).map_err(err)?;
+    }
+    Ok(())
+}
+
+fn parse_marks(path: &Path, bytes: &[u8]) -> Result<Vec<(Lsn, u32)>, JournalError> {
     let mut marks = Vec::with_capacity(bytes.len() / MARK);
     for (i, chunk) in bytes.chunks(MARK).enumerate() {
         let last = (i + 1) * MARK >= bytes.len();
@@ -269,7 +290,7 @@ impl<R: Send + Sync + 'static> FileJournal<R> {
             }
         }
         // Damaged skip marks refuse to start, as damaged records do.
-        read_marks(&config.dir.join(SKIPS_FILE))?;
+        open_marks(&config.dir.join(SKIPS_FILE))?;
         let current = match files.last() {
             Some(f) => f.path.clone(),
             None => segment_path(&config.dir, last + 1),
@@ -311,18 +332,18 @@ impl<R: Send + Sync + 'static> FileJournal<R> {
         &self.stats
     }
 
-    /// Drops the skip marks of records up to `upto` (no longer replayed), rewriting the
-    /// file atomically when any go.
-    fn forget_marks(&self, upto: Lsn) {
+    /// Drops the skip marks of records before `first` (the first record the journal
+    /// still holds), rewriting the file atomically when any go.
+    fn forget_marks_before(&self, first: Lsn) {
         let _one = self.skips.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.dir.join(SKIPS_FILE);
         let Ok(marks) = read_marks(&path) else { return };
-        if marks.iter().all(|m| m.0 > upto) {
+        if marks.iter().all(|m| m.0 >= first) {
             return;
         }
         let keep: Vec<u8> = marks
             .iter()
-            .filter(|m| m.0 > upto)
+            .filter(|m| m.0 >= first)
             .flat_map(|&(l, i)| encode_mark(l, i))
             .collect();
         let tmp = self.dir.join(format!("{SKIPS_FILE}.tmp"));
@@ -454,6 +475,16 @@ impl<R: Send + Sync + 'static> Journal<R> for FileJournal<R> {
         bytes.extend_from_slice(&[0; HEADER]);
         self.codec.encode(&record, &mut bytes);
         let len = bytes.len() - HEADER;
+        if len > MAX_RECORD {
+            // It could be written but never read back: refuse it, nothing appended.
+            on_durable(
+                Err(JournalError::Unavailable(format!(
+                    "a record of {len} bytes is over the journal's limit of {MAX_RECORD}"
+                ))),
+                record,
+            );
+            return;
+        }
         let payload_crc = crc32c::crc32c(&bytes[HEADER..]);
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         queue.0 += 1;
@@ -527,12 +558,29 @@ impl<R: Send + Sync + 'static> Journal<R> for FileJournal<R> {
         let _one = self.skips.lock().unwrap_or_else(|p| p.into_inner());
         let bytes: Vec<u8> = marks.iter().flat_map(|&(l, i)| encode_mark(l, i)).collect();
         let path = self.dir.join(SKIPS_FILE);
-        OpenOptions::new()
+        let created = !path.exists();
+        let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_data()))
-            .map_err(|e| JournalError::Unavailable(format!("{}: {e}", path.display())))
+            .map_err(|e| JournalError::Unavailable(format!("{}: {e}", path.display())))?;
+        let before = file.metadata().map(|m| m.len());
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| {
+                // Cut a partial write back, so the file stays whole marks.
+                if let Ok(len) = before {
+                    let _ = file.set_len(len);
+                }
+                JournalError::Unavailable(format!("{}: {e}", path.display()))
+            })?;
+        if created {
+            // The file's name must be durable too.
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| JournalError::Unavailable(format!("{}: {e}", self.dir.display())))?;
+        }
+        Ok(())
     }
 
     fn skipped(&self) -> Result<Vec<(Lsn, u32)>, JournalError> {
@@ -541,7 +589,6 @@ impl<R: Send + Sync + 'static> Journal<R> for FileJournal<R> {
     }
 
     fn truncate(&self, upto: Lsn) {
-        self.forget_marks(upto);
         let Ok(files) = segments(&self.dir) else { return };
         // A file can go when the next one starts at or before `upto + 1`: all its records
         // are at most `upto`. The last file always stays.
@@ -551,6 +598,10 @@ impl<R: Send + Sync + 'static> Journal<R> for FileJournal<R> {
                     tracing::warn!(file = %pair[0].path.display(), error = %e, "cannot delete a journal file");
                 }
             }
+        }
+        // Marks go with the records they are about, never before.
+        if let Some(first) = segments(&self.dir).ok().and_then(|f| f.first().map(|f| f.first)) {
+            self.forget_marks_before(first);
         }
     }
 

@@ -130,12 +130,17 @@ impl<E: Entity> DeadLetters<E> {
         letters
     }
 
-    /// Keeps the marks durably (when there is a journal to keep them in).
+    /// Keeps the marks durably (when there is a journal to keep them in), before any
+    /// caller hears of the refusal. If they cannot be kept, the process stops here:
+    /// no caller has been told, and the next start applies the commands from the journal,
+    /// which is then the one truth (a resent command counts as a duplicate). Telling
+    /// callers "refused" while a restart would apply the command is the one thing not done.
     fn keep(&self, marks: &[(Lsn, u32)]) {
         if let Some(journal) = &self.journal {
             if let Err(e) = journal.mark_skipped(marks) {
                 tracing::error!(error = %e, marks = marks.len(),
-                    "cannot keep skip marks; after a restart, these refused commands would be applied");
+                    "cannot keep skip marks of commands refused after they were journaled; stopping");
+                std::process::abort();
             }
         }
     }

@@ -239,29 +239,40 @@ fn a_failing_disk_acknowledges_nothing_and_recovers() {
 fn skip_marks_survive_a_reopen_and_go_with_truncation() {
     let dir = Dir::new("marks");
     {
-        let j = open(&dir, 1 << 20, None).unwrap();
-        for i in 0..5 {
+        // Small files: three records each (LSNs 1–3, 4–6).
+        let j = open(&dir, 64, None).unwrap();
+        for i in 0..6 {
             append(&j, &format!("record {i}")).unwrap();
         }
         j.mark_skipped(&[(2, 0), (2, 3)]).unwrap();
         j.mark_skipped(&[(5, 1)]).unwrap();
     }
     let marks = dir.0.join("skipped.marks");
-    let j = open(&dir, 1 << 20, None).unwrap();
+    let j = open(&dir, 64, None).unwrap();
     assert_eq!(j.skipped().unwrap(), [(2, 0), (2, 3), (5, 1)]);
-    // Truncating past LSN 2 lets its marks go; the others stay.
+    // Truncating up to LSN 2 keeps the file of 1–3 (3 is still needed): the marks stay.
+    j.truncate(2);
+    assert_eq!(j.skipped().unwrap(), [(2, 0), (2, 3), (5, 1)]);
+    // Up to 3, the file of 1–3 goes, and the marks about its records with it.
     j.truncate(3);
     assert_eq!(j.skipped().unwrap(), [(5, 1)]);
     drop(j);
-    // A mark torn by a crash mid-append is ignored; a damaged one before the end refuses.
-    let mut bytes = std::fs::read(&marks).unwrap();
+    // A mark torn by a crash mid-append is cut off at the next start, so marks appended
+    // after it read back whole.
+    let bytes = std::fs::read(&marks).unwrap();
     std::fs::write(&marks, [&bytes[..], &bytes[..7]].concat()).unwrap();
-    let j = open(&dir, 1 << 20, None).unwrap();
+    let j = open(&dir, 64, None).unwrap();
     assert_eq!(j.skipped().unwrap(), [(5, 1)]);
+    j.mark_skipped(&[(6, 0)]).unwrap();
     drop(j);
+    let j = open(&dir, 64, None).unwrap();
+    assert_eq!(j.skipped().unwrap(), [(5, 1), (6, 0)]);
+    drop(j);
+    // A damaged mark before the end refuses to open, naming the file and offset.
+    let mut bytes = std::fs::read(&marks).unwrap();
     bytes[3] ^= 0x40;
-    std::fs::write(&marks, [&bytes[..], &bytes[..]].concat()).unwrap();
-    let err = open(&dir, 1 << 20, None).err().unwrap();
+    std::fs::write(&marks, &bytes).unwrap();
+    let err = open(&dir, 64, None).err().unwrap();
     assert!(
         matches!(&err, JournalError::Corrupt(m) if m.contains("skipped.marks") && m.contains("offset 0")),
         "{err:?}"

@@ -553,6 +553,9 @@ impl Engine {
     /// Applies dead letter `id` of `partition` again (journaled as a new record).
     pub async fn replay_dead_letter(&self, partition: &str, id: u64) -> Result<String, EngineError> {
         let p = self.partition(partition)?;
+        // Routing holds still, as for ingest: a replayed usage event cannot slip into an
+        // account move between its read of the usage and its release.
+        let _routing = p.routing.read().await;
         match p.runtime.replay_dead_letter(id).await {
             Ok(Ok(reply)) => Ok(format!("{reply:?}")),
             Ok(Err(failure)) => Err(EngineError::Failed(format!("{failure:?}"))),
@@ -609,6 +612,36 @@ struct Opening {
     profiles: Arc<BTreeMap<String, BillingProfile>>,
     pool: Arc<ArbiterPool>,
     router: Addr<Router>,
+}
+
+/// Records the partition's time zone with its data the first time, and refuses to open
+/// it in another one later: the journal's events were given their periods in the first,
+/// and a resent event would fall in another period (and escape deduplication).
+fn keep_time_zone(partition: &str, dir: &std::path::Path, zone: chrono_tz::Tz) -> Result<(), EngineError> {
+    let file = dir.join("time_zone");
+    let unavailable = |e: std::io::Error| {
+        EngineError::Unavailable(format!("partition {partition:?}: {}: {e}", file.display()))
+    };
+    match std::fs::read_to_string(&file) {
+        Ok(kept) if kept.trim() == zone.name() => Ok(()),
+        Ok(kept) => Err(EngineError::Unavailable(format!(
+            "partition {partition:?} keeps its periods in {}, but its configured time_zone is {}; \
+             a partition's time zone cannot change once it has data (configure {} again)",
+            kept.trim(),
+            zone.name(),
+            kept.trim()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(unavailable)?;
+            let tmp = dir.join("time_zone.tmp");
+            std::fs::write(&tmp, zone.name())
+                .and_then(|()| std::fs::File::open(&tmp).and_then(|f| f.sync_all()))
+                .and_then(|()| std::fs::rename(&tmp, &file))
+                .and_then(|()| std::fs::File::open(dir).and_then(|d| d.sync_all()))
+                .map_err(unavailable)
+        }
+        Err(e) => Err(unavailable(e)),
+    }
 }
 
 /// Opens one partition: its journal, snapshots, runtime (recovered), invoices, alerts
@@ -681,10 +714,19 @@ async fn open_partition(ctx: &Opening, p: &PartitionConfig) -> Result<Arc<Partit
         JournalMode::File { dir, .. } => Some(dir.join(&p.id)),
         _ => None,
     };
+    if let Some(dir) = &data {
+        keep_time_zone(&p.id, dir, p.time_zone)?;
+    }
     let periods_file = data.as_ref().map(|d| d.join("periods.json"));
     let configured = PeriodState {
         open: p.open_period.unwrap_or_else(|| {
-            Period::containing(chrono::Utc::now().with_timezone(&p.time_zone).date_naive())
+            Period::containing(
+                ctx.options
+                    .now
+                    .unwrap_or_else(chrono::Utc::now)
+                    .with_timezone(&p.time_zone)
+                    .date_naive(),
+            )
         }),
         closing: None,
     };
@@ -1008,83 +1050,119 @@ impl PartitionEngine {
                 )));
             }
         }
-        // Claim the accounts; give back what was claimed if one belongs to someone else.
-        let mut claimed: Vec<AccountId> = Vec::new();
-        let release = |claimed: Vec<AccountId>| {
+        // Claim the accounts (per customer); give back what was claimed if one belongs to
+        // someone else.
+        let mut claimed: Vec<Vec<AccountId>> = Vec::with_capacity(customers.len());
+        let release = |claimed: &[AccountId]| {
             for a in claimed {
-                self.directory.remove(&a);
+                self.directory.remove(a);
             }
         };
         let mut batch = Vec::with_capacity(customers.len());
         for customer in customers {
             let key: CustomerKey = customer.id.as_str().into();
+            let mut mine = Vec::new();
             for account in &customer.accounts {
                 match self.directory.entry(account.clone()) {
                     Entry::Vacant(v) => {
                         v.insert(key.clone());
-                        claimed.push(account.clone());
+                        mine.push(account.clone());
                     }
                     Entry::Occupied(o) if *o.get() == key => {}
                     Entry::Occupied(o) => {
                         let owner = o.get().clone();
                         drop(o);
-                        release(claimed);
+                        release(&mine);
+                        claimed.iter().for_each(|c| release(c));
                         return Err(EngineError::Conflict(format!(
                             "account {account:?} belongs to customer {owner:?}; move it rather than adding it twice"
                         )));
                     }
                 }
             }
+            claimed.push(mine);
             batch.push((key, CustomerCommand::Upsert(Box::new(customer))));
         }
-        let budgets: Vec<(CustomerKey, bool)> = batch
+        let budgets: Vec<bool> = batch
             .iter()
-            .map(|(k, c)| match c {
-                CustomerCommand::Upsert(c) => {
-                    (k.clone(), c.budget.is_some() || !c.account_budgets.is_empty())
-                }
+            .map(|(_, c)| match c {
+                CustomerCommand::Upsert(c) => c.budget.is_some() || !c.account_budgets.is_empty(),
                 _ => unreachable!("only upserts here"),
             })
             .collect();
         let keys: Vec<CustomerKey> = batch.iter().map(|(k, _)| k.clone()).collect();
-        let result = async {
-            let outcomes = self.runtime.submit(batch)?.await?;
-            outcomes
-                .into_iter()
-                .map(|o| match o {
-                    Ok(CustomerReply::Upserted { left }) => Ok(left),
-                    other => Err(EngineError::Failed(format!("{other:?}"))),
-                })
-                .collect::<Result<Vec<_>, _>>()
-        }
-        .await;
-        let left = match result {
-            Ok(left) => left,
+        let outcomes = match self.runtime.submit(batch) {
+            Ok(pending) => pending.await,
             Err(e) => {
-                release(claimed);
-                return Err(e);
+                claimed.iter().for_each(|c| release(c));
+                return Err(e.into());
             }
         };
-        for (key, budgeted) in budgets {
-            if budgeted {
+        // Each customer's outcome on its own: applied (answered, or applied by a restarted
+        // segment's recovery first), or refused after it was journaled (marked never to
+        // apply). A segment that went away before answering will apply it at recovery.
+        use tallyman_actors::Failure;
+        let mut refused = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let outcome = match &outcomes {
+                Ok(o) => o.get(i).cloned(),
+                Err(SubmitError::Interrupted) => Some(Err(Failure::Replayed)),
+                Err(e) => Some(Err(Failure::Unavailable {
+                    reason: e.to_string(),
+                })),
+            };
+            match outcome {
+                Some(Ok(CustomerReply::Upserted { left })) => {
+                    // Accounts the customer no longer lists are free for others.
+                    for a in &left {
+                        self.directory.remove_if(a, |_, owner| owner == key);
+                    }
+                }
+                Some(Err(Failure::Replayed)) => {
+                    // Applied, but its answer (the accounts let go) was lost: the entity's
+                    // terms say which of the accounts routed to it it still lists.
+                    self.forget_unlisted(key).await;
+                }
+                other => {
+                    release(&claimed[i]);
+                    refused.push(format!("customer {key:?}: {other:?}"));
+                    continue;
+                }
+            }
+            self.customers.insert(key.clone());
+            if budgets[i] {
                 self.budgeted.insert(key.clone(), ());
                 // A new or raised budget may be crossed already.
                 self.to_check
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(key);
+                    .insert(key.clone());
             } else {
-                self.budgeted.remove(&key);
+                self.budgeted.remove(key);
             }
         }
-        for (key, left) in keys.into_iter().zip(left) {
-            // Accounts the customer no longer lists are free for others.
-            for a in &left {
-                self.directory.remove_if(a, |_, owner| *owner == key);
-            }
-            self.customers.insert(key);
+        if !refused.is_empty() {
+            return Err(EngineError::Unavailable(format!(
+                "{} of {} customer(s) were not created or updated (the others were): {}; send them again",
+                refused.len(),
+                keys.len(),
+                refused.join("; ")
+            )));
         }
         Ok(())
+    }
+
+    /// Frees the accounts routed to `customer` that its terms no longer list.
+    async fn forget_unlisted(&self, customer: &CustomerKey) {
+        let listed = match self.runtime.ask(customer.clone(), CustomerQuery::Terms) {
+            Ok(pending) => match pending.await {
+                Ok(Some(CustomerAnswer::Terms(Some(c)))) => c.accounts,
+                _ => return,
+            },
+            Err(_) => return,
+        };
+        self.directory
+            .retain(|account, owner| owner != customer || listed.binary_search(account).is_ok());
     }
 
     /// Checks every event, then applies the batch; any invalid event rejects the whole
@@ -1315,7 +1393,7 @@ impl PartitionEngine {
 
     /// The catalog version in force on `date` (today when `None`), in its published shape.
     pub fn catalog_at(&self, date: Option<chrono::NaiveDate>) -> Result<CatalogVersionSpec, EngineError> {
-        let date = date.unwrap_or_else(|| self.local_date(chrono::Utc::now()));
+        let date = date.unwrap_or_else(|| self.local_date(self.now()));
         let catalog = self.catalog();
         let version = catalog.version_at(date).ok_or_else(|| {
             EngineError::UnknownCatalogVersion(format!("no catalog version is in force on {date}"))
@@ -1450,21 +1528,40 @@ impl PartitionEngine {
         ));
         // One journal record: the account leaves one customer and joins the other with its
         // usage together, or (a crash before the record is durable) not at all.
-        let outcomes = self.submit_batch(batch).await?;
-        let released = from.is_none() || matches!(outcomes.first(), Some(Ok(CustomerReply::Released(_))));
-        let adopted = matches!(outcomes.last(), Some(Ok(CustomerReply::Adopted)));
+        let outcomes = match self.submit_batch(batch).await {
+            Ok(outcomes) => outcomes,
+            // Journaled, and a restarted segment's recovery applies it: the move is done.
+            Err(SubmitError::Interrupted) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        // A half was applied when it answered, or when a restarted segment's recovery
+        // applied it first (`Replayed`); a refused half is marked never to be applied.
+        use tallyman_actors::Failure;
+        let applied = |o: Option<&Result<CustomerReply, Failure>>| {
+            matches!(
+                o,
+                None | Some(Ok(CustomerReply::Released(_) | CustomerReply::Adopted) | Err(Failure::Replayed))
+            )
+        };
+        let adopted = applied(outcomes.last());
+        let released = from.is_none() || applied(outcomes.first());
         if !(released && adopted) {
-            // A segment failed in the middle (the journal has both; a restart applies both).
-            // Until then, undo the half that took effect, so the account is billed once.
+            // Undo the half that took effect, so that the account stays with one customer.
             let undo = match (&from, released, adopted) {
-                (Some(from), true, false) => Some((
-                    from.clone(),
-                    CustomerCommand::Adopt {
-                        account: account_id.clone(),
-                        usage,
-                        period,
-                    },
-                )),
+                (Some(from), true, false) => {
+                    let handed = match outcomes.first() {
+                        Some(Ok(CustomerReply::Released(u))) => u.clone(),
+                        _ => usage,
+                    };
+                    Some((
+                        from.clone(),
+                        CustomerCommand::Adopt {
+                            account: account_id.clone(),
+                            usage: handed,
+                            period,
+                        },
+                    ))
+                }
                 (Some(_), false, true) => Some((
                     to.clone(),
                     CustomerCommand::Release {
@@ -1475,11 +1572,7 @@ impl PartitionEngine {
                 _ => None,
             };
             if let Some((key, command)) = undo {
-                let back = self.submit_one(key, command).await;
-                if !matches!(back, Ok(CustomerReply::Adopted | CustomerReply::Released(_))) {
-                    tracing::error!(partition = %self.id, account, from = ?from, to = %to,
-                        "an account move failed halfway and could not be undone: {back:?}");
-                }
+                self.undo(key, command, account).await;
             }
             return Err(EngineError::Unavailable(format!(
                 "account {account:?} could not move to {customer:?} ({outcomes:?}); nothing changed, try again"
@@ -1502,23 +1595,45 @@ impl PartitionEngine {
         }
     }
 
+    /// Journals the undoing of half a move, trying again for up to a minute while it is
+    /// refused before being journaled (a busy or restarting segment).
+    async fn undo(&self, key: CustomerKey, command: CustomerCommand, account: &str) {
+        use tallyman_actors::Failure;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let outcome = self.submit_batch(vec![(key.clone(), command.clone())]).await;
+            match outcome.as_ref().map(|o| o.first()) {
+                Ok(Some(Ok(_) | Err(Failure::Replayed))) | Err(SubmitError::Interrupted) => return,
+                _ if std::time::Instant::now() < deadline => {
+                    actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                _ => {
+                    tracing::error!(partition = %self.id, account, customer = %key,
+                        "an account move failed halfway and could not be undone: {outcome:?}; \
+                         move the account again to put it right");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Submits commands as one journal record and waits for their replies. While routing
     /// is held for writing, ingest is paused, so a busy segment drains: a refusal for
     /// backpressure (nothing journaled) is retried for up to five seconds.
     async fn submit_batch(
         &self,
         batch: Vec<(CustomerKey, CustomerCommand)>,
-    ) -> Result<Vec<Result<CustomerReply, tallyman_actors::Failure>>, EngineError> {
+    ) -> Result<Vec<Result<CustomerReply, tallyman_actors::Failure>>, SubmitError> {
         let mut wait = std::time::Duration::from_millis(1);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             match self.runtime.submit(batch.clone()) {
-                Ok(pending) => return Ok(pending.await?),
+                Ok(pending) => return pending.await,
                 Err(SubmitError::Busy { .. }) if std::time::Instant::now() < deadline => {
                     actix_rt::time::sleep(wait).await;
                     wait = (wait * 2).min(std::time::Duration::from_millis(100));
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     }
