@@ -49,28 +49,31 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> 
 pub(super) struct PartitionView {
     id: String,
     currency: String,
+    /// The IANA time zone its periods are calendar months of.
+    time_zone: String,
     segments: u32,
     customers: usize,
     accounts: usize,
     open_period: Period,
 }
 
+impl PartitionView {
+    fn of(p: &crate::engine::PartitionEngine) -> PartitionView {
+        let s = p.summary();
+        PartitionView {
+            id: s.id,
+            currency: s.currency,
+            time_zone: s.time_zone,
+            segments: s.segments,
+            customers: s.customers,
+            accounts: s.accounts,
+            open_period: p.period(),
+        }
+    }
+}
+
 pub(super) async fn partitions(engine: Ready) -> HttpResponse {
-    let views: Vec<PartitionView> = engine
-        .partitions()
-        .iter()
-        .map(|p| {
-            let s = p.summary();
-            PartitionView {
-                id: s.id,
-                currency: s.currency,
-                segments: s.segments,
-                customers: s.customers,
-                accounts: s.accounts,
-                open_period: p.period(),
-            }
-        })
-        .collect();
+    let views: Vec<PartitionView> = engine.partitions().iter().map(|p| PartitionView::of(p)).collect();
     HttpResponse::Ok().json(views)
 }
 
@@ -84,14 +87,7 @@ pub(super) async fn create_partition(
     let spec: crate::config::PartitionSpec = read_json(payload, &limits).await?;
     let summary = engine.create_partition(spec).await?;
     let p = engine.partition(&summary.id).map_err(Problem::from)?;
-    Ok(HttpResponse::Created().json(PartitionView {
-        id: summary.id,
-        currency: summary.currency,
-        segments: summary.segments,
-        customers: summary.customers,
-        accounts: summary.accounts,
-        open_period: p.period(),
-    }))
+    Ok(HttpResponse::Created().json(PartitionView::of(&p)))
 }
 
 #[derive(Deserialize)]
