@@ -292,18 +292,23 @@ fn an_invalid_event_rejects_the_whole_batch_and_changes_nothing() {
     });
 }
 
+/// One small partition (November 2026 open, no sample customers) in `zone`.
+fn zoned(zone: &str) -> Validated {
+    let mut s = Settings::load(None).unwrap();
+    s.runtime.arbiters = 1;
+    s.runtime.segments = 2;
+    s.runtime.rebalance_interval_secs = 0;
+    s.partitions.truncate(1);
+    s.partitions[0].open_period = Some("2026-11".into());
+    s.partitions[0].customers = None;
+    s.partitions[0].time_zone = zone.into();
+    s.validate().unwrap()
+}
+
 #[test]
 fn periods_are_calendar_months_in_the_partitions_time_zone() {
     actix_rt::System::new().block_on(async {
-        let mut s = Settings::load(None).unwrap();
-        s.runtime.arbiters = 1;
-        s.runtime.segments = 2;
-        s.runtime.rebalance_interval_secs = 0;
-        s.partitions.truncate(1);
-        s.partitions[0].open_period = Some("2026-11".into());
-        s.partitions[0].customers = None;
-        s.partitions[0].time_zone = "America/New_York".into();
-        let settings = s.validate().unwrap();
+        let settings = zoned("America/New_York");
         let engine = Engine::start(&settings, EngineOptions::default()).await.unwrap();
         let p = engine.partition("aws").unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(9);
@@ -452,17 +457,6 @@ fn a_partitions_time_zone_cannot_change_once_it_has_data() {
             file_bytes: 1 << 20,
         },
         ..EngineOptions::default()
-    };
-    let zoned = |zone: &str| {
-        let mut s = Settings::load(None).unwrap();
-        s.runtime.arbiters = 1;
-        s.runtime.segments = 2;
-        s.runtime.rebalance_interval_secs = 0;
-        s.partitions.truncate(1);
-        s.partitions[0].open_period = Some("2026-11".into());
-        s.partitions[0].customers = None;
-        s.partitions[0].time_zone = zone.into();
-        s.validate().unwrap()
     };
     actix_rt::System::new().block_on(async {
         let engine = Engine::start(&zoned("America/New_York"), options())
