@@ -258,11 +258,15 @@ pub struct AccountUsage {
 /// Nearly every account sees a few events a period, so a small set is a sorted vector
 /// (16 bytes an id, found by binary search) that grows by a quarter at a time; a hash
 /// table would cost 96 bytes for two ids. Past [`EventIds::SORTED_MAX`] ids, where
-/// inserting into the vector would move too much, it becomes a hash set.
+/// inserting into the vector would move too much, it becomes a hash set; past
+/// [`EventIds::HASHED_MAX`], [`EventIds::SHARDS`] hash sets chosen by the id's top bits,
+/// so that a hot account's set never stalls its segment to rehash millions of ids at
+/// once (one shard, a sixty-fourth of them, grows at a time).
 #[derive(Clone, Debug)]
 pub enum EventIds {
     Sorted(Vec<u128>),
     Hashed(Box<HashSet<u128, Prehashed>>),
+    Sharded(Box<[HashSet<u128, Prehashed>]>),
 }
 
 impl Default for EventIds {
@@ -274,11 +278,31 @@ impl Default for EventIds {
 impl EventIds {
     /// The most ids kept as a sorted vector.
     pub const SORTED_MAX: usize = 64;
+    /// The most ids kept in one hash set.
+    pub const HASHED_MAX: usize = 16_384;
+    /// How many hash sets a large set is spread over.
+    pub const SHARDS: usize = 64;
+
+    fn shard(id: u128) -> usize {
+        // The top bits: the sets hash by the low ones.
+        (id >> 122) as usize % Self::SHARDS
+    }
+
+    fn sharded(ids: impl Iterator<Item = u128>, each: usize) -> Self {
+        let mut shards: Vec<HashSet<u128, Prehashed>> = (0..Self::SHARDS)
+            .map(|_| HashSet::with_capacity_and_hasher(each, Prehashed))
+            .collect();
+        for id in ids {
+            shards[Self::shard(id)].insert(id);
+        }
+        EventIds::Sharded(shards.into_boxed_slice())
+    }
 
     pub fn contains(&self, id: u128) -> bool {
         match self {
             EventIds::Sorted(ids) => ids.binary_search(&id).is_ok(),
             EventIds::Hashed(ids) => ids.contains(&id),
+            EventIds::Sharded(shards) => shards[Self::shard(id)].contains(&id),
         }
     }
 
@@ -303,7 +327,13 @@ impl EventIds {
                     true
                 }
             },
+            EventIds::Hashed(ids) if ids.len() >= Self::HASHED_MAX && !ids.contains(&id) => {
+                let all = ids.iter().copied().chain(std::iter::once(id));
+                *self = Self::sharded(all, 2 * Self::HASHED_MAX / Self::SHARDS);
+                true
+            }
             EventIds::Hashed(ids) => ids.insert(id),
+            EventIds::Sharded(shards) => shards[Self::shard(id)].insert(id),
         }
     }
 
@@ -311,6 +341,7 @@ impl EventIds {
         match self {
             EventIds::Sorted(ids) => ids.len(),
             EventIds::Hashed(ids) => ids.len(),
+            EventIds::Sharded(shards) => shards.iter().map(HashSet::len).sum(),
         }
     }
 
@@ -319,18 +350,22 @@ impl EventIds {
     }
 
     /// Every id, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = u128> + '_ {
-        let (sorted, hashed) = match self {
-            EventIds::Sorted(ids) => (Some(ids.iter().copied()), None),
-            EventIds::Hashed(ids) => (None, Some(ids.iter().copied())),
-        };
-        sorted.into_iter().flatten().chain(hashed.into_iter().flatten())
+    pub fn iter(&self) -> Box<dyn Iterator<Item = u128> + '_> {
+        match self {
+            EventIds::Sorted(ids) => Box::new(ids.iter().copied()),
+            EventIds::Hashed(ids) => Box::new(ids.iter().copied()),
+            EventIds::Sharded(shards) => Box::new(shards.iter().flat_map(|s| s.iter().copied())),
+        }
     }
 }
 
 impl FromIterator<u128> for EventIds {
     fn from_iter<I: IntoIterator<Item = u128>>(iter: I) -> Self {
         let mut ids: Vec<u128> = iter.into_iter().collect();
+        if ids.len() > Self::HASHED_MAX {
+            let each = ids.len() / Self::SHARDS + 1;
+            return Self::sharded(ids.into_iter(), each);
+        }
         if ids.len() > Self::SORTED_MAX {
             return EventIds::Hashed(Box::new(ids.into_iter().collect()));
         }
@@ -540,6 +575,24 @@ mod tests {
         }
         assert!(all.iter().all(|&id| ids.contains(id)));
         assert!(!ids.contains(3));
+    }
+
+    #[test]
+    fn a_large_set_of_ids_spreads_over_shards_and_keeps_every_id_once() {
+        let mut ids = EventIds::default();
+        let n = EventIds::HASHED_MAX as u128 + 1000;
+        // Fingerprints spread over the whole range, as real ones are.
+        let id = |i: u128| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+        for i in 0..n {
+            assert!(ids.insert(id(i)));
+        }
+        assert!(matches!(ids, EventIds::Sharded(_)));
+        assert_eq!(ids.len(), n as usize);
+        assert!((0..n).all(|i| ids.contains(id(i)) && !ids.insert(id(i))));
+        assert!(!ids.contains(id(n)));
+        let back: EventIds = rmp_serde::from_slice(&rmp_serde::to_vec(&ids).unwrap()).unwrap();
+        assert!(matches!(back, EventIds::Sharded(_)));
+        assert_eq!(back, ids);
     }
 
     #[test]
