@@ -29,6 +29,7 @@ pub type CustomerKey = Arc<str>;
 
 /// One usage event, resolved and checked: ready to apply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "MeteredEventRecord")]
 pub struct MeteredEvent {
     /// The event's date in the partition's time zone: it decides the event's period.
     pub day: NaiveDate,
@@ -40,6 +41,32 @@ pub struct MeteredEvent {
     /// The most distinct events its account may apply in the period
     /// (`limits.max_events_per_account` when it was journaled, so replay decides alike).
     pub limit: u32,
+}
+
+/// A [`MeteredEvent`] as journaled, also as written before events carried their local
+/// date and their account's limit (read then with the UTC date and no limit, as they
+/// were applied).
+#[derive(Deserialize)]
+struct MeteredEventRecord {
+    day: Option<NaiveDate>,
+    account: AccountId,
+    meter: MeterId,
+    reading: Reading,
+    id: u128,
+    limit: Option<u32>,
+}
+
+impl From<MeteredEventRecord> for MeteredEvent {
+    fn from(r: MeteredEventRecord) -> Self {
+        MeteredEvent {
+            day: r.day.unwrap_or_else(|| r.reading.time.date_naive()),
+            account: r.account,
+            meter: r.meter,
+            reading: r.reading,
+            id: r.id,
+            limit: r.limit.unwrap_or(u32::MAX),
+        }
+    }
 }
 
 impl MeteredEvent {

@@ -7,12 +7,15 @@
 //! ```text
 //! count: u32, then per command:
 //!   key_len: u16, key bytes,
-//!   tag: u8 = 0 (usage)  then account_len: u16, account, meter: u16,
+//!   tag: u8 = 2 (usage)  then account_len: u16, account, meter: u16,
 //!                          version: u16, fold: u8, has_dimension: u8, quantity: [u8; 16],
 //!                          seconds: i64, nanos: u32, day: i32 (the local date, days
 //!                          from 0001-01-01), tiebreak: u64, dimension: u64,
 //!                          id: u128, limit: u32          (all little-endian)
 //!        | 1 (other)  then json_len: u32, JSON of the command
+//!        | 0 (usage as written before periods had time zones and accounts a limit:
+//!             account, slot: u32, then as tag 2 without `day` and `limit`; read with
+//!             the UTC date and no limit, as it was applied then)
 //! ```
 
 use std::sync::Arc;
@@ -113,7 +116,7 @@ impl Codec<Batch<CustomerEntity>> for BatchCodec {
             put_str(out, key);
             match command {
                 CustomerCommand::Usage(e) => {
-                    out.push(0);
+                    out.push(2);
                     put_str(out, &e.account);
                     out.extend_from_slice(&e.meter.0.to_le_bytes());
                     out.extend_from_slice(&e.reading.version.to_le_bytes());
@@ -145,8 +148,11 @@ impl Codec<Batch<CustomerEntity>> for BatchCodec {
         for _ in 0..count {
             let key: Arc<str> = r.str()?.into();
             let command = match r.u8()? {
-                0 => {
+                tag @ (0 | 2) => {
                     let account: Arc<str> = r.str()?.into();
+                    if tag == 0 {
+                        let _slot = r.u32()?;
+                    }
                     let meter = MeterId(r.u16()?);
                     let version = r.u16()?;
                     let fold = fold_of(r.u8()?)?;
@@ -156,13 +162,17 @@ impl Codec<Batch<CustomerEntity>> for BatchCodec {
                     let nanos = r.u32()?;
                     let time = DateTime::<Utc>::from_timestamp(seconds, nanos)
                         .ok_or_else(|| format!("bad time {seconds}.{nanos}"))?;
-                    let days = r.u32()? as i32;
-                    let day = NaiveDate::from_num_days_from_ce_opt(days)
-                        .ok_or_else(|| format!("bad date {days}"))?;
+                    let day = if tag == 0 {
+                        time.date_naive()
+                    } else {
+                        let days = r.u32()? as i32;
+                        NaiveDate::from_num_days_from_ce_opt(days)
+                            .ok_or_else(|| format!("bad date {days}"))?
+                    };
                     let tiebreak = r.u64()?;
                     let dimension = r.u64()?;
                     let id = u128::from_le_bytes(r.array()?);
-                    let limit = r.u32()?;
+                    let limit = if tag == 0 { u32::MAX } else { r.u32()? };
                     CustomerCommand::Usage(MeteredEvent {
                         day,
                         account,
@@ -202,6 +212,56 @@ mod tests {
     use super::*;
     use crate::domain::customer::{Credit, CustomerSpec};
     use crate::domain::{AccountUsage, Currency, Customer};
+
+    #[test]
+    fn usage_written_by_the_previous_layout_still_reads() {
+        // Tag 0: account, slot, meter, version, fold, has_dimension, quantity, seconds,
+        // nanos, tiebreak, dimension, id (no local date, no limit), and a late event in
+        // JSON without them: read with the UTC date and no limit, as applied then.
+        let time: DateTime<Utc> = "2026-11-30T23:30:00Z".parse().unwrap();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&2u32.to_le_bytes());
+        put_str(&mut bytes, "acme");
+        bytes.push(0);
+        put_str(&mut bytes, "222");
+        bytes.extend_from_slice(&7u32.to_le_bytes());
+        bytes.extend_from_slice(&5u16.to_le_bytes());
+        bytes.extend_from_slice(&1u16.to_le_bytes());
+        bytes.push(0);
+        bytes.push(0);
+        bytes.extend_from_slice(&Decimal::new(15, 1).serialize());
+        bytes.extend_from_slice(&time.timestamp().to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&9u64.to_le_bytes());
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes.extend_from_slice(&42u128.to_le_bytes());
+        put_str(&mut bytes, "acme");
+        bytes.push(1);
+        let json = r#"{"Late":{"account":"222","slot":0,"meter":5,"reading":{"fold":"Sum","quantity":"1.5","time":"2026-11-30T23:30:00Z","version":1,"tiebreak":9,"dimension":null},"id":43}}"#;
+        bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(json.as_bytes());
+        let batch = BatchCodec.decode(&bytes).unwrap();
+        let expected = MeteredEvent {
+            day: "2026-11-30".parse().unwrap(),
+            account: "222".into(),
+            meter: MeterId(5),
+            reading: Reading {
+                fold: Fold::Sum,
+                quantity: Decimal::new(15, 1),
+                time,
+                version: 1,
+                tiebreak: 9,
+                dimension: None,
+            },
+            id: 42,
+            limit: u32::MAX,
+        };
+        assert_eq!(batch[0].1, CustomerCommand::Usage(expected.clone()));
+        assert_eq!(
+            batch[1].1,
+            CustomerCommand::Late(MeteredEvent { id: 43, ..expected })
+        );
+    }
 
     #[test]
     fn every_command_survives_the_round_trip() {
