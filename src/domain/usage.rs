@@ -616,6 +616,14 @@ mod tests {
     }
 
     #[test]
+    fn an_accounts_usage_record_stays_within_its_memory_budget() {
+        // Every account carries one: 24 bytes of meters and 24 of event ids (BENCHMARKS.md,
+        // the 21M-account run, counts on it).
+        assert_eq!(std::mem::size_of::<EventIds>(), 24);
+        assert_eq!(std::mem::size_of::<AccountUsage>(), 48);
+    }
+
+    #[test]
     fn a_small_set_of_ids_grows_by_a_quarter() {
         let mut ids = EventIds::default();
         for i in 0..2u128 {

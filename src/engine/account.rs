@@ -828,3 +828,14 @@ impl Entity for CustomerEntity {
         snapshot
     }
 }
+
+#[cfg(test)]
+mod memory {
+    #[test]
+    fn a_customer_record_stays_within_its_memory_budget() {
+        // One per customer, in a hash table with up to 2× slack: the rarely used lists
+        // are one word each (BENCHMARKS.md, the 21M-account run, counts on it).
+        let size = std::mem::size_of::<super::CustomerEntity>();
+        assert!(size <= 88, "{size}");
+    }
+}
