@@ -558,18 +558,22 @@ open_period = "2026-11"
     let hours = |id: &str| event(id, "111111111111", "ec2.instance_hours", json!(10));
     assert_eq!(ingest(&d, &[hours("a"), hours("b")]).status, 200);
     let before = customer_total(&d);
-    // A third distinct event of the same account is past the limit of 2: refused, named.
+    // A third distinct event of the same account is past the limit of 2: refused, named
+    // by its index, with nothing of it applied.
     let r = ingest(&d, &[hours("c")]);
     let p = assert_problem(&r, 422);
+    let errors = p["errors"].as_array().unwrap();
+    assert_eq!((errors.len(), errors[0]["index"].clone()), (1, json!(0)), "{p}");
     assert!(
-        p["detail"]
+        errors[0]["message"]
             .as_str()
             .unwrap()
             .contains("limits.max_events_per_account"),
         "{p}"
     );
     assert_eq!(customer_total(&d), before, "nothing of it applied");
-    // A resent event is still a duplicate, and another account has its own limit.
+    // A resent event is still a duplicate; another account has its own limit, and in a
+    // batch with a refused event the others apply and are counted.
     let r = ingest(&d, &[hours("a")]);
     assert_eq!(
         (r.status, r.json()["duplicates"].clone()),
@@ -578,7 +582,15 @@ open_period = "2026-11"
         r.body
     );
     let other = event("c", "222222222222", "ec2.instance_hours", json!(1));
-    assert_eq!(ingest(&d, &[other]).status, 200);
+    let r = ingest(&d, &[other, hours("e")]);
+    let p = assert_problem(&r, 422);
+    assert_eq!(
+        (p["accepted"].clone(), p["duplicates"].clone()),
+        (json!(1), json!(0)),
+        "{p}"
+    );
+    assert_eq!(p["errors"][0]["index"], 1, "{p}");
+    assert_ne!(customer_total(&d), before, "the other account's event applied");
     let after = customer_total(&d);
     d.stop();
     // The journal replays the same decisions.

@@ -29,6 +29,9 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<ItemError>,
+    /// Of a batch partly applied: the events applied and the duplicates.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<Box<crate::engine::IngestSummary>>,
     /// Seconds to wait before retrying, sent as `Retry-After` too.
     #[serde(skip)]
     pub retry_after: Option<u32>,
@@ -42,6 +45,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
+            applied: None,
             retry_after: None,
         }
     }
@@ -137,6 +141,20 @@ impl From<EngineError> for Problem {
                     detail,
                 );
                 p.retry_after = Some(1);
+                p
+            }
+            EngineError::NotApplied { summary, errors } => {
+                let mut p = Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "events-not-applied",
+                    "Events not applied",
+                    format!(
+                        "{detail}: they are listed in `errors`, and sending them again will not help; \
+                         the others are applied (sending them again counts them as duplicates)"
+                    ),
+                )
+                .with_errors(item_errors(errors));
+                p.applied = Some(Box::new(summary));
                 p
             }
             EngineError::Unprocessable(_) => Problem::new(

@@ -138,6 +138,19 @@ pub enum EngineError {
     /// Well-formed but impossible to apply; resending will not help.
     #[error("{0}")]
     Unprocessable(String),
+    /// The batch was journaled and its other events applied, but these were refused
+    /// when applied (past the account's event limit, or an aggregate's overflow);
+    /// resending them will not help.
+    #[error(
+        "{} event(s) applied, {} duplicate(s); {} event(s) were not applied",
+        summary.accepted,
+        summary.duplicates,
+        errors.len()
+    )]
+    NotApplied {
+        summary: IngestSummary,
+        errors: Vec<EventError>,
+    },
     /// Backpressure: retry later. Nothing was journaled.
     #[error("{0}")]
     Busy(String),
@@ -1196,10 +1209,11 @@ impl PartitionEngine {
                 }
             }
         }
-        let summary = Self::tally(outcomes)?;
+        let (summary, result) = Self::tally(outcomes);
+        // What applied counts, whatever happened to the rest.
         self.accepted.fetch_add(summary.accepted, Relaxed);
         self.duplicates.fetch_add(summary.duplicates, Relaxed);
-        Ok(summary)
+        result.map(|()| summary)
     }
 
     /// Ingest counters since start.
@@ -1315,19 +1329,28 @@ impl PartitionEngine {
     /// error that says how many did and what to do about the rest: resend (503) when
     /// they were interrupted or replayed, nothing to resend (422) when they would overflow,
     /// and look at the dead letters (500) when they panicked.
+    /// The outcome of command `i` is event `i`'s: a batch is resolved whole or not at all.
     fn tally(
         outcomes: Vec<Result<CustomerReply, tallyman_actors::Failure>>,
-    ) -> Result<IngestSummary, EngineError> {
+    ) -> (IngestSummary, Result<(), EngineError>) {
         use tallyman_actors::Failure;
         let mut summary = IngestSummary::default();
-        let (mut overflowed, mut retry, mut dead) = (0u64, 0u64, Vec::new());
-        let mut refused: Vec<String> = Vec::new();
-        for outcome in outcomes {
+        let (mut retry, mut dead) = (0u64, Vec::new());
+        let mut refused: Vec<EventError> = Vec::new();
+        for (index, outcome) in outcomes.into_iter().enumerate() {
             match outcome {
                 Ok(CustomerReply::Accepted) => summary.accepted += 1,
                 Ok(CustomerReply::Duplicate) => summary.duplicates += 1,
-                Ok(CustomerReply::Overflowed) => overflowed += 1,
-                Ok(CustomerReply::Refused(why)) => refused.push(why),
+                Ok(CustomerReply::Overflowed) => refused.push(EventError {
+                    index,
+                    field: "quantity".into(),
+                    message: "would overflow its meter's aggregate (28 significant digits)".into(),
+                }),
+                Ok(CustomerReply::Refused(why)) => refused.push(EventError {
+                    index,
+                    field: "account".into(),
+                    message: why,
+                }),
                 Ok(other) => dead.push(format!("unexpected reply {other:?}")),
                 Err(Failure::Replayed | Failure::Unavailable { .. }) => retry += 1,
                 Err(f) => dead.push(format!("{f:?}")),
@@ -1337,27 +1360,22 @@ impl PartitionEngine {
             "{} event(s) applied, {} duplicate(s)",
             summary.accepted, summary.duplicates
         );
-        if !dead.is_empty() {
-            return Err(EngineError::Failed(format!("{done}, but: {}", dead.join("; "))));
-        }
-        if retry > 0 {
-            return Err(EngineError::Unavailable(format!(
+        let result = if !dead.is_empty() {
+            Err(EngineError::Failed(format!("{done}, but: {}", dead.join("; "))))
+        } else if retry > 0 {
+            Err(EngineError::Unavailable(format!(
                 "{done}; {retry} event(s) were interrupted by a segment restart: send the batch again \
                  (what was applied counts as duplicates)"
-            )));
-        }
-        if let Some(why) = refused.first() {
-            return Err(EngineError::Unprocessable(format!(
-                "{done}; {} event(s) were refused and not applied, e.g.: {why}",
-                refused.len()
-            )));
-        }
-        if overflowed > 0 {
-            return Err(EngineError::Unprocessable(format!(
-                "{done}; {overflowed} event(s) would overflow a meter's aggregate (28 significant digits) and were not applied"
-            )));
-        }
-        Ok(summary)
+            )))
+        } else if !refused.is_empty() {
+            Err(EngineError::NotApplied {
+                summary,
+                errors: refused,
+            })
+        } else {
+            Ok(())
+        };
+        (summary, result)
     }
 
     /// Publishes a catalog version. It must take effect after the latest one and after
