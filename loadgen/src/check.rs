@@ -122,14 +122,18 @@ pub async fn prepare(
 
 /// Replays the seeded workload and folds the batches numbered in `acknowledged`
 /// (ascending) into a ledger: batch `k` is events `k × batch … (k + 1) × batch − 1` of
-/// the stream, as the generator made them.
+/// the stream, as the generator made them. The events of `refused` (a batch's number and
+/// positions in it, ascending) were refused when applied and are left out.
 pub fn replay(
     spec: WorkloadSpec,
     meters: Vec<MeterShape>,
     batch: usize,
     acknowledged: &[u64],
+    refused: &[(u64, Vec<u32>)],
     prices: PriceList,
 ) -> Result<Ledger, String> {
+    let refused: std::collections::HashMap<u64, &[u32]> =
+        refused.iter().map(|(seq, at)| (*seq, at.as_slice())).collect();
     let mut workload = Workload::new(spec, meters)?;
     let mut ledger = Ledger::new(prices);
     let mut next = 0u64;
@@ -140,8 +144,12 @@ pub fn replay(
             }
             next += 1;
         }
-        for _ in 0..batch {
-            ledger.record(&workload.next_event())?;
+        let left_out = refused.get(&seq).copied().unwrap_or(&[]);
+        for i in 0..batch {
+            let event = workload.next_event();
+            if !left_out.contains(&(i as u32)) {
+                ledger.record(&event)?;
+            }
         }
         next += 1;
     }

@@ -171,6 +171,7 @@ pub(crate) fn ledger(
         l.meters.clone(),
         l.batch,
         &result.acknowledged,
+        &result.refused,
         setup.prices.clone(),
     )
 }
@@ -294,6 +295,7 @@ fn report(
         "acknowledged_events": result.acknowledged_events,
         "duplicates": result.duplicates,
         "errors": result.errors,
+        "refused_events": result.refused.iter().map(|(_, at)| at.len()).sum::<usize>(),
         "chaos": kills.as_ref().map(|k| serde_json::json!({ "kills": k })),
         "verify": verdict.as_ref().map(|v| serde_json::json!({
             "customers": v.customers,

@@ -37,6 +37,12 @@ impl Sink for EngineSink {
         match self.0.ingest(batch.clone()).await {
             Ok(summary) => Answer::Acknowledged {
                 duplicates: summary.duplicates,
+                refused: Vec::new(),
+            },
+            // Applied but for these (past an account's event limit, or an overflow).
+            Err(EngineError::NotApplied { summary, errors }) => Answer::Acknowledged {
+                duplicates: summary.duplicates,
+                refused: errors.iter().map(|e| e.index as u32).collect(),
             },
             // Backpressure: nothing was journaled. tallyd's clients wait for Retry-After;
             // in-process, a tenth of a second.

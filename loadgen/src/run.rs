@@ -65,6 +65,9 @@ pub struct LoadResult {
     pub error_samples: Vec<String>,
     /// Every batch acknowledged (2xx), warm-up included, by number, ascending.
     pub acknowledged: Vec<u64>,
+    /// Of those, the batches some events of which were refused when applied: the batch's
+    /// number and the refused events' positions in it, by number, ascending.
+    pub refused: Vec<(u64, Vec<u32>)>,
     /// Events of the acknowledged batches, warm-up included.
     pub acknowledged_events: u64,
     /// Events the acknowledgements counted as duplicates (a resent batch that had been
@@ -87,6 +90,7 @@ struct Shared {
     errors: u64,
     error_samples: Vec<String>,
     acknowledged: Vec<u64>,
+    refused: Vec<(u64, Vec<u32>)>,
     acknowledged_events: u64,
     duplicates: u64,
     unresolved: Vec<u64>,
@@ -106,6 +110,7 @@ impl Shared {
             errors: 0,
             error_samples: Vec::new(),
             acknowledged: Vec::new(),
+            refused: Vec::new(),
             acknowledged_events: 0,
             duplicates: 0,
             unresolved: Vec::new(),
@@ -123,8 +128,10 @@ impl Shared {
 /// What one send of a batch came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// Applied (2xx); `duplicates` of its events had been applied before.
-    Acknowledged { duplicates: u64 },
+    /// Applied (2xx); `duplicates` of its events had been applied before. Or applied
+    /// but for the events at `refused` (422 `events-not-applied`: refused when applied,
+    /// e.g. past the account's event limit; sending them again will not help).
+    Acknowledged { duplicates: u64, refused: Vec<u32> },
     /// Backpressure (429): nothing applied; send again after the wait.
     TooBusy(Duration),
     /// Recovering (503 with `Retry-After`): nothing applied; send again after the wait.
@@ -199,6 +206,26 @@ impl Sink for Http {
                 let answer: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
                 Answer::Acknowledged {
                     duplicates: answer["duplicates"].as_u64().unwrap_or(0),
+                    refused: Vec::new(),
+                }
+            }
+            422 => {
+                let answer: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+                let partly = answer["type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("/events-not-applied"));
+                if partly {
+                    Answer::Acknowledged {
+                        duplicates: answer["duplicates"].as_u64().unwrap_or(0),
+                        refused: answer["errors"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|e| e["index"].as_u64().map(|i| i as u32))
+                            .collect(),
+                    }
+                } else {
+                    Answer::Refused(format!("{status}: {}", String::from_utf8_lossy(&text)))
                 }
             }
             _ => {
@@ -295,9 +322,12 @@ pub async fn run<S: Sink>(
                 let done = Instant::now();
                 let mut s = shared.lock().unwrap();
                 match outcome {
-                    Answer::Acknowledged { duplicates } => {
+                    Answer::Acknowledged { duplicates, refused } => {
                         s.acknowledged.push(seq);
-                        s.acknowledged_events += batch;
+                        s.acknowledged_events += batch - refused.len() as u64;
+                        if !refused.is_empty() {
+                            s.refused.push((seq, refused));
+                        }
                         s.duplicates += duplicates;
                         if measured {
                             let from_intended = done.duration_since(intended).as_micros().max(1) as u64;
@@ -369,6 +399,7 @@ pub async fn run<S: Sink>(
     let measured = start.elapsed().saturating_sub(spec.warmup);
     let mut s = std::mem::replace(&mut *shared.lock().unwrap(), Shared::new());
     s.acknowledged.sort_unstable();
+    s.refused.sort_unstable();
     s.unresolved.sort_unstable();
     LoadResult {
         latency: s.latency,
@@ -384,6 +415,7 @@ pub async fn run<S: Sink>(
         errors: s.errors,
         error_samples: s.error_samples,
         acknowledged: s.acknowledged,
+        refused: s.refused,
         acknowledged_events: s.acknowledged_events,
         duplicates: s.duplicates,
         unresolved: s.unresolved,

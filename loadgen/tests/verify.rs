@@ -379,3 +379,38 @@ fn verify_reports_a_bill_the_oracle_does_not_expect_and_exits_non_zero() {
         "only the total differs: {verdict}"
     );
 }
+
+#[test]
+fn in_process_verify_leaves_out_the_events_refused_past_an_accounts_limit() {
+    let out = TempDir::new("event-limit");
+    let config = out.0.join("limited.toml");
+    // The hot accounts of the Zipf traffic go past 20 events, so some events of some
+    // batches are refused when applied: the rest of those batches counts, and the oracle
+    // leaves the refused ones out.
+    std::fs::write(
+        &config,
+        format!("{SMALL_CATALOG}\n[limits]\nmax_events_per_account = 20\n"),
+    )
+    .unwrap();
+    let out_dir = out.0.join("out");
+    let mut args = vec![
+        "--in-process",
+        "--verify",
+        "--config",
+        config.to_str().unwrap(),
+        "--seed",
+        "4",
+        "--warmup",
+        "0",
+        "--duration",
+        "2",
+    ];
+    args.extend_from_slice(WORKLOAD);
+    args.extend_from_slice(&["--out", out_dir.to_str().unwrap()]);
+    let (code, stdout) = loadgen(&args);
+    assert_eq!(code, 0, "{stdout}");
+    let verdict = read_json(&out_dir.join("verify.json"));
+    assert_eq!(verdict["mismatches"], serde_json::json!([]), "{verdict}");
+    let summary = read_json(&out_dir.join("summary.json"));
+    assert!(summary["refused_events"].as_u64().unwrap() > 0, "{summary}");
+}
