@@ -69,16 +69,7 @@ pub struct AlertSettings {
 
 impl AlertSettings {
     fn validate(&self) -> Result<AlertSettings, ConfigError> {
-        let range = |key: &str, value: u64, lo: u64, hi: u64| {
-            if (lo..=hi).contains(&value) {
-                Ok(())
-            } else {
-                Err(invalid(
-                    format!("alerts.{key}"),
-                    format!("must be from {lo} to {hi} (got {value})"),
-                ))
-            }
-        };
+        let range = |key: &str, value: u64, lo: u64, hi: u64| in_range("alerts", key, value, lo, hi);
         range("check_interval_ms", self.check_interval_ms, 1, 60_000)?;
         range("webhook_timeout_ms", self.webhook_timeout_ms, 1, 600_000)?;
         range(
@@ -223,16 +214,7 @@ pub struct LimitSettings {
 
 impl LimitSettings {
     fn validate(&self) -> Result<LimitSettings, ConfigError> {
-        let check = |key: &str, value: usize, lo: usize, hi: usize| {
-            if (lo..=hi).contains(&value) {
-                Ok(())
-            } else {
-                Err(invalid(
-                    format!("limits.{key}"),
-                    format!("must be from {lo} to {hi} (got {value})"),
-                ))
-            }
-        };
+        let check = |key: &str, value: usize, lo: usize, hi: usize| in_range("limits", key, value, lo, hi);
         check("max_body_bytes", self.max_body_bytes, 1024, 1 << 30)?;
         check(
             "max_events_per_request",
@@ -426,6 +408,24 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
+/// Checks that `section.key` is within `lo..=hi`; the error names the key and the range.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    section: &str,
+    key: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<(), ConfigError> {
+    if lo <= value && value <= hi {
+        Ok(())
+    } else {
+        Err(invalid(
+            format!("{section}.{key}"),
+            format!("must be from {lo} to {hi} (got {value})"),
+        ))
+    }
+}
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -466,16 +466,7 @@ pub struct Validated {
 
 impl RuntimeSettings {
     fn validate(&self) -> Result<RuntimeSettings, ConfigError> {
-        let range = |key: &str, value: u64, lo: u64, hi: u64| {
-            if value < lo || value > hi {
-                Err(invalid(
-                    format!("runtime.{key}"),
-                    format!("must be from {lo} to {hi} (got {value})"),
-                ))
-            } else {
-                Ok(())
-            }
-        };
+        let range = |key: &str, value: u64, lo: u64, hi: u64| in_range("runtime", key, value, lo, hi);
         range("arbiters", self.arbiters as u64, 0, 1024)?;
         range("segments", u64::from(self.segments), 1, 65_536)?;
         range("mailbox_capacity", self.mailbox_capacity as u64, 1, 1_000_000)?;

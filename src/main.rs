@@ -109,7 +109,7 @@ fn report(url: &str, out: Option<&std::path::Path>, token: Option<&str>) -> Resu
     for s in &report.stages {
         table.push_str(&format!(
             "{:<20} {:>10} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}\n",
-            s.stage, s.count, s.p50, s.p90, s.p99, s.p999, s.p9999, s.max
+            s.stage, s.count, s.times.p50, s.times.p90, s.times.p99, s.times.p999, s.p9999, s.times.max
         ));
     }
     print!("{table}");

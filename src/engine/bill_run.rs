@@ -33,15 +33,7 @@ pub struct PeriodState {
 }
 
 /// Per-customer pricing time, in microseconds.
-#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
-pub struct ComputeTimes {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
-    pub mean: f64,
-}
+pub type ComputeTimes = super::stats::Micros;
 
 /// A bill run as `GET …/bill-runs/{id}` shows it.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
@@ -124,18 +116,6 @@ impl BillRun {
         run
     }
 
-    fn compute_times(h: &Histogram<u64>) -> ComputeTimes {
-        let us = |ns: u64| ns as f64 / 1000.0;
-        ComputeTimes {
-            p50: us(h.value_at_quantile(0.5)),
-            p90: us(h.value_at_quantile(0.9)),
-            p99: us(h.value_at_quantile(0.99)),
-            p999: us(h.value_at_quantile(0.999)),
-            max: us(h.max()),
-            mean: h.mean() / 1000.0,
-        }
-    }
-
     pub fn view(&self) -> BillRunView {
         if let Some(summary) = &self.summary {
             if let Ok(view) = serde_json::from_value::<StoredSummary>(summary.clone()) {
@@ -175,7 +155,7 @@ impl BillRun {
             eta_ms,
             duration_ms,
             compute_us: (matches!(state, RunState::Done { .. }) && !compute.is_empty())
-                .then(|| Self::compute_times(&compute)),
+                .then(|| ComputeTimes::of(&compute)),
             error,
         }
     }
@@ -212,28 +192,10 @@ impl StoredSummary {
             duration_ms: Some(self.duration_ms),
             compute_us: self
                 .compute_us
-                .and_then(|v| serde_json::from_value::<ComputeTimesStored>(v).ok())
-                .map(|c| ComputeTimes {
-                    p50: c.p50,
-                    p90: c.p90,
-                    p99: c.p99,
-                    p999: c.p999,
-                    max: c.max,
-                    mean: c.mean,
-                }),
+                .and_then(|v| serde_json::from_value::<ComputeTimes>(v).ok()),
             error: None,
         }
     }
-}
-
-#[derive(Deserialize)]
-struct ComputeTimesStored {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    p999: f64,
-    max: f64,
-    mean: f64,
 }
 
 /// A customer's invoice, priced and encoded (without its number) on its segment's thread.
@@ -376,16 +338,9 @@ impl PartitionEngine {
     async fn run_bill_run(self: Arc<Self>, run: Arc<BillRun>) -> Result<(), String> {
         let period = run.period;
         // Every record journaled before the close reaches its segment first.
-        let journaled = self.journal.last_lsn();
-        let deadline = Instant::now() + std::time::Duration::from_secs(60);
-        while self.journal.durable_lsn() < journaled {
-            if Instant::now() > deadline {
-                return Err(
-                    "the journal did not catch up within a minute; the run resumes when started again".into(),
-                );
-            }
-            actix_rt::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        self.wait_until_delivered(std::time::Duration::from_secs(60))
+            .await
+            .map_err(|e| format!("{e}: the run resumes when started again"))?;
         run.customers_total
             .store(self.customers.len() as u64, Ordering::Relaxed);
         let done: Arc<HashMap<Arc<str>, u32>> = Arc::new(self.invoices.customers(period));
@@ -482,7 +437,7 @@ impl PartitionEngine {
             task.await.map_err(|e| e.to_string())??;
         }
         let duration_ms = run.started.elapsed().as_millis() as u64;
-        let compute = BillRun::compute_times(&run.compute.lock().unwrap_or_else(|p| p.into_inner()));
+        let compute = ComputeTimes::of(&run.compute.lock().unwrap_or_else(|p| p.into_inner()));
         let invoices = self.invoices.count(period) as u64;
         let total_billed = *run.total_billed.lock().unwrap_or_else(|p| p.into_inner());
         let summary = serde_json::json!({

@@ -1518,7 +1518,9 @@ impl PartitionEngine {
         if let Some(from) = &from {
             // Everything journaled before reaches its segment first, so that the usage
             // read next is all the account has (ingest is paused meanwhile).
-            self.wait_until_delivered().await?;
+            self.wait_until_delivered(std::time::Duration::from_secs(5))
+                .await
+                .map_err(EngineError::Unavailable)?;
             let query = CustomerQuery::Leaving {
                 account: account_id.clone(),
                 period,
@@ -1656,15 +1658,16 @@ impl PartitionEngine {
         }
     }
 
-    /// Waits (up to five seconds) until every record journaled so far has been handed to
+    /// Waits (at most `within`) until every record journaled so far has been handed to
     /// its segment.
-    async fn wait_until_delivered(&self) -> Result<(), EngineError> {
+    pub(crate) async fn wait_until_delivered(&self, within: std::time::Duration) -> Result<(), String> {
         let journaled = self.journal.last_lsn();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + within;
         while self.journal.durable_lsn() < journaled {
             if std::time::Instant::now() > deadline {
-                return Err(EngineError::Unavailable(
-                    "the journal did not catch up within five seconds; try again".into(),
+                return Err(format!(
+                    "the journal did not catch up within {} s; try again",
+                    within.as_secs()
                 ));
             }
             actix_rt::time::sleep(std::time::Duration::from_millis(1)).await;

@@ -33,6 +33,34 @@ pub fn register_all() {
     }
 }
 
+/// The percentiles of a histogram of nanoseconds, in microseconds.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Micros {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+fn micros(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+impl Micros {
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> Micros {
+        Micros {
+            p50: micros(h.value_at_quantile(0.5)),
+            p90: micros(h.value_at_quantile(0.9)),
+            p99: micros(h.value_at_quantile(0.99)),
+            p999: micros(h.value_at_quantile(0.999)),
+            max: micros(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
+}
+
 /// One stage's latency: percentiles in microseconds, and the whole histogram.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct StageLatency {
@@ -40,13 +68,9 @@ pub struct StageLatency {
     /// What one value measures.
     pub what: String,
     pub count: u64,
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
+    #[serde(flatten)]
+    pub times: Micros,
     pub p9999: f64,
-    pub max: f64,
-    pub mean: f64,
     /// The histogram of nanoseconds in HdrHistogram's compressed V2 encoding, base64:
     /// what an interval log line carries, readable by any HdrHistogram library.
     pub histogram: String,
@@ -66,7 +90,6 @@ pub fn latency_report() -> LatencyReport {
         .into_iter()
         .map(|stage| {
             let h = stage.merged();
-            let us = |ns: u64| ns as f64 / 1000.0;
             let mut bytes = Vec::new();
             V2DeflateSerializer::new()
                 .serialize(&h, &mut bytes)
@@ -75,13 +98,8 @@ pub fn latency_report() -> LatencyReport {
                 stage: stage.name.to_owned(),
                 what: stage.what.to_owned(),
                 count: h.len(),
-                p50: us(h.value_at_quantile(0.5)),
-                p90: us(h.value_at_quantile(0.9)),
-                p99: us(h.value_at_quantile(0.99)),
-                p999: us(h.value_at_quantile(0.999)),
-                p9999: us(h.value_at_quantile(0.9999)),
-                max: us(h.max()),
-                mean: h.mean() / 1000.0,
+                times: Micros::of(&h),
+                p9999: micros(h.value_at_quantile(0.9999)),
                 histogram: base64::engine::general_purpose::STANDARD.encode(bytes),
             }
         })
@@ -128,6 +146,6 @@ mod tests {
         assert!(query.count >= 100);
         let h = decode_histogram(&query.histogram).unwrap();
         assert_eq!(h.len(), query.count);
-        assert!(query.p50 > 0.0 && query.max >= 100.0, "{query:?}");
+        assert!(query.times.p50 > 0.0 && query.times.max >= 100.0, "{query:?}");
     }
 }
