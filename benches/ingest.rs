@@ -23,6 +23,7 @@
 //! a snapshot) from snapshots, checking that a sample of bills comes back the same.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -32,6 +33,7 @@ use rust_decimal::Decimal;
 use tallyman::config::{Settings, Validated};
 use tallyman::domain::{Currency, Customer, CustomerSpec, UsageEvent};
 use tallyman::engine::{Engine, EngineOptions, JournalMode, PartitionEngine};
+use tallyman_actors::latency::FSYNC;
 use tallyman_actors::router::RebalanceNow;
 
 struct Args {
@@ -60,7 +62,7 @@ fn args() -> Args {
         load_events: 5_000_000,
         timed_events: 2_000_000,
         batch: 1000,
-        in_flight: 4,
+        in_flight: 32,
         durable: false,
         scale: false,
         data: None,
@@ -97,8 +99,9 @@ fn args() -> Args {
     }
     if argv.iter().any(|x| x == "--durable") {
         a.durable = true;
-        // Many batches in flight, so that group commit has something to group.
-        a.in_flight = 16;
+    }
+    if let Some(v) = value("--in-flight") {
+        a.in_flight = v.max(1);
     }
     a
 }
@@ -111,6 +114,52 @@ fn rss_bytes() -> u64 {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
     pages * 4096
+}
+
+/// CPU seconds so far per thread of this process, by thread name.
+fn thread_cpu() -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // pid (comm) state … utime stime are fields 14 and 15; comm may hold spaces.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        // Fields after the comm start at field 3 (state), so utime (14) is index 11.
+        out.push((
+            format!(
+                "{}:{}",
+                &stat[open + 1..close],
+                task.file_name().to_string_lossy()
+            ),
+            (ticks(11) + ticks(12)) / 100.0,
+        ));
+    }
+    out
+}
+
+/// Each thread's share of a core between two `thread_cpu` readings over `seconds`.
+fn cpu_shares(before: &[(String, f64)], after: &[(String, f64)], seconds: f64) -> String {
+    let mut shares: Vec<(String, f64)> = after
+        .iter()
+        .map(|(name, t)| {
+            let t0 = before.iter().find(|(n, _)| n == name).map_or(0.0, |(_, t0)| *t0);
+            (name.clone(), (t - t0) / seconds)
+        })
+        .filter(|(_, s)| *s >= 0.02)
+        .collect();
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = shares.iter().map(|(_, s)| s).sum();
+    let each: Vec<String> = shares
+        .iter()
+        .map(|(n, s)| format!("{n} {:.0}%", s * 100.0))
+        .collect();
+    format!("{:.0}% of a core in all ({})", total * 100.0, each.join(", "))
 }
 
 fn settings() -> Validated {
@@ -209,21 +258,30 @@ impl Workload {
 }
 
 /// Ingests `batches`, keeping `in_flight` of them in progress; returns events ingested.
+/// Each batch is its own task: a future that is only queued makes no progress, so
+/// awaiting them in turn would keep one in flight, whatever `in_flight` says.
 async fn ingest_all(
-    p: &PartitionEngine,
+    p: &Arc<PartitionEngine>,
     batches: impl Iterator<Item = Vec<UsageEvent>>,
     in_flight: usize,
 ) -> u64 {
     let mut pending = VecDeque::new();
     let mut done = 0u64;
     for batch in batches {
-        pending.push_back(p.ingest(batch));
+        let p = p.clone();
+        pending.push_back(actix_rt::spawn(async move { p.ingest(batch).await }));
         if pending.len() >= in_flight {
-            done += pending.pop_front().unwrap().await.expect("ingest").accepted;
+            done += pending
+                .pop_front()
+                .unwrap()
+                .await
+                .unwrap()
+                .expect("ingest")
+                .accepted;
         }
     }
     while let Some(f) = pending.pop_front() {
-        done += f.await.expect("ingest").accepted;
+        done += f.await.unwrap().expect("ingest").accepted;
     }
     done
 }
@@ -332,7 +390,7 @@ async fn run() {
     let started = Instant::now();
     let batches = a.load_events / a.batch;
     let batch_size = a.batch;
-    let loaded = ingest_all(p, (0..batches).map(|_| w.batch(batch_size)), a.in_flight).await;
+    let loaded = ingest_all(&partition, (0..batches).map(|_| w.batch(batch_size)), a.in_flight).await;
     let load_time = started.elapsed();
     let rss2 = rss_bytes();
     println!(
@@ -352,16 +410,30 @@ async fn run() {
     if !a.scale {
         // Phase 2: throughput, with the events generated beforehand.
         let timed: Vec<Vec<UsageEvent>> = (0..a.timed_events / a.batch).map(|_| w.batch(a.batch)).collect();
+        let cpu0 = thread_cpu();
+        let syncs0 = FSYNC.merged().len();
         let started = Instant::now();
-        let ingested = ingest_all(p, timed.into_iter(), a.in_flight).await;
+        let ingested = ingest_all(&partition, timed.into_iter(), a.in_flight).await;
         let elapsed = started.elapsed();
+        let secs = elapsed.as_secs_f64();
         println!(
-            "throughput: {} events in {:.2} s: {:.0} events/s ({} in flight)",
+            "throughput: {} events in {:.2} s: {:.0} events/s ({} in flight); cpu: {}",
             ingested,
-            elapsed.as_secs_f64(),
-            ingested as f64 / elapsed.as_secs_f64(),
-            a.in_flight
+            secs,
+            ingested as f64 / secs,
+            a.in_flight,
+            cpu_shares(&cpu0, &thread_cpu(), secs)
         );
+        if a.durable {
+            let syncs = FSYNC.merged().len() - syncs0;
+            println!(
+                "fsyncs: {} in {:.2} s: {:.0} per second, {:.0} events per fsync",
+                syncs,
+                secs,
+                syncs as f64 / secs,
+                ingested as f64 / syncs.max(1) as f64
+            );
+        }
 
         // Phase 3: a skewed load that the rebalancer evens out.
         let segments = p.runtime().segment_count();
@@ -388,8 +460,9 @@ async fn run() {
         let window = |engine: &Engine, batches: Vec<Vec<UsageEvent>>| {
             let before = busy_per_arbiter(engine);
             let started = Instant::now();
+            let partition = partition.clone();
             async move {
-                ingest_all(p, batches.into_iter(), a.in_flight).await;
+                ingest_all(&partition, batches.into_iter(), a.in_flight).await;
                 (before, started.elapsed().as_secs_f64())
             }
         };

@@ -282,6 +282,15 @@ fn bill(
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
+    /// The hot path's comparison of account ids orders them exactly as `str` does (the
+    /// customer's account list is sorted by `str`'s order and searched with it).
+    #[test]
+    fn account_ids_order_as_strings(a in "[0-9a-z\\x00-]{0,20}", b in "[0-9a-z\\x00-]{0,20}") {
+        use tallyman::domain::customer::cmp_account_ids;
+        prop_assert_eq!(cmp_account_ids(&a, &b), a.as_str().cmp(b.as_str()));
+        prop_assert_eq!(cmp_account_ids(&a, &a), std::cmp::Ordering::Equal);
+    }
+
     #[test]
     fn totals_are_the_sum_of_rounded_lines(
         catalog in catalog(),

@@ -42,6 +42,7 @@ pub struct AccountLine {
 /// One account's part of the bill.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AccountBill {
+    #[schemars(with = "String")]
     pub account: AccountId,
     pub lines: Vec<AccountLine>,
     pub total: Decimal,

@@ -266,7 +266,15 @@ pub struct AccountUsage {
 pub enum EventIds {
     Sorted(Vec<u128>),
     Hashed(Box<HashSet<u128, Prehashed>>),
-    Sharded(Box<[HashSet<u128, Prehashed>]>),
+    Sharded(Box<ShardedIds>),
+}
+
+/// A large set of ids spread over [`EventIds::SHARDS`] hash sets, with its count (so
+/// that the per-account bound is checked without visiting every shard).
+#[derive(Clone, Debug)]
+pub struct ShardedIds {
+    len: usize,
+    sets: Box<[HashSet<u128, Prehashed>]>,
 }
 
 impl Default for EventIds {
@@ -289,20 +297,43 @@ impl EventIds {
     }
 
     fn sharded(ids: impl Iterator<Item = u128>, each: usize) -> Self {
-        let mut shards: Vec<HashSet<u128, Prehashed>> = (0..Self::SHARDS)
+        let mut sets: Vec<HashSet<u128, Prehashed>> = (0..Self::SHARDS)
             .map(|_| HashSet::with_capacity_and_hasher(each, Prehashed))
             .collect();
+        let mut len = 0;
         for id in ids {
-            shards[Self::shard(id)].insert(id);
+            len += usize::from(sets[Self::shard(id)].insert(id));
         }
-        EventIds::Sharded(shards.into_boxed_slice())
+        EventIds::Sharded(Box::new(ShardedIds {
+            len,
+            sets: sets.into_boxed_slice(),
+        }))
     }
 
     pub fn contains(&self, id: u128) -> bool {
         match self {
             EventIds::Sorted(ids) => ids.binary_search(&id).is_ok(),
             EventIds::Hashed(ids) => ids.contains(&id),
-            EventIds::Sharded(shards) => shards[Self::shard(id)].contains(&id),
+            EventIds::Sharded(shards) => shards.sets[Self::shard(id)].contains(&id),
+        }
+    }
+
+    /// Takes `id` out again (an event found to be refused after its id went in).
+    pub fn remove(&mut self, id: u128) {
+        match self {
+            EventIds::Sorted(ids) => {
+                if let Ok(i) = ids.binary_search(&id) {
+                    ids.remove(i);
+                }
+            }
+            EventIds::Hashed(ids) => {
+                ids.remove(&id);
+            }
+            EventIds::Sharded(shards) => {
+                if shards.sets[Self::shard(id)].remove(&id) {
+                    shards.len -= 1;
+                }
+            }
         }
     }
 
@@ -333,7 +364,11 @@ impl EventIds {
                 true
             }
             EventIds::Hashed(ids) => ids.insert(id),
-            EventIds::Sharded(shards) => shards[Self::shard(id)].insert(id),
+            EventIds::Sharded(shards) => {
+                let added = shards.sets[Self::shard(id)].insert(id);
+                shards.len += usize::from(added);
+                added
+            }
         }
     }
 
@@ -341,7 +376,7 @@ impl EventIds {
         match self {
             EventIds::Sorted(ids) => ids.len(),
             EventIds::Hashed(ids) => ids.len(),
-            EventIds::Sharded(shards) => shards.iter().map(HashSet::len).sum(),
+            EventIds::Sharded(shards) => shards.len,
         }
     }
 
@@ -354,7 +389,7 @@ impl EventIds {
         match self {
             EventIds::Sorted(ids) => Box::new(ids.iter().copied()),
             EventIds::Hashed(ids) => Box::new(ids.iter().copied()),
-            EventIds::Sharded(shards) => Box::new(shards.iter().flat_map(|s| s.iter().copied())),
+            EventIds::Sharded(shards) => Box::new(shards.sets.iter().flat_map(|s| s.iter().copied())),
         }
     }
 }
@@ -419,20 +454,27 @@ impl AccountUsage {
         meter: MeterId,
         reading: &Reading,
     ) -> Result<Applied, Overflow> {
-        if self.seen.contains(event) {
+        // One lookup of the id: it goes in first, and comes out again if the event is
+        // refused after all (rare), so that "seen" never outlives a refusal.
+        if !self.seen.insert(event) {
             return Ok(Applied::Duplicate);
         }
-        if self.seen.len() >= limit as usize {
+        if self.seen.len() > limit as usize {
+            self.seen.remove(event);
             return Ok(Applied::Full);
         }
-        match self.meters.binary_search_by_key(&meter, |m| m.0) {
-            Ok(i) => self.meters[i].1.apply(reading)?,
+        let applied = match self.meters.binary_search_by_key(&meter, |m| m.0) {
+            Ok(i) => self.meters[i].1.apply(reading),
             Err(i) => {
                 self.meters.reserve_exact(1);
                 self.meters.insert(i, (meter, MeterAggregate::new(reading)));
+                Ok(())
             }
+        };
+        if let Err(overflow) = applied {
+            self.seen.remove(event);
+            return Err(overflow);
         }
-        self.seen.insert(event);
         Ok(Applied::New)
     }
 

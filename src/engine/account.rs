@@ -24,8 +24,8 @@ use crate::domain::{
     Catalog, Customer, MeterId, Period, Rounding,
 };
 
-/// A customer's key in its partition.
-pub type CustomerKey = Arc<str>;
+/// A customer's key in its partition (inline up to 23 bytes, as [`AccountId`]).
+pub type CustomerKey = smol_str::SmolStr;
 
 /// One usage event, resolved and checked: ready to apply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -711,7 +711,7 @@ impl CustomerEntity {
 
     /// Where `event`'s account is in `usage` (`None`: it left the customer).
     fn position(&self, customer: &Customer, event: &MeteredEvent) -> Option<usize> {
-        customer.accounts.binary_search(&event.account).ok()
+        customer.position(&event.account)
     }
 }
 

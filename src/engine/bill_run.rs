@@ -343,7 +343,7 @@ impl PartitionEngine {
             .map_err(|e| format!("{e}: the run resumes when started again"))?;
         run.customers_total
             .store(self.customers.len() as u64, Ordering::Relaxed);
-        let done: Arc<HashMap<Arc<str>, u32>> = Arc::new(self.invoices.customers(period));
+        let done: Arc<HashMap<CustomerKey, u32>> = Arc::new(self.invoices.customers(period));
         // Resuming: the invoices written before count in this run's totals.
         let mut billed = self.rounding.round(Decimal::ZERO);
         for customer in done.keys() {
@@ -471,7 +471,7 @@ impl PartitionEngine {
         &self,
         segment: u32,
         view: Arc<PricingView>,
-        done: Arc<HashMap<Arc<str>, u32>>,
+        done: Arc<HashMap<CustomerKey, u32>>,
     ) -> Result<SegmentBills, String> {
         let mut last_error = String::new();
         for _ in 0..600 {

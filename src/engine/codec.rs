@@ -18,8 +18,6 @@
 //!             the UTC date and no limit, as it was applied then)
 //! ```
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use tallyman_actors::file_journal::Codec;
@@ -27,6 +25,7 @@ use tallyman_actors::{Batch, SnapshotCodec};
 
 use super::account::{CustomerCommand, CustomerEntity, CustomerKey, MeteredEvent};
 use crate::domain::meter::{Fold, Reading};
+use crate::domain::AccountId;
 use crate::domain::MeterId;
 
 /// The codec of the engine's journal.
@@ -146,10 +145,10 @@ impl Codec<Batch<CustomerEntity>> for BatchCodec {
         let count = r.u32()? as usize;
         let mut batch = Vec::with_capacity(count.min(1 << 20));
         for _ in 0..count {
-            let key: Arc<str> = r.str()?.into();
+            let key: CustomerKey = r.str()?.into();
             let command = match r.u8()? {
                 tag @ (0 | 2) => {
-                    let account: Arc<str> = r.str()?.into();
+                    let account: AccountId = r.str()?.into();
                     if tag == 0 {
                         let _slot = r.u32()?;
                     }

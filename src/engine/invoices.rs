@@ -16,11 +16,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::account::CustomerKey;
 use crate::domain::invoice::{
     AccountBill, AdjustmentLine, CommitmentLine, CreditLine, DiscountLine, MeterLine,
 };
@@ -87,7 +88,7 @@ struct PeriodInvoices {
     /// Offset and length of invoice `i + 1`'s line.
     lines: Vec<(u64, u32)>,
     /// Customer → index in `lines`.
-    customers: HashMap<Arc<str>, u32>,
+    customers: HashMap<CustomerKey, u32>,
     /// The lines themselves, when there is no folder.
     memory: Vec<u8>,
     /// Appends go here, when there is a folder.
@@ -221,7 +222,11 @@ impl InvoiceStore {
     /// Numbers the encoded invoices (`(customer, encode(bill))`) in order after the
     /// period's last one, writes them and syncs. Answers their numbers. A failure writes
     /// nothing that counts: the file is cut back to where it was.
-    pub fn append(&self, period: Period, encoded: Vec<(Arc<str>, Vec<u8>)>) -> Result<Vec<String>, String> {
+    pub fn append(
+        &self,
+        period: Period,
+        encoded: Vec<(CustomerKey, Vec<u8>)>,
+    ) -> Result<Vec<String>, String> {
         let mut periods = self.periods.lock().unwrap_or_else(|p| p.into_inner());
         let invoices = periods.entry(period).or_default();
         if invoices.done.is_some() {
@@ -298,7 +303,7 @@ impl InvoiceStore {
     }
 
     /// The customers invoiced for `period`, with their invoice numbers.
-    pub fn customers(&self, period: Period) -> HashMap<Arc<str>, u32> {
+    pub fn customers(&self, period: Period) -> HashMap<CustomerKey, u32> {
         let periods = self.periods.lock().unwrap_or_else(|p| p.into_inner());
         periods
             .get(&period)
@@ -421,7 +426,7 @@ mod tests {
         }
     }
 
-    fn enc(bills: Vec<Bill>) -> Vec<(Arc<str>, Vec<u8>)> {
+    fn enc(bills: Vec<Bill>) -> Vec<(CustomerKey, Vec<u8>)> {
         bills
             .into_iter()
             .map(|b| (b.customer.as_str().into(), InvoiceStore::encode(b)))
