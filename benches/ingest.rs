@@ -100,6 +100,9 @@ fn args() -> Args {
     if argv.iter().any(|x| x == "--durable") {
         a.durable = true;
     }
+    if let Some(v) = value("--timed-events") {
+        a.timed_events = v;
+    }
     if let Some(v) = value("--in-flight") {
         a.in_flight = v.max(1);
     }
@@ -410,6 +413,7 @@ async fn run() {
     if !a.scale {
         // Phase 2: throughput, with the events generated beforehand.
         let timed: Vec<Vec<UsageEvent>> = (0..a.timed_events / a.batch).map(|_| w.batch(a.batch)).collect();
+        println!("throughput: {} events generated; ingesting", a.timed_events);
         let cpu0 = thread_cpu();
         let syncs0 = FSYNC.merged().len();
         let started = Instant::now();

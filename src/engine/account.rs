@@ -651,13 +651,7 @@ impl CustomerEntity {
                 customer.id
             ));
         }
-        let mut usage = match customer.accounts.binary_search(account) {
-            Ok(i) => {
-                customer.accounts.remove(i);
-                Some(self.usage.remove(i))
-            }
-            Err(_) => None,
-        };
+        let mut usage = customer.remove_account(account).map(|i| self.usage.remove(i));
         if let Some(i) = self.departed.iter().position(|(a, _)| a == account) {
             let (_, departed) = self.departed.swap_remove(i);
             match &mut usage {
@@ -679,14 +673,11 @@ impl CustomerEntity {
         let Some(customer) = self.customer.as_deref_mut() else {
             return CustomerReply::NoSuchCustomer;
         };
-        let i = match customer.accounts.binary_search(account) {
-            Ok(i) => i,
-            Err(i) => {
-                customer.accounts.insert(i, account.clone());
-                self.usage.insert(i, AccountUsage::default());
-                i
-            }
-        };
+        let before = customer.accounts.len();
+        let i = customer.add_account(account.clone());
+        if customer.accounts.len() > before {
+            self.usage.insert(i, AccountUsage::default());
+        }
         if let Some(j) = self.departed.iter().position(|(a, _)| a == account) {
             let (_, departed) = self.departed.swap_remove(j);
             let _ = self.usage[i].merge(&departed);
