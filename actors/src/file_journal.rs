@@ -36,6 +36,11 @@ pub const MAX_RECORD: usize = 256 << 20;
 pub trait Codec<R>: Send + Sync + 'static {
     fn encode(&self, record: &R, out: &mut Vec<u8>);
     fn decode(&self, bytes: &[u8]) -> Result<R, String>;
+    /// About how many bytes `record` encodes to, so that its buffer is allocated once
+    /// (growing a 100 KB record from a small buffer copies it several times over).
+    fn size_hint(&self, _record: &R) -> usize {
+        256
+    }
 }
 
 /// When the writer syncs.
@@ -471,7 +476,7 @@ impl<R: Send + Sync + 'static> Journal<R> for FileJournal<R> {
     fn append(&self, record: Arc<R>, on_durable: OnDurable<R>) {
         // Encoding and checksumming happen here, on the appender's thread, so that many
         // appenders share the work; only the LSN is written under the lock.
-        let mut bytes = Vec::with_capacity(HEADER + 256);
+        let mut bytes = Vec::with_capacity(HEADER + self.codec.size_hint(&record));
         bytes.extend_from_slice(&[0; HEADER]);
         self.codec.encode(&record, &mut bytes);
         let len = bytes.len() - HEADER;
@@ -489,7 +494,7 @@ impl<R: Send + Sync + 'static> Journal<R> for FileJournal<R> {
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         queue.0 += 1;
         let lsn = queue.0;
-        let crc = crc32c::crc32c_combine(crc32c::crc32c(&lsn.to_le_bytes()), payload_crc, len);
+        let crc = crate::crc::combine(crc32c::crc32c(&lsn.to_le_bytes()), payload_crc, len);
         bytes[0..4].copy_from_slice(&(len as u32).to_le_bytes());
         bytes[4..8].copy_from_slice(&crc.to_le_bytes());
         bytes[8..16].copy_from_slice(&lsn.to_le_bytes());

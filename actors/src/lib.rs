@@ -13,6 +13,7 @@
 //! - [`journal::Journal`] and [`snapshot::SnapshotStore`] are the persistence interfaces.
 //! - [`latency`] keeps per-stage latency histograms, per thread, merged when read.
 
+pub mod crc;
 pub mod entity;
 pub mod file_journal;
 pub mod file_snapshots;

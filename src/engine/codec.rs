@@ -109,6 +109,11 @@ impl<'a> Reader<'a> {
 }
 
 impl Codec<Batch<CustomerEntity>> for BatchCodec {
+    fn size_hint(&self, batch: &Batch<CustomerEntity>) -> usize {
+        // A usage command with a 12-byte account and a customer key of up to 16 bytes.
+        4 + batch.len() * 112
+    }
+
     fn encode(&self, batch: &Batch<CustomerEntity>, out: &mut Vec<u8>) {
         out.extend_from_slice(&(batch.len() as u32).to_le_bytes());
         for (key, command) in batch {
