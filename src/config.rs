@@ -737,7 +737,7 @@ impl Settings {
             let key = |field: &str| format!("customer_sets.{set}[{c}].{field}");
             let customer =
                 Customer::from_spec(spec.clone(), currency).map_err(|e| invalid(key(&e.field), e.message))?;
-            if !profiles.contains_key(&customer.profile) {
+            if !profiles.contains_key(customer.profile.as_str()) {
                 let known: Vec<&str> = profiles.keys().map(String::as_str).collect();
                 return Err(invalid(
                     key("profile"),
@@ -755,7 +755,7 @@ impl Settings {
                 ));
             }
             for account in &customer.accounts {
-                if let Some(other) = owner.insert(account.to_string(), customer.id.clone()) {
+                if let Some(other) = owner.insert(account.to_string(), customer.id.to_string()) {
                     return Err(invalid(
                         key("accounts"),
                         format!("account {account:?} already belongs to customer {other:?}"),

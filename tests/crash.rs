@@ -97,8 +97,8 @@ fn expected(dir: &std::path::Path, events: &[Value]) -> HashMap<String, String> 
         .iter()
         .map(|c| {
             let mine = usage.iter().filter(|(a, _)| c.accounts.contains(a));
-            let bill = bill_customer(&ctx, c, &settings.profiles[&c.profile], mine);
-            (c.id.clone(), bill.total.to_string())
+            let bill = bill_customer(&ctx, c, &settings.profiles[c.profile.as_str()], mine);
+            (c.id.to_string(), bill.total.to_string())
         })
         .collect()
 }

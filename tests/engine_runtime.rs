@@ -125,7 +125,7 @@ fn expected_bill(settings: &Validated, family: &Family, events: &[UsageEvent]) -
         rounding: p.rounding,
         period: "2026-11".parse().unwrap(),
     };
-    let profile = &settings.profiles[&family.customer.profile];
+    let profile = &settings.profiles[family.customer.profile.as_str()];
     bill_customer(&ctx, &family.customer, profile, usage.iter())
 }
 

@@ -180,13 +180,13 @@ pub(super) struct CustomerView {
 impl From<Customer> for CustomerView {
     fn from(c: Customer) -> Self {
         CustomerView {
-            id: c.id,
+            id: c.id.to_string(),
             payer: c.payer.to_string(),
             accounts: c.accounts.iter().map(|a| a.to_string()).collect(),
-            profile: c.profile,
+            profile: c.profile.to_string(),
             tax_rate: c.tax_rate,
             commitment: c.commitment,
-            budget: c.budget,
+            budget: c.budget.map(|b| *b),
             account_budgets: c
                 .account_budgets
                 .into_iter()

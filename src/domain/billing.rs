@@ -90,7 +90,7 @@ pub fn bill_customer_with<'u>(
     accounts.sort_unstable_by(|a, b| a.0.cmp(b.0));
 
     let mut bill = Bill {
-        customer: customer.id.clone(),
+        customer: customer.id.to_string(),
         period: ctx.period,
         currency: rounding.currency,
         accounts: Vec::new(),

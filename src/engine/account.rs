@@ -540,7 +540,7 @@ impl CustomerEntity {
         usage: &mut dyn Iterator<Item = (&'a AccountId, &'a AccountUsage)>,
     ) -> Result<Bill, String> {
         let customer = self.customer.as_ref().ok_or("the customer does not exist")?;
-        let profile = view.profiles.get(&customer.profile).ok_or_else(|| {
+        let profile = view.profiles.get(customer.profile.as_str()).ok_or_else(|| {
             format!(
                 "customer {:?} uses profile {:?}, which is not configured",
                 customer.id, customer.profile

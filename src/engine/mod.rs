@@ -1050,7 +1050,7 @@ impl PartitionEngine {
     pub async fn upsert_customers(&self, customers: Vec<Customer>) -> Result<(), EngineError> {
         let _routing = self.routing.write().await;
         for c in &customers {
-            if !self.profiles.contains_key(&c.profile) {
+            if !self.profiles.contains_key(c.profile.as_str()) {
                 let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
                 return Err(EngineError::Invalid(FieldError::new(
                     "profile",
