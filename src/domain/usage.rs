@@ -704,6 +704,60 @@ mod tests {
     }
 
     #[test]
+    fn an_event_that_would_overflow_leaves_no_trace() {
+        use crate::domain::meter::Fold;
+        let reading = |q: Decimal| Reading {
+            fold: Fold::Sum,
+            quantity: q,
+            time: "2026-11-03T10:00:00Z".parse().unwrap(),
+            version: 0,
+            tiebreak: 0,
+            dimension: None,
+        };
+        let meter = MeterId(0);
+        let mut usage = AccountUsage::default();
+        assert_eq!(usage.apply(1, meter, &reading(Decimal::MAX)), Ok(Applied::New));
+        let before = usage.clone();
+        // The id goes in before the aggregate is tried; the overflow takes it out again,
+        // so the event is neither applied nor "seen", and its retry is tried again.
+        assert!(usage.apply(2, meter, &reading(Decimal::ONE)).is_err());
+        assert_eq!(usage, before);
+        assert!(!usage.has_seen(2));
+        assert!(usage.apply(2, meter, &reading(Decimal::ONE)).is_err());
+    }
+
+    /// Inserts and removals in a seeded random order, across both switches (to a hash
+    /// set past 64 ids, to shards past 16,384), agree with a plain hash set at every step.
+    #[test]
+    fn event_ids_agree_with_a_plain_set_through_inserts_and_removals() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let spread = |i: u128| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+        let mut ids = EventIds::default();
+        let mut model = std::collections::HashSet::new();
+        let mut kinds = [false; 3];
+        for step in 0..45_000 {
+            let id = spread(rng.random_range(0..30_000u128));
+            if rng.random_range(0..10) < 8 {
+                assert_eq!(ids.insert(id), model.insert(id), "insert at step {step}");
+            } else {
+                ids.remove(id);
+                model.remove(&id);
+            }
+            assert_eq!(ids.len(), model.len(), "step {step}");
+            assert_eq!(ids.contains(id), model.contains(&id), "step {step}");
+            kinds[match ids {
+                EventIds::Sorted(_) => 0,
+                EventIds::Hashed(_) => 1,
+                EventIds::Sharded(_) => 2,
+            }] = true;
+        }
+        assert_eq!(kinds, [true; 3], "every form was visited");
+        assert!(model.iter().all(|&id| ids.contains(id)));
+        assert_eq!(ids.iter().count(), model.len());
+    }
+
+    #[test]
     fn max_quantity_constant_is_ten_to_the_fifteenth() {
         assert_eq!(MAX_QUANTITY, dec!(1000000000000000));
     }
