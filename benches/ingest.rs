@@ -134,6 +134,7 @@ fn thread_cpu() -> Vec<(String, f64)> {
         let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
         let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
         // Fields after the comm start at field 3 (state), so utime (14) is index 11.
+        // Both are in clock ticks, which Linux reports at USER_HZ = 100 a second.
         out.push((
             format!(
                 "{}:{}",

@@ -26,12 +26,14 @@ const fn multiply(a: u32, mut b: u32) -> u32 {
     }
 }
 
-/// `x^(2^k)` modulo the polynomial, for k = 0..32 (the powers cycle past that).
-const X2N: [u32; 32] = {
-    let mut table = [0u32; 32];
+/// `x^(2^k)` modulo the polynomial, for every k a 64-bit byte count can need
+/// (3 + 64: the count is of bytes, 2³ bits each). zlib's table of 32 repeats itself
+/// for its own polynomial; for this one the powers do not cycle after 32.
+const X2N: [u32; 67] = {
+    let mut table = [0u32; 67];
     let mut p = 1u32 << 30; // x¹
     let mut k = 0;
-    while k < 32 {
+    while k < 67 {
         table[k] = p;
         p = multiply(p, p);
         k += 1;
@@ -45,7 +47,7 @@ fn x8n(mut n: u64) -> u32 {
     let mut k = 3; // 8 = 2³
     while n != 0 {
         if n & 1 != 0 {
-            power = multiply(X2N[k & 31], power);
+            power = multiply(X2N[k], power);
         }
         n >>= 1;
         k += 1;
@@ -61,6 +63,28 @@ pub fn combine(crc_a: u32, crc_b: u32, len_b: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `x^(8·n)` by shifting one byte at a time from x⁰, without the table.
+    fn x8n_slowly(n: u64) -> u32 {
+        let x1 = 1u32 << 30;
+        let x2 = multiply(x1, x1);
+        let x4 = multiply(x2, x2);
+        let x8 = multiply(x4, x4);
+        (0..n).fold(1u32 << 31, |p, _| multiply(x8, p))
+    }
+
+    #[test]
+    fn powers_of_x_agree_with_shifting_byte_by_byte() {
+        for n in [0, 1, 2, 3, 100, 4096, 70_000] {
+            assert_eq!(x8n(n), x8n_slowly(n), "{n} bytes");
+        }
+        // Past 2³² bits (512 MiB), where a table of 32 powers would wrap around (and
+        // give x¹ for x^(2³²)): the power of a sum is the product of the powers.
+        let big = (1u64 << 29) + 5;
+        assert_eq!(x8n(big), multiply(x8n(1 << 29), x8n(5)));
+        assert_eq!(x8n(1 << 29), multiply(x8n(1 << 28), x8n(1 << 28)));
+        assert_eq!(x8n(1 << 40), multiply(x8n(1 << 39), x8n(1 << 39)));
+    }
 
     #[test]
     fn combining_gives_the_crc_of_the_joined_bytes() {

@@ -454,14 +454,19 @@ impl AccountUsage {
         meter: MeterId,
         reading: &Reading,
     ) -> Result<Applied, Overflow> {
-        // One lookup of the id: it goes in first, and comes out again if the event is
-        // refused after all (rare), so that "seen" never outlives a refusal.
+        // At the bound, nothing goes in: a duplicate is still a duplicate.
+        if self.seen.len() >= limit as usize {
+            return Ok(if self.seen.contains(event) {
+                Applied::Duplicate
+            } else {
+                Applied::Full
+            });
+        }
+        // Otherwise one lookup of the id: it goes in first, and comes out again if the
+        // aggregate refuses the event (an overflow, rare), so that "seen" never outlives
+        // a refusal.
         if !self.seen.insert(event) {
             return Ok(Applied::Duplicate);
-        }
-        if self.seen.len() > limit as usize {
-            self.seen.remove(event);
-            return Ok(Applied::Full);
         }
         let applied = match self.meters.binary_search_by_key(&meter, |m| m.0) {
             Ok(i) => self.meters[i].1.apply(reading),
