@@ -282,6 +282,48 @@ fn bill(
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
+    /// A customer finds each of its accounts where its sorted list has it, and no other,
+    /// whatever accounts join and leave (a large one through its hash index, kept up to
+    /// date by `add_account` and `remove_account`).
+    #[test]
+    fn a_customer_finds_its_accounts_through_joins_and_departures(
+        ids in prop::collection::btree_set("[0-9a-z]{1,20}", 1..120),
+        moves in prop::collection::vec((any::<bool>(), "[0-9a-z]{1,20}"), 0..60),
+    ) {
+        let mut ids: Vec<String> = ids.into_iter().collect();
+        let spec = CustomerSpec {
+            id: "family".into(),
+            payer: ids.remove(0),
+            accounts: ids,
+            profile: "p".into(),
+            tax_rate: Decimal::ZERO,
+            commitment: None,
+            budget: None,
+            account_budgets: Default::default(),
+            discounts: vec![],
+            credits: vec![],
+        };
+        let mut c = Customer::from_spec(spec, Currency::from_code("USD").unwrap()).unwrap();
+        let check = |c: &Customer, probes: &[&str]| -> Result<(), TestCaseError> {
+            for (i, a) in c.accounts.iter().enumerate() {
+                prop_assert_eq!(c.position(a), Some(i));
+            }
+            for p in probes {
+                prop_assert_eq!(c.position(p), c.accounts.binary_search_by(|a| a.as_str().cmp(p)).ok());
+            }
+            Ok(())
+        };
+        check(&c, &[])?;
+        for (join, id) in &moves {
+            if *join {
+                c.add_account(id.as_str().into());
+            } else {
+                c.remove_account(id);
+            }
+            check(&c, &[id.as_str(), "zzzzzzzzzzzzzzzzzzzzz", "0"])?;
+        }
+    }
+
     /// The hot path's comparison of account ids orders them exactly as `str` does (the
     /// customer's account list is sorted by `str`'s order and searched with it).
     #[test]
