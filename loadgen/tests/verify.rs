@@ -74,26 +74,40 @@ const WORKLOAD: &[&str] = &[
     "2",
 ];
 
+/// Runs loadgen with `args` and the tests' workload, its reports in `out`; answers its
+/// exit code, its standard output and its `verify.json` (null when it wrote none).
+fn run_workload(args: &[&str], out: &Path) -> (i32, String, serde_json::Value) {
+    let mut all = args.to_vec();
+    all.extend_from_slice(WORKLOAD);
+    all.extend_from_slice(&["--out", out.to_str().unwrap()]);
+    let (code, stdout) = loadgen(&all);
+    let verdict = out.join("verify.json");
+    let verdict = if verdict.exists() {
+        read_json(&verdict)
+    } else {
+        serde_json::Value::Null
+    };
+    (code, stdout, verdict)
+}
+
 #[test]
 fn spawn_verify_matches_every_customer() {
     let out = TempDir::new("verify");
-    let out_dir = out.0.to_str().unwrap();
-    let mut args = vec![
-        "--spawn",
-        "--verify",
-        "--seed",
-        "7",
-        "--warmup",
-        "1",
-        "--duration",
-        "2",
-    ];
-    args.extend_from_slice(WORKLOAD);
-    args.extend_from_slice(&["--out", out_dir]);
-    let (code, stdout) = loadgen(&args);
+    let (code, stdout, verdict) = run_workload(
+        &[
+            "--spawn",
+            "--verify",
+            "--seed",
+            "7",
+            "--warmup",
+            "1",
+            "--duration",
+            "2",
+        ],
+        &out.0,
+    );
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("verify: all 60 customers match"), "{stdout}");
-    let verdict = read_json(&out.0.join("verify.json"));
     assert_eq!(verdict["mismatches"], serde_json::json!([]), "{verdict}");
     assert_eq!(verdict["customers"], 60);
     // 3 s at 2,000 events/s: about 6,000 events in 120 batches of 50, all acknowledged
@@ -112,28 +126,26 @@ fn spawn_verify_matches_every_customer() {
 #[test]
 fn chaos_kills_tallyd_and_verify_still_matches() {
     let out = TempDir::new("chaos");
-    let out_dir = out.0.to_str().unwrap();
-    let mut args = vec![
-        "--spawn",
-        "--chaos",
-        "--verify",
-        "--seed",
-        "11",
-        "--warmup",
-        "0",
-        "--duration",
-        "7",
-    ];
-    args.extend_from_slice(WORKLOAD);
-    args.extend_from_slice(&["--out", out_dir]);
-    let (code, stdout) = loadgen(&args);
+    let (code, stdout, verdict) = run_workload(
+        &[
+            "--spawn",
+            "--chaos",
+            "--verify",
+            "--seed",
+            "11",
+            "--warmup",
+            "0",
+            "--duration",
+            "7",
+        ],
+        &out.0,
+    );
     assert_eq!(code, 0, "{stdout}");
     let summary = read_json(&out.0.join("summary.json"));
     // Kills come 0.5 to 3 s after each start-up, so a 7 s run sees at least two.
     let kills = summary["chaos"]["kills"].as_array().unwrap();
     assert!(kills.len() >= 2, "{summary}");
     assert_eq!(summary["errors"], 0, "{summary}");
-    let verdict = read_json(&out.0.join("verify.json"));
     assert_eq!(verdict["mismatches"], serde_json::json!([]), "{verdict}");
     assert_eq!(verdict["customers"], 60);
     assert!(
@@ -147,23 +159,21 @@ fn chaos_kills_tallyd_and_verify_still_matches() {
 #[test]
 fn in_process_verify_matches_with_the_same_reports() {
     let out = TempDir::new("in-process");
-    let out_dir = out.0.to_str().unwrap();
-    let mut args = vec![
-        "--in-process",
-        "--verify",
-        "--seed",
-        "5",
-        "--warmup",
-        "1",
-        "--duration",
-        "2",
-    ];
-    args.extend_from_slice(WORKLOAD);
-    args.extend_from_slice(&["--out", out_dir]);
-    let (code, stdout) = loadgen(&args);
+    let (code, stdout, verdict) = run_workload(
+        &[
+            "--in-process",
+            "--verify",
+            "--seed",
+            "5",
+            "--warmup",
+            "1",
+            "--duration",
+            "2",
+        ],
+        &out.0,
+    );
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("verify: all 60 customers match"), "{stdout}");
-    let verdict = read_json(&out.0.join("verify.json"));
     assert_eq!(verdict["mismatches"], serde_json::json!([]), "{verdict}");
     // 3 s at one batch of 50 every 25 ms: 120 batches, every one acknowledged.
     assert_eq!(verdict["acknowledged_events"], 6_000, "{verdict}");
@@ -245,23 +255,22 @@ fn in_process_verify_crosses_every_tier_of_a_small_catalog() {
     let config = out.0.join("small.toml");
     std::fs::write(&config, SMALL_CATALOG).unwrap();
     let out_dir = out.0.join("out");
-    let mut args = vec![
-        "--in-process",
-        "--verify",
-        "--config",
-        config.to_str().unwrap(),
-        "--seed",
-        "9",
-        "--warmup",
-        "0",
-        "--duration",
-        "3",
-    ];
-    args.extend_from_slice(WORKLOAD);
-    args.extend_from_slice(&["--out", out_dir.to_str().unwrap()]);
-    let (code, stdout) = loadgen(&args);
+    let (code, stdout, verdict) = run_workload(
+        &[
+            "--in-process",
+            "--verify",
+            "--config",
+            config.to_str().unwrap(),
+            "--seed",
+            "9",
+            "--warmup",
+            "0",
+            "--duration",
+            "3",
+        ],
+        &out_dir,
+    );
     assert_eq!(code, 0, "{stdout}");
-    let verdict = read_json(&out_dir.join("verify.json"));
     assert_eq!(verdict["mismatches"], serde_json::json!([]), "{verdict}");
     // The largest families went past the last bound of every plan: graduated past 2000
     // (both flat fees), packages past the 300 free, volume past 200 calls and 1500 GB,
@@ -340,24 +349,23 @@ fn verify_reports_a_bill_the_oracle_does_not_expect_and_exits_non_zero() {
     assert!((200..300).contains(&status), "{status} {body}");
 
     let target = daemon.url();
-    let mut args = vec![
-        "--target",
-        &target,
-        "--no-seed",
-        "--verify",
-        "--seed",
-        "7",
-        "--warmup",
-        "0",
-        "--duration",
-        "2",
-    ];
-    args.extend_from_slice(WORKLOAD);
-    args.extend_from_slice(&["--out", out_dir]);
-    let (code, stdout) = loadgen(&args);
+    let (code, stdout, verdict) = run_workload(
+        &[
+            "--target",
+            &target,
+            "--no-seed",
+            "--verify",
+            "--seed",
+            "7",
+            "--warmup",
+            "0",
+            "--duration",
+            "2",
+        ],
+        &out.0,
+    );
     assert_eq!(code, 1, "a mismatch exits 1: {stdout}");
     assert!(stdout.contains("MISMATCHES in 1 of 60 customers"), "{stdout}");
-    let verdict = read_json(&out.0.join("verify.json"));
     let mismatches = verdict["mismatches"].as_array().unwrap();
     assert!(
         mismatches.iter().all(|m| m["customer"] == "cust-00000000"),
@@ -393,23 +401,22 @@ fn in_process_verify_leaves_out_the_events_refused_past_an_accounts_limit() {
     )
     .unwrap();
     let out_dir = out.0.join("out");
-    let mut args = vec![
-        "--in-process",
-        "--verify",
-        "--config",
-        config.to_str().unwrap(),
-        "--seed",
-        "4",
-        "--warmup",
-        "0",
-        "--duration",
-        "2",
-    ];
-    args.extend_from_slice(WORKLOAD);
-    args.extend_from_slice(&["--out", out_dir.to_str().unwrap()]);
-    let (code, stdout) = loadgen(&args);
+    let (code, stdout, verdict) = run_workload(
+        &[
+            "--in-process",
+            "--verify",
+            "--config",
+            config.to_str().unwrap(),
+            "--seed",
+            "4",
+            "--warmup",
+            "0",
+            "--duration",
+            "2",
+        ],
+        &out_dir,
+    );
     assert_eq!(code, 0, "{stdout}");
-    let verdict = read_json(&out_dir.join("verify.json"));
     assert_eq!(verdict["mismatches"], serde_json::json!([]), "{verdict}");
     let summary = read_json(&out_dir.join("summary.json"));
     assert!(summary["refused_events"].as_u64().unwrap() > 0, "{summary}");

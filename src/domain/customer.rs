@@ -310,14 +310,17 @@ impl Customer {
                 return Some(i);
             }
         }
-        self.accounts
-            .binary_search_by(|a| cmp_account_ids(a, account))
-            .ok()
+        self.search(account).ok()
+    }
+
+    /// The binary search of the sorted accounts: where `account` is, or would sort.
+    fn search(&self, account: &str) -> Result<usize, usize> {
+        self.accounts.binary_search_by(|a| cmp_account_ids(a, account))
     }
 
     /// Adds `account` to the accounts (where it sorts); its position.
     pub fn add_account(&mut self, account: AccountId) -> usize {
-        match self.accounts.binary_search(&account) {
+        match self.search(&account) {
             Ok(i) => i,
             Err(i) => {
                 self.accounts.insert(i, account);
@@ -329,7 +332,7 @@ impl Customer {
 
     /// Takes `account` out of the accounts; where it was.
     pub fn remove_account(&mut self, account: &str) -> Option<usize> {
-        let i = self.accounts.binary_search_by(|a| a.as_str().cmp(account)).ok()?;
+        let i = self.position(account)?;
         self.accounts.remove(i);
         self.index = AccountIndex::default();
         Some(i)

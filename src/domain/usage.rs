@@ -680,17 +680,21 @@ mod tests {
         assert_eq!(v.capacity(), 2);
     }
 
-    #[test]
-    fn an_account_applies_at_most_its_limit_of_distinct_events() {
-        use crate::domain::meter::Fold;
-        let reading = |q: i64| Reading {
-            fold: Fold::Sum,
-            quantity: Decimal::from(q),
+    /// A reading of `quantity` for a `sum` meter.
+    fn sum_reading(quantity: Decimal) -> Reading {
+        Reading {
+            fold: crate::domain::meter::Fold::Sum,
+            quantity,
             time: "2026-11-03T10:00:00Z".parse().unwrap(),
             version: 0,
             tiebreak: 0,
             dimension: None,
-        };
+        }
+    }
+
+    #[test]
+    fn an_account_applies_at_most_its_limit_of_distinct_events() {
+        let reading = |q: i64| sum_reading(Decimal::from(q));
         let meter = MeterId(0);
         let mut usage = AccountUsage::default();
         // A limit of 2: events 1 and 2 apply (1 + 2 = 3 units), event 3 is refused and
@@ -710,15 +714,7 @@ mod tests {
 
     #[test]
     fn an_event_that_would_overflow_leaves_no_trace() {
-        use crate::domain::meter::Fold;
-        let reading = |q: Decimal| Reading {
-            fold: Fold::Sum,
-            quantity: q,
-            time: "2026-11-03T10:00:00Z".parse().unwrap(),
-            version: 0,
-            tiebreak: 0,
-            dimension: None,
-        };
+        let reading = sum_reading;
         let meter = MeterId(0);
         let mut usage = AccountUsage::default();
         assert_eq!(usage.apply(1, meter, &reading(Decimal::MAX)), Ok(Applied::New));

@@ -566,7 +566,7 @@ impl CustomerEntity {
         let left: Vec<AccountId> = self.customer.as_deref().map_or_else(Vec::new, |c| {
             c.accounts
                 .iter()
-                .filter(|a| customer.accounts.binary_search(a).is_err())
+                .filter(|a| customer.position(a).is_none())
                 .cloned()
                 .collect()
         });
@@ -622,11 +622,7 @@ impl CustomerEntity {
             // Usage of an earlier period stays to be billed with it; none of `period` yet.
             return Ok(None);
         }
-        let mut usage = customer
-            .accounts
-            .binary_search(account)
-            .ok()
-            .map(|i| self.usage[i].clone());
+        let mut usage = customer.position(account).map(|i| self.usage[i].clone());
         if let Some((_, departed)) = self.departed.iter().find(|(a, _)| a == account) {
             match &mut usage {
                 Some(u) => u.merge(departed).map_err(|e| e.to_string())?,
@@ -699,11 +695,6 @@ impl CustomerEntity {
             }
         }
     }
-
-    /// Where `event`'s account is in `usage` (`None`: it left the customer).
-    fn position(&self, customer: &Customer, event: &MeteredEvent) -> Option<usize> {
-        customer.position(&event.account)
-    }
 }
 
 impl Entity for CustomerEntity {
@@ -759,7 +750,8 @@ impl Entity for CustomerEntity {
                 let Some(customer) = self.customer.as_deref() else {
                     return CustomerReply::NoSuchCustomer;
                 };
-                let position = self.position(customer, event);
+                // Where the account is in `usage` (`None`: it left the customer).
+                let position = customer.position(&event.account);
                 let day = event.day;
                 if self.last_usage.is_none_or(|d| d < day) {
                     self.last_usage = Some(day);
