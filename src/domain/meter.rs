@@ -107,7 +107,135 @@ pub enum MeterAggregate {
     },
     /// `unique_count`: each distinct value with the earliest time it was seen and the
     /// version in force then. A value counts in the span where it first appeared.
-    Distinct(HashMap<u64, (DateTime<Utc>, VersionIdx), Prehashed>),
+    Distinct(DistinctValues),
+}
+
+/// When a distinct value was first seen, and the catalog version in force then.
+pub type FirstSeen = (DateTime<Utc>, VersionIdx);
+
+/// The distinct values of a `unique_count` meter, each with when it was first seen.
+///
+/// Most accounts see a few values a period, so a small set is a vector sorted by value
+/// (24 bytes a value; a hash map's smallest table takes 128); past
+/// [`DistinctValues::SORTED_MAX`] values, where inserting would move too much, it is a
+/// hash map. Either form is the same set: equal, and written the same way (a map).
+#[derive(Clone, Debug)]
+pub enum DistinctValues {
+    Sorted(Vec<(u64, FirstSeen)>),
+    Hashed(Box<HashMap<u64, FirstSeen, Prehashed>>),
+}
+
+impl Default for DistinctValues {
+    fn default() -> Self {
+        DistinctValues::Sorted(Vec::new())
+    }
+}
+
+impl DistinctValues {
+    /// The most values kept as a sorted vector.
+    pub const SORTED_MAX: usize = 32;
+
+    /// Counts `value`, first seen at `first` (an earlier sighting than the one kept wins).
+    pub fn see(&mut self, value: u64, first: FirstSeen) {
+        let earlier = |kept: &mut FirstSeen| {
+            if first.0 < kept.0 {
+                *kept = first;
+            }
+        };
+        match self {
+            DistinctValues::Sorted(values) => match values.binary_search_by_key(&value, |v| v.0) {
+                Ok(i) => earlier(&mut values[i].1),
+                Err(_) if values.len() == Self::SORTED_MAX => {
+                    let mut map: HashMap<u64, FirstSeen, Prehashed> =
+                        HashMap::with_capacity_and_hasher(2 * Self::SORTED_MAX, Prehashed);
+                    map.extend(values.iter().copied());
+                    map.insert(value, first);
+                    *self = DistinctValues::Hashed(Box::new(map));
+                }
+                Err(i) => {
+                    if values.len() == values.capacity() {
+                        values.reserve_exact((values.len() / 4).max(1));
+                    }
+                    values.insert(i, (value, first));
+                }
+            },
+            DistinctValues::Hashed(map) => {
+                map.entry(value).and_modify(earlier).or_insert(first);
+            }
+        }
+    }
+
+    pub fn get(&self, value: u64) -> Option<FirstSeen> {
+        match self {
+            DistinctValues::Sorted(values) => values
+                .binary_search_by_key(&value, |v| v.0)
+                .ok()
+                .map(|i| values[i].1),
+            DistinctValues::Hashed(map) => map.get(&value).copied(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            DistinctValues::Sorted(values) => values.len(),
+            DistinctValues::Hashed(map) => map.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every value with when it was first seen, in no particular order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (u64, FirstSeen)> + '_> {
+        match self {
+            DistinctValues::Sorted(values) => Box::new(values.iter().copied()),
+            DistinctValues::Hashed(map) => Box::new(map.iter().map(|(&v, &f)| (v, f))),
+        }
+    }
+}
+
+impl FromIterator<(u64, FirstSeen)> for DistinctValues {
+    fn from_iter<I: IntoIterator<Item = (u64, FirstSeen)>>(iter: I) -> Self {
+        let mut values = DistinctValues::default();
+        for (value, first) in iter {
+            values.see(value, first);
+        }
+        values
+    }
+}
+
+/// The same values seen first at the same times, however they are kept.
+impl PartialEq for DistinctValues {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (DistinctValues::Sorted(a), DistinctValues::Sorted(b)) => a == b,
+            _ => self.len() == other.len() && self.iter().all(|(v, f)| other.get(v) == Some(f)),
+        }
+    }
+}
+
+impl Eq for DistinctValues {}
+
+/// A map from value to first sighting, as the hash map it replaced was written
+/// (snapshots and journaled hand-overs stay readable).
+impl Serialize for DistinctValues {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for DistinctValues {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = HashMap::<u64, FirstSeen, Prehashed>::deserialize(deserializer)?;
+        Ok(if map.len() > Self::SORTED_MAX {
+            DistinctValues::Hashed(Box::new(map))
+        } else {
+            let mut values: Vec<(u64, FirstSeen)> = map.into_iter().collect();
+            values.sort_unstable_by_key(|v| v.0);
+            DistinctValues::Sorted(values)
+        })
+    }
 }
 
 /// Quantities per catalog version, ascending by version; nearly always one span.
@@ -164,9 +292,9 @@ impl MeterAggregate {
                 version: reading.version,
             },
             Fold::Distinct => {
-                let mut seen = HashMap::with_hasher(Prehashed);
+                let mut seen = DistinctValues::default();
                 if let Some(value) = reading.dimension {
-                    seen.insert(value, (reading.time, reading.version));
+                    seen.see(value, (reading.time, reading.version));
                 }
                 MeterAggregate::Distinct(seen)
             }
@@ -206,14 +334,7 @@ impl MeterAggregate {
             }
             (MeterAggregate::Distinct(seen), Fold::Distinct) => {
                 if let Some(value) = reading.dimension {
-                    let first = (reading.time, reading.version);
-                    seen.entry(value)
-                        .and_modify(|e| {
-                            if first.0 < e.0 {
-                                *e = first;
-                            }
-                        })
-                        .or_insert(first);
+                    seen.see(value, (reading.time, reading.version));
                 }
                 Ok(())
             }
@@ -254,14 +375,8 @@ impl MeterAggregate {
                 })
             }
             (MeterAggregate::Distinct(mine), MeterAggregate::Distinct(theirs)) => {
-                for (value, first) in theirs {
-                    mine.entry(*value)
-                        .and_modify(|e| {
-                            if first.0 < e.0 {
-                                *e = *first;
-                            }
-                        })
-                        .or_insert(*first);
+                for (value, first) in theirs.iter() {
+                    mine.see(value, first);
                 }
                 Ok(())
             }
@@ -294,7 +409,66 @@ impl MeterAggregate {
             MeterAggregate::Extreme {
                 quantity, version, ..
             } => add(*version, *quantity),
-            MeterAggregate::Distinct(seen) => seen.values().for_each(|&(_, v)| add(v, Decimal::ONE)),
+            MeterAggregate::Distinct(seen) => seen.iter().for_each(|(_, (_, v))| add(v, Decimal::ONE)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(second: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_793_491_200 + second, 0).unwrap()
+    }
+
+    #[test]
+    fn a_distinct_value_keeps_its_earliest_sighting_in_either_form() {
+        // Value 7 seen at t=50 (version 1), then at t=10 (version 0), then at t=30:
+        // it counts once, first seen at t=10 in version 0.
+        for fill in [0, DistinctValues::SORTED_MAX] {
+            let mut values: DistinctValues = (100..100 + fill as u64).map(|v| (v, (at(0), 0))).collect();
+            values.see(7, (at(50), 1));
+            values.see(7, (at(10), 0));
+            values.see(7, (at(30), 0));
+            assert_eq!(values.get(7), Some((at(10), 0)));
+            assert_eq!(values.len(), fill + 1);
+            assert_eq!(
+                matches!(values, DistinctValues::Hashed(_)),
+                fill == DistinctValues::SORTED_MAX,
+                "{fill} values and one more"
+            );
+        }
+    }
+
+    #[test]
+    fn distinct_values_are_equal_and_written_alike_whatever_their_form() {
+        let pairs: Vec<(u64, FirstSeen)> = (0..40u64).map(|v| (v * 7919 % 97, (at(v as i64), 0))).collect();
+        let small: DistinctValues = pairs[..5].iter().copied().collect();
+        let large: DistinctValues = pairs.iter().copied().collect();
+        assert!(matches!(small, DistinctValues::Sorted(_)));
+        assert!(matches!(large, DistinctValues::Hashed(_)));
+        let same_large = DistinctValues::Sorted(Vec::new());
+        let same_large = pairs.iter().rev().fold(same_large, |mut d, &(v, f)| {
+            d.see(v, f);
+            d
+        });
+        assert_eq!(large, same_large);
+        assert_ne!(small, large);
+        // The hash map this replaced wrote a map: both forms read back from one, and
+        // write one that the map reads, in snapshots (MessagePack) and in journaled
+        // hand-overs (JSON).
+        type Old = HashMap<u64, FirstSeen, Prehashed>;
+        for values in [small, large] {
+            let map: Old = values.iter().collect();
+            let read: DistinctValues = rmp_serde::from_slice(&rmp_serde::to_vec(&map).unwrap()).unwrap();
+            assert_eq!(read, values);
+            let back: Old = rmp_serde::from_slice(&rmp_serde::to_vec(&values).unwrap()).unwrap();
+            assert_eq!(back, map);
+            let read: DistinctValues = serde_json::from_str(&serde_json::to_string(&map).unwrap()).unwrap();
+            assert_eq!(read, values);
+            let back: Old = serde_json::from_str(&serde_json::to_string(&values).unwrap()).unwrap();
+            assert_eq!(back, map);
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod billing;
 pub mod catalog;
 pub mod customer;
+pub mod id_table;
 pub mod invoice;
 pub mod meter;
 pub mod money;

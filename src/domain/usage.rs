@@ -4,7 +4,7 @@
 //! errors that each name the field and the problem. [`AccountUsage`] folds checked
 //! events into per-meter aggregates, applying each event id at most once.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 
 use chrono::{DateTime, Utc};
@@ -12,6 +12,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::MeterId;
+use super::id_table::IdTable;
 use super::meter::{MeterAggregate, Overflow, Reading};
 
 /// Longest accepted event id, account id or meter name, in bytes.
@@ -265,7 +266,7 @@ pub struct AccountUsage {
 #[derive(Clone, Debug)]
 pub enum EventIds {
     Sorted(Vec<u128>),
-    Hashed(Box<HashSet<u128, Prehashed>>),
+    Hashed(Box<IdTable>),
     Sharded(Box<ShardedIds>),
 }
 
@@ -274,7 +275,7 @@ pub enum EventIds {
 #[derive(Clone, Debug)]
 pub struct ShardedIds {
     len: usize,
-    sets: Box<[HashSet<u128, Prehashed>]>,
+    sets: Box<[IdTable]>,
 }
 
 impl Default for EventIds {
@@ -297,9 +298,7 @@ impl EventIds {
     }
 
     fn sharded(ids: impl Iterator<Item = u128>, each: usize) -> Self {
-        let mut sets: Vec<HashSet<u128, Prehashed>> = (0..Self::SHARDS)
-            .map(|_| HashSet::with_capacity_and_hasher(each, Prehashed))
-            .collect();
+        let mut sets: Vec<IdTable> = (0..Self::SHARDS).map(|_| IdTable::with_capacity(each)).collect();
         let mut len = 0;
         for id in ids {
             len += usize::from(sets[Self::shard(id)].insert(id));
@@ -313,8 +312,8 @@ impl EventIds {
     pub fn contains(&self, id: u128) -> bool {
         match self {
             EventIds::Sorted(ids) => ids.binary_search(&id).is_ok(),
-            EventIds::Hashed(ids) => ids.contains(&id),
-            EventIds::Sharded(shards) => shards.sets[Self::shard(id)].contains(&id),
+            EventIds::Hashed(ids) => ids.contains(id),
+            EventIds::Sharded(shards) => shards.sets[Self::shard(id)].contains(id),
         }
     }
 
@@ -327,10 +326,10 @@ impl EventIds {
                 }
             }
             EventIds::Hashed(ids) => {
-                ids.remove(&id);
+                ids.remove(id);
             }
             EventIds::Sharded(shards) => {
-                if shards.sets[Self::shard(id)].remove(&id) {
+                if shards.sets[Self::shard(id)].remove(id) {
                     shards.len -= 1;
                 }
             }
@@ -343,9 +342,10 @@ impl EventIds {
             EventIds::Sorted(ids) => match ids.binary_search(&id) {
                 Ok(_) => false,
                 Err(_) if ids.len() == Self::SORTED_MAX => {
-                    let mut set: HashSet<u128, Prehashed> =
-                        HashSet::with_capacity_and_hasher(2 * Self::SORTED_MAX, Prehashed);
-                    set.extend(ids.iter().copied());
+                    let mut set = IdTable::with_capacity(2 * Self::SORTED_MAX);
+                    for &known in ids.iter() {
+                        set.insert(known);
+                    }
                     set.insert(id);
                     *self = EventIds::Hashed(Box::new(set));
                     true
@@ -358,8 +358,8 @@ impl EventIds {
                     true
                 }
             },
-            EventIds::Hashed(ids) if ids.len() >= Self::HASHED_MAX && !ids.contains(&id) => {
-                let all = ids.iter().copied().chain(std::iter::once(id));
+            EventIds::Hashed(ids) if ids.len() >= Self::HASHED_MAX && !ids.contains(id) => {
+                let all = ids.iter().chain(std::iter::once(id));
                 *self = Self::sharded(all, 2 * Self::HASHED_MAX / Self::SHARDS);
                 true
             }
@@ -388,8 +388,8 @@ impl EventIds {
     pub fn iter(&self) -> Box<dyn Iterator<Item = u128> + '_> {
         match self {
             EventIds::Sorted(ids) => Box::new(ids.iter().copied()),
-            EventIds::Hashed(ids) => Box::new(ids.iter().copied()),
-            EventIds::Sharded(shards) => Box::new(shards.sets.iter().flat_map(|s| s.iter().copied())),
+            EventIds::Hashed(ids) => Box::new(ids.iter()),
+            EventIds::Sharded(shards) => Box::new(shards.sets.iter().flat_map(IdTable::iter)),
         }
     }
 }
@@ -657,7 +657,7 @@ mod tests {
         let back: EventIds = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(back, big);
         // The hash set it replaced wrote the same sequence.
-        let old: HashSet<u128, Prehashed> = [9u128, 4].into_iter().collect();
+        let old: std::collections::HashSet<u128, Prehashed> = [9u128, 4].into_iter().collect();
         let back: EventIds = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
         assert_eq!(back, EventIds::Sorted(vec![4, 9]));
     }
