@@ -283,8 +283,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
     /// A customer finds each of its accounts where its sorted list has it, and no other,
-    /// whatever accounts join and leave (a large one through its hash index, kept up to
-    /// date by `add_account` and `remove_account`).
+    /// whatever accounts join and leave (through its hash index, tag bytes up to 16
+    /// accounts and a table past that, kept up to date by `add_account` and
+    /// `remove_account`).
     #[test]
     fn a_customer_finds_its_accounts_through_joins_and_departures(
         ids in prop::collection::btree_set("[0-9a-z]{1,20}", 1..120),

@@ -311,7 +311,7 @@ impl EventIds {
 
     pub fn contains(&self, id: u128) -> bool {
         match self {
-            EventIds::Sorted(ids) => ids.binary_search(&id).is_ok(),
+            EventIds::Sorted(ids) => find_sorted(ids, id).is_ok(),
             EventIds::Hashed(ids) => ids.contains(id),
             EventIds::Sharded(shards) => shards.sets[Self::shard(id)].contains(id),
         }
@@ -321,7 +321,7 @@ impl EventIds {
     pub fn remove(&mut self, id: u128) {
         match self {
             EventIds::Sorted(ids) => {
-                if let Ok(i) = ids.binary_search(&id) {
+                if let Ok(i) = find_sorted(ids, id) {
                     ids.remove(i);
                 }
             }
@@ -339,7 +339,7 @@ impl EventIds {
     /// Adds `id`; `false` if it was there already.
     pub fn insert(&mut self, id: u128) -> bool {
         match self {
-            EventIds::Sorted(ids) => match ids.binary_search(&id) {
+            EventIds::Sorted(ids) => match find_sorted(ids, id) {
                 Ok(_) => false,
                 Err(_) if ids.len() == Self::SORTED_MAX => {
                     let mut set = IdTable::with_capacity(2 * Self::SORTED_MAX);
@@ -391,6 +391,37 @@ impl EventIds {
             EventIds::Hashed(ids) => Box::new(ids.iter()),
             EventIds::Sharded(shards) => Box::new(shards.sets.iter().flat_map(IdTable::iter)),
         }
+    }
+}
+
+/// Where `id` is in the sorted `ids`, or where it would go (as `binary_search` answers).
+///
+/// Fingerprints are spread evenly over all 128-bit values, so the place is guessed from
+/// the id's top 64 bits and found by stepping from the guess: a few neighbours, nearly
+/// always in the cache line of the guess. A binary search over 64 ids reads six lines
+/// one after another, each a memory miss for an account not touched lately. Any ids
+/// give the right answer; uneven ones only take more steps.
+fn find_sorted(ids: &[u128], id: u128) -> Result<usize, usize> {
+    if ids.is_empty() {
+        return Err(0);
+    }
+    let guess = ((u128::from((id >> 64) as u64) * ids.len() as u128) >> 64) as usize;
+    // The first place whose id is not below `id`.
+    let mut i = guess;
+    if ids[i] < id {
+        i += 1;
+        while i < ids.len() && ids[i] < id {
+            i += 1;
+        }
+    } else {
+        while i > 0 && ids[i - 1] >= id {
+            i -= 1;
+        }
+    }
+    if ids.get(i) == Some(&id) {
+        Ok(i)
+    } else {
+        Err(i)
     }
 }
 
@@ -527,6 +558,7 @@ impl AccountUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use rust_decimal_macros::dec;
 
     fn raw() -> RawUsageEvent {
@@ -660,6 +692,26 @@ mod tests {
         let old: std::collections::HashSet<u128, Prehashed> = [9u128, 4].into_iter().collect();
         let back: EventIds = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
         assert_eq!(back, EventIds::Sorted(vec![4, 9]));
+    }
+
+    proptest! {
+        /// Guessing and stepping finds what a binary search finds, for evenly spread ids
+        /// (fingerprints) and for bunched ones alike.
+        #[test]
+        fn finding_an_id_agrees_with_binary_search(
+            mut ids in prop::collection::vec(any::<u128>(), 0..80),
+            bunched in any::<bool>(),
+            probe in any::<u128>(),
+        ) {
+            if bunched {
+                ids.iter_mut().for_each(|id| *id %= 100);
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            for id in ids.iter().copied().chain([probe, probe % 100, 0, u128::MAX]) {
+                prop_assert_eq!(find_sorted(&ids, id), ids.binary_search(&id));
+            }
+        }
     }
 
     #[test]
