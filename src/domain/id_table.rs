@@ -13,14 +13,15 @@
 //! often ids go in and out.
 
 /// A set of fingerprints (see the module's documentation).
+///
+/// One allocation, reached through one (fat) pointer that an account's usage holds
+/// inline: its first element is a header (the count, and whether the id 0 is in), the
+/// rest a power of two many slots. So a lookup's two reads, header and slot, both
+/// start from the pointer and go out together, not one after the other.
 #[derive(Clone, Debug)]
 pub struct IdTable {
-    /// A power of two many slots; 0 is an empty slot.
+    /// `[header, slot…]`; an empty slot is 0.
     slots: Box<[u128]>,
-    /// Non-zero ids in `slots`.
-    len: usize,
-    /// Whether the id 0 is in the set.
-    zero: bool,
 }
 
 impl Default for IdTable {
@@ -31,13 +32,14 @@ impl Default for IdTable {
 
 impl IdTable {
     const MIN_SLOTS: usize = 8;
+    /// The header's bit that says the id 0 is in the set; below it, the count of the
+    /// other ids.
+    const ZERO: u128 = 1 << 64;
 
     /// A table that holds `n` ids without growing.
     pub fn with_capacity(n: usize) -> Self {
         IdTable {
-            slots: vec![0u128; Self::slots_for(n)].into_boxed_slice(),
-            len: 0,
-            zero: false,
+            slots: vec![0u128; 1 + Self::slots_for(n)].into_boxed_slice(),
         }
     }
 
@@ -46,27 +48,45 @@ impl IdTable {
         (4 * n).div_ceil(3).next_power_of_two().max(Self::MIN_SLOTS)
     }
 
+    /// Non-zero ids in the slots.
+    fn count(&self) -> usize {
+        self.slots[0] as u64 as usize
+    }
+
+    fn has_zero(&self) -> bool {
+        self.slots[0] & Self::ZERO != 0
+    }
+
+    /// The number of slots (a power of two).
+    fn capacity(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// The slot where `id`'s probe starts (slots are numbered from 1).
     fn home(&self, id: u128) -> usize {
-        id as u64 as usize & (self.slots.len() - 1)
+        1 + (id as u64 as usize & (self.capacity() - 1))
+    }
+
+    fn next(&self, slot: usize) -> usize {
+        1 + (slot & (self.capacity() - 1))
     }
 
     /// Where `id` is, or the empty slot that ends its probe.
     fn probe(&self, id: u128) -> (usize, bool) {
-        let mask = self.slots.len() - 1;
         let mut i = self.home(id);
         // Never full (at most three quarters), so an empty slot ends every probe.
         loop {
             match self.slots[i] {
                 0 => return (i, false),
                 x if x == id => return (i, true),
-                _ => i = (i + 1) & mask,
+                _ => i = self.next(i),
             }
         }
     }
 
     pub fn contains(&self, id: u128) -> bool {
         if id == 0 {
-            return self.zero;
+            return self.has_zero();
         }
         self.probe(id).1
     }
@@ -74,27 +94,29 @@ impl IdTable {
     /// Adds `id`; `false` if it was there already.
     pub fn insert(&mut self, id: u128) -> bool {
         if id == 0 {
-            return !std::mem::replace(&mut self.zero, true);
+            let added = !self.has_zero();
+            self.slots[0] |= Self::ZERO;
+            return added;
         }
-        let (i, found) = self.probe(id);
+        let (mut i, found) = self.probe(id);
         if found {
             return false;
         }
-        if 4 * (self.len + 1) > 3 * self.slots.len() {
+        if 4 * (self.count() + 1) > 3 * self.capacity() {
             self.grow();
-            let (i, _) = self.probe(id);
-            self.slots[i] = id;
-        } else {
-            self.slots[i] = id;
+            i = self.probe(id).0;
         }
-        self.len += 1;
+        self.slots[i] = id;
+        self.slots[0] += 1;
         true
     }
 
     /// Takes `id` out; `false` if it was not there.
     pub fn remove(&mut self, id: u128) -> bool {
         if id == 0 {
-            return std::mem::replace(&mut self.zero, false);
+            let had = self.has_zero();
+            self.slots[0] &= !Self::ZERO;
+            return had;
         }
         let (mut hole, found) = self.probe(id);
         if !found {
@@ -102,10 +124,9 @@ impl IdTable {
         }
         // Backward shift: move each later member of the run whose home does not lie
         // cyclically in (hole, j] into the hole, so every probe still reaches its id.
-        let mask = self.slots.len() - 1;
         let mut j = hole;
         loop {
-            j = (j + 1) & mask;
+            j = self.next(j);
             let x = self.slots[j];
             if x == 0 {
                 break;
@@ -122,21 +143,22 @@ impl IdTable {
             }
         }
         self.slots[hole] = 0;
-        self.len -= 1;
+        self.slots[0] -= 1;
         true
     }
 
     fn grow(&mut self) {
-        let doubled = vec![0u128; 2 * self.slots.len()].into_boxed_slice();
+        let mut doubled = vec![0u128; 1 + 2 * self.capacity()].into_boxed_slice();
+        doubled[0] = self.slots[0];
         let old = std::mem::replace(&mut self.slots, doubled);
-        for id in old.iter().copied().filter(|&x| x != 0) {
+        for id in old[1..].iter().copied().filter(|&x| x != 0) {
             let (i, _) = self.probe(id);
             self.slots[i] = id;
         }
     }
 
     pub fn len(&self) -> usize {
-        self.len + usize::from(self.zero)
+        self.count() + usize::from(self.has_zero())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -145,10 +167,10 @@ impl IdTable {
 
     /// Every id, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = u128> + '_ {
-        self.zero
+        self.has_zero()
             .then_some(0)
             .into_iter()
-            .chain(self.slots.iter().copied().filter(|&x| x != 0))
+            .chain(self.slots[1..].iter().copied().filter(|&x| x != 0))
     }
 }
 
@@ -190,17 +212,17 @@ mod tests {
         for id in 1..=6u128 {
             t.insert(id);
         }
-        assert_eq!(t.slots.len(), 8);
+        assert_eq!(t.capacity(), 8);
         t.insert(7);
-        assert_eq!(t.slots.len(), 16);
-        assert_eq!(IdTable::with_capacity(6).slots.len(), 8);
-        assert_eq!(IdTable::with_capacity(7).slots.len(), 16);
+        assert_eq!(t.capacity(), 16);
+        assert_eq!(IdTable::with_capacity(6).capacity(), 8);
+        assert_eq!(IdTable::with_capacity(7).capacity(), 16);
     }
 
     #[test]
     fn removing_from_a_run_that_wraps_keeps_every_other_id_reachable() {
-        // Ids whose low bits are all 7 share home slot 7 of 8: a run 7, 0, 1, 2 that
-        // wraps around the end. Taking out the first shifts the rest back.
+        // Ids whose low bits are all 7 share the last of 8 slots as their home: a run
+        // that wraps around the end. Taking out the first shifts the rest back.
         let mut t = IdTable::with_capacity(4);
         let ids: Vec<u128> = (1..=4u128).map(|k| (k << 64) | 7).collect();
         for &id in &ids {

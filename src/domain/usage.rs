@@ -266,7 +266,7 @@ pub struct AccountUsage {
 #[derive(Clone, Debug)]
 pub enum EventIds {
     Sorted(Vec<u128>),
-    Hashed(Box<IdTable>),
+    Hashed(IdTable),
     Sharded(Box<ShardedIds>),
 }
 
@@ -347,7 +347,7 @@ impl EventIds {
                         set.insert(known);
                     }
                     set.insert(id);
-                    *self = EventIds::Hashed(Box::new(set));
+                    *self = EventIds::Hashed(set);
                     true
                 }
                 Err(i) => {
@@ -433,7 +433,7 @@ impl FromIterator<u128> for EventIds {
             return Self::sharded(ids.into_iter(), each);
         }
         if ids.len() > Self::SORTED_MAX {
-            return EventIds::Hashed(Box::new(ids.into_iter().collect()));
+            return EventIds::Hashed(ids.into_iter().collect());
         }
         ids.sort_unstable();
         ids.dedup();
