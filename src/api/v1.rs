@@ -192,8 +192,8 @@ impl From<Customer> for CustomerView {
                 .into_iter()
                 .map(|(a, b)| (a.to_string(), b))
                 .collect(),
-            discounts: c.discounts,
-            credits: c.credits,
+            discounts: c.discounts.into(),
+            credits: c.credits.into(),
         }
     }
 }
