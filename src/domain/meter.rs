@@ -221,7 +221,13 @@ impl Eq for DistinctValues {}
 /// (snapshots and journaled hand-overs stay readable).
 impl Serialize for DistinctValues {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.iter())
+        use serde::ser::SerializeMap;
+        // With its length first, as for event ids.
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        for (value, first) in self.iter() {
+            map.serialize_entry(&value, &first)?;
+        }
+        map.end()
     }
 }
 

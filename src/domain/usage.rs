@@ -457,7 +457,14 @@ impl Eq for EventIds {}
 /// A sequence of ids, as the hash set it replaced was written (snapshots stay readable).
 impl Serialize for EventIds {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.iter())
+        use serde::ser::SerializeSeq;
+        // With its length first (the iterator does not know it, and the encoder would
+        // otherwise gather the whole sequence before writing it).
+        let mut seq = serializer.serialize_seq(Some(self.len()))?;
+        for id in self.iter() {
+            seq.serialize_element(&id)?;
+        }
+        seq.end()
     }
 }
 
@@ -528,8 +535,15 @@ impl AccountUsage {
                 }
             }
         }
-        for id in other.seen.iter() {
-            self.seen.insert(id);
+        if other.seen.len() > EventIds::SORTED_MAX {
+            // Built at its final size. Inserted one by one, a large set's ids come in the
+            // order of its slots (by their low bits, which also pick their slots here) and
+            // would pile up in one end of a table sized for fewer, until it grew.
+            self.seen = self.seen.iter().chain(other.seen.iter()).collect();
+        } else {
+            for id in other.seen.iter() {
+                self.seen.insert(id);
+            }
         }
         Ok(())
     }
@@ -741,6 +755,33 @@ mod tests {
             version: 0,
             tiebreak: 0,
             dimension: None,
+        }
+    }
+
+    #[test]
+    fn merging_usage_unites_ids_and_adds_aggregates_in_every_form() {
+        // Ids spread like fingerprints (xxh3 of their number). `mine` has ids 0..a,
+        // `theirs` has ids b..c (b ≤ a ≤ c), each with 1 unit of a sum meter: the union
+        // has the ids of both once (c of them), and the sum is a + (c − b), since each
+        // side applied its own events. Sizes cover sorted, hashed and sharded forms,
+        // and a large set merged into a small one and into a large one.
+        let id = |n: u64| xxhash_rust::xxh3::xxh3_128(&n.to_le_bytes());
+        let meter = MeterId(0);
+        for (a, b, c) in [(3, 2, 10), (40, 30, 70), (5, 0, 20_000), (20_000, 10_000, 50_000)] {
+            let mut mine = AccountUsage::default();
+            (0..a).for_each(|n| {
+                mine.apply(id(n), meter, &sum_reading(Decimal::ONE)).unwrap();
+            });
+            let mut theirs = AccountUsage::default();
+            (b..c).for_each(|n| {
+                theirs.apply(id(n), meter, &sum_reading(Decimal::ONE)).unwrap();
+            });
+            mine.merge(&theirs).unwrap();
+            // b ≤ a ≤ c: the union is 0..c.
+            assert_eq!(mine.seen.len() as u64, c, "{a} {b} {c}");
+            assert!((0..c).all(|n| mine.has_seen(id(n))));
+            assert!(!mine.has_seen(id(c)));
+            assert_eq!(mine.meters()[0].1.quantity(), Decimal::from(a + c - b));
         }
     }
 
