@@ -275,14 +275,27 @@ impl<E: Entity> Partition<E> {
             });
             groups[g].1.push(i as u32);
         }
+        // The record keeps each segment's commands together, in their order: a segment
+        // then reads its commands one after another (which the processor fetches ahead)
+        // instead of every sixteenth of them. Commands of one key keep their order, and
+        // commands of different segments never depended on each other's.
+        let mut commands: Vec<Option<(E::Key, E::Command)>> = batch.into_iter().map(Some).collect();
+        let mut record: Batch<E> = Vec::with_capacity(total);
         let mut admitted = Vec::with_capacity(groups.len());
         let mut waits = Vec::with_capacity(groups.len());
         for (segment, items) in groups {
             let permit = self.admit(segment)?;
             let (tx, rx) = oneshot::channel();
-            waits.push((items.clone(), rx));
-            admitted.push((segment, items, tx, permit));
+            let start = record.len() as u32;
+            record.extend(
+                items
+                    .iter()
+                    .map(|&i| commands[i as usize].take().expect("taken once")),
+            );
+            admitted.push((segment, (start..record.len() as u32).collect(), tx, permit));
+            waits.push((items, rx));
         }
+        let batch = record;
         let (journal_tx, mut journal_rx) = oneshot::channel::<JournalError>();
         let partition = self.clone();
         self.env.journal.append(

@@ -226,6 +226,41 @@ fn a_poison_command_is_dead_lettered_and_nothing_else_is_lost() {
 }
 
 #[test]
+fn outcomes_answer_commands_in_submitted_order_and_the_record_groups_segments() {
+    actix_rt::System::new().block_on(async {
+        let journal = Arc::new(MemoryJournal::new());
+        let (p, _pool) = start(4, 64, journal.clone(), None).await;
+        // Keys interleaved over the segments, key 5 three times: each reply is the key's
+        // running total, so it says which command it answers.
+        let keys = [5u64, 1, 2, 5, 3, 4, 6, 5, 7, 8];
+        let batch: Vec<(u64, Cmd)> = keys.iter().map(|&k| (k, Cmd::Add(k * 10))).collect();
+        let outcomes = p.submit(batch).unwrap().await.unwrap();
+        let mut running: HashMap<u64, u64> = HashMap::new();
+        for (key, outcome) in keys.iter().zip(&outcomes) {
+            let total = running.entry(*key).or_default();
+            *total += key * 10;
+            assert_eq!(outcome, &Ok(*total), "key {key}");
+        }
+        // The journal's record has every command once, each segment's together, and the
+        // commands of a key in the order they were submitted.
+        let mut record = Vec::new();
+        journal
+            .replay(0, &mut |_, r| {
+                record = r.iter().map(|(k, _)| *k).collect();
+                true
+            })
+            .unwrap();
+        let segments: Vec<u32> = record.iter().map(|k| p.segment_of(k)).collect();
+        assert!(segments.chunk_by(|a, b| a == b).count() <= 4, "{segments:?}");
+        let mut sorted = record.clone();
+        sorted.sort_unstable();
+        let mut submitted = keys.to_vec();
+        submitted.sort_unstable();
+        assert_eq!(sorted, submitted);
+    });
+}
+
+#[test]
 fn a_full_segment_refuses_new_work_until_it_drains() {
     actix_rt::System::new().block_on(async {
         let (p, _pool) = start(1, 4, Arc::new(MemoryJournal::new()), None).await;
