@@ -372,18 +372,12 @@ async fn run() {
             .iter()
             .enumerate()
             .map(|(i, members)| {
-                let spec = CustomerSpec {
-                    id: format!("cust-{:08}", chunk_index * 1000 + i),
-                    payer: members[0].clone(),
-                    accounts: members.clone(),
-                    profile: "standard".into(),
-                    tax_rate: Decimal::ZERO,
-                    commitment: None,
-                    budget: None,
-                    account_budgets: Default::default(),
-                    discounts: vec![],
-                    credits: vec![],
-                };
+                let spec = CustomerSpec::new(
+                    format!("cust-{:08}", chunk_index * 1000 + i),
+                    members[0].clone(),
+                    members.clone(),
+                    "standard",
+                );
                 Customer::from_spec(spec, usd).unwrap()
             })
             .collect();

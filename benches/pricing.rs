@@ -66,15 +66,9 @@ fn families(count: usize, catalog: &Catalog) -> Vec<Family> {
             let size = rng.range(1, 50) as usize;
             let accounts: Vec<String> = (0..size).map(|a| format!("{c:06}{a:06}")).collect();
             let enterprise = c % 4 == 0;
+            let profile = if enterprise { "enterprise" } else { "standard" };
             let spec = CustomerSpec {
-                id: format!("customer-{c}"),
-                payer: accounts[0].clone(),
-                accounts: accounts.clone(),
-                profile: if enterprise { "enterprise" } else { "standard" }.into(),
                 tax_rate: Decimal::new(8, 2),
-                commitment: None,
-                budget: None,
-                account_budgets: Default::default(),
                 discounts: vec![Discount {
                     id: "edp".into(),
                     percent: Decimal::from(5),
@@ -87,6 +81,12 @@ fn families(count: usize, catalog: &Catalog) -> Vec<Family> {
                     meters: Some(vec!["ec2.instance_hours".into()]),
                     granted: 0,
                 }],
+                ..CustomerSpec::new(
+                    format!("customer-{c}"),
+                    accounts[0].clone(),
+                    accounts.clone(),
+                    profile,
+                )
             };
             let customer = Customer::from_spec(spec, usd).unwrap();
             let usage = customer

@@ -192,16 +192,15 @@ fn fold(catalog: &Catalog, accounts: usize, events: &[Event]) -> Vec<(AccountId,
 
 fn customer(accounts: usize, tax_rate: Decimal, discounts: Vec<Discount>, credits: Vec<Credit>) -> Customer {
     let spec = CustomerSpec {
-        id: "family".into(),
-        payer: account_name(0),
-        accounts: (0..accounts).map(account_name).collect(),
-        profile: "p".into(),
         tax_rate,
-        commitment: None,
-        budget: None,
-        account_budgets: Default::default(),
         discounts,
         credits,
+        ..CustomerSpec::new(
+            "family",
+            account_name(0),
+            (0..accounts).map(account_name).collect(),
+            "p",
+        )
     };
     Customer::from_spec(spec, Currency::from_code("USD").unwrap()).unwrap()
 }
@@ -292,18 +291,8 @@ proptest! {
         moves in prop::collection::vec((any::<bool>(), "[0-9a-z]{1,20}"), 0..60),
     ) {
         let mut ids: Vec<String> = ids.into_iter().collect();
-        let spec = CustomerSpec {
-            id: "family".into(),
-            payer: ids.remove(0),
-            accounts: ids,
-            profile: "p".into(),
-            tax_rate: Decimal::ZERO,
-            commitment: None,
-            budget: None,
-            account_budgets: Default::default(),
-            discounts: vec![],
-            credits: vec![],
-        };
+        let payer = ids.remove(0);
+        let spec = CustomerSpec::new("family", payer, ids, "p");
         let mut c = Customer::from_spec(spec, Currency::from_code("USD").unwrap()).unwrap();
         let check = |c: &Customer, probes: &[&str]| -> Result<(), TestCaseError> {
             for (i, a) in c.accounts.iter().enumerate() {

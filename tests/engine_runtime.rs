@@ -40,15 +40,10 @@ fn families(rng: &mut ChaCha8Rng, count: usize) -> Vec<Family> {
             let size = rng.random_range(1..=6);
             let accounts: Vec<String> = (0..size).map(|a| format!("{c:04}{a:08}")).collect();
             let enterprise = c % 5 == 0;
+            let payer = accounts[0].clone();
+            let profile = if enterprise { "enterprise" } else { "standard" };
             let spec = CustomerSpec {
-                id: format!("cust-{c}"),
-                payer: accounts[0].clone(),
-                accounts,
-                profile: if enterprise { "enterprise" } else { "standard" }.into(),
                 tax_rate: Decimal::new(rng.random_range(0..25), 2),
-                commitment: None,
-                budget: None,
-                account_budgets: Default::default(),
                 discounts: if c % 3 == 0 {
                     vec![Discount {
                         id: "edp".into(),
@@ -69,6 +64,7 @@ fn families(rng: &mut ChaCha8Rng, count: usize) -> Vec<Family> {
                 } else {
                     vec![]
                 },
+                ..CustomerSpec::new(format!("cust-{c}"), payer, accounts, profile)
             };
             Family {
                 customer: Customer::from_spec(spec, usd).unwrap(),

@@ -90,6 +90,31 @@ fn run_workload(args: &[&str], out: &Path) -> (i32, String, serde_json::Value) {
     (code, stdout, verdict)
 }
 
+/// `loadgen --in-process --verify` with `config` (written to `out`), `seed`, no warmup
+/// and `seconds` of load; its output goes to `out`'s folder `out`.
+fn verify_in_process(
+    out: &TempDir,
+    config: &str,
+    seed: &str,
+    seconds: &str,
+) -> (i32, String, serde_json::Value) {
+    let file = out.0.join("config.toml");
+    std::fs::write(&file, config).unwrap();
+    let args = [
+        "--in-process",
+        "--verify",
+        "--config",
+        file.to_str().unwrap(),
+        "--seed",
+        seed,
+        "--warmup",
+        "0",
+        "--duration",
+        seconds,
+    ];
+    run_workload(&args, &out.0.join("out"))
+}
+
 #[test]
 fn spawn_verify_matches_every_customer() {
     let out = TempDir::new("verify");
@@ -252,24 +277,7 @@ price = { model = "per_unit", unit_price = "0.333" }
 #[test]
 fn in_process_verify_crosses_every_tier_of_a_small_catalog() {
     let out = TempDir::new("small-catalog");
-    let config = out.0.join("small.toml");
-    std::fs::write(&config, SMALL_CATALOG).unwrap();
-    let out_dir = out.0.join("out");
-    let (code, stdout, verdict) = run_workload(
-        &[
-            "--in-process",
-            "--verify",
-            "--config",
-            config.to_str().unwrap(),
-            "--seed",
-            "9",
-            "--warmup",
-            "0",
-            "--duration",
-            "3",
-        ],
-        &out_dir,
-    );
+    let (code, stdout, verdict) = verify_in_process(&out, SMALL_CATALOG, "9", "3");
     assert_eq!(code, 0, "{stdout}");
     assert_eq!(verdict["mismatches"], serde_json::json!([]), "{verdict}");
     // The largest families went past the last bound of every plan: graduated past 2000
@@ -391,33 +399,13 @@ fn verify_reports_a_bill_the_oracle_does_not_expect_and_exits_non_zero() {
 #[test]
 fn in_process_verify_leaves_out_the_events_refused_past_an_accounts_limit() {
     let out = TempDir::new("event-limit");
-    let config = out.0.join("limited.toml");
     // The hot accounts of the Zipf traffic go past 20 events, so some events of some
     // batches are refused when applied: the rest of those batches counts, and the oracle
     // leaves the refused ones out.
-    std::fs::write(
-        &config,
-        format!("{SMALL_CATALOG}\n[limits]\nmax_events_per_account = 20\n"),
-    )
-    .unwrap();
-    let out_dir = out.0.join("out");
-    let (code, stdout, verdict) = run_workload(
-        &[
-            "--in-process",
-            "--verify",
-            "--config",
-            config.to_str().unwrap(),
-            "--seed",
-            "4",
-            "--warmup",
-            "0",
-            "--duration",
-            "2",
-        ],
-        &out_dir,
-    );
+    let config = format!("{SMALL_CATALOG}\n[limits]\nmax_events_per_account = 20\n");
+    let (code, stdout, verdict) = verify_in_process(&out, &config, "4", "2");
     assert_eq!(code, 0, "{stdout}");
     assert_eq!(verdict["mismatches"], serde_json::json!([]), "{verdict}");
-    let summary = read_json(&out_dir.join("summary.json"));
+    let summary = read_json(&out.0.join("out").join("summary.json"));
     assert!(summary["refused_events"].as_u64().unwrap() > 0, "{summary}");
 }

@@ -58,18 +58,12 @@ fn standard() -> BillingProfile {
 }
 
 fn customer(accounts: &[&str]) -> Customer {
-    let spec = CustomerSpec {
-        id: "acme".into(),
-        payer: accounts[0].into(),
-        accounts: accounts.iter().map(|a| a.to_string()).collect(),
-        profile: "test".into(),
-        tax_rate: Decimal::ZERO,
-        commitment: None,
-        budget: None,
-        account_budgets: Default::default(),
-        discounts: vec![],
-        credits: vec![],
-    };
+    let spec = CustomerSpec::new(
+        "acme",
+        accounts[0],
+        accounts.iter().map(|a| a.to_string()).collect(),
+        "test",
+    );
     Customer::from_spec(spec, usd().currency).unwrap()
 }
 

@@ -46,6 +46,30 @@ fn default_profile() -> String {
     "standard".into()
 }
 
+impl CustomerSpec {
+    /// A customer of `accounts` paid by `payer`, on `profile`, with what the API's
+    /// defaults give the rest: no tax, commitment, budgets, discounts or credits.
+    pub fn new(
+        id: impl Into<String>,
+        payer: impl Into<String>,
+        accounts: Vec<String>,
+        profile: impl Into<String>,
+    ) -> Self {
+        CustomerSpec {
+            id: id.into(),
+            payer: payer.into(),
+            accounts,
+            profile: profile.into(),
+            tax_rate: Decimal::ZERO,
+            commitment: None,
+            budget: None,
+            account_budgets: Default::default(),
+            discounts: Vec::new(),
+            credits: Vec::new(),
+        }
+    }
+}
+
 /// A monthly budget with alert thresholds in percent of the amount.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -357,14 +381,15 @@ impl Customer {
         self.accounts.binary_search_by(|a| cmp_account_ids(a, account))
     }
 
-    /// Adds `account` to the accounts (where it sorts); its position.
-    pub fn add_account(&mut self, account: AccountId) -> usize {
+    /// Adds `account` to the accounts (where it sorts): its position, and whether it
+    /// is new (`false`: it was there already).
+    pub fn add_account(&mut self, account: AccountId) -> (usize, bool) {
         match self.search(&account) {
-            Ok(i) => i,
+            Ok(i) => (i, false),
             Err(i) => {
                 self.accounts.insert(i, account);
                 self.index = AccountIndex::default();
-                i
+                (i, true)
             }
         }
     }
@@ -520,7 +545,7 @@ mod tests {
             }
             assert_eq!(c.position("000000500001"), None);
             // Through the methods, the index follows the list.
-            let added = c.add_account("000000500001".into());
+            let (added, _) = c.add_account("000000500001".into());
             assert_eq!(c.position("000000500001"), Some(added));
             let removed = c.remove_account("000000500007").unwrap();
             assert_eq!(c.position("000000500007"), None);

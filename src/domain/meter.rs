@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-use super::usage::Prehashed;
+use super::usage::{insert_sparingly, Prehashed};
 
 /// Index of a catalog version within its catalog (0 = the oldest).
 pub type VersionIdx = u16;
@@ -152,12 +152,7 @@ impl DistinctValues {
                     map.insert(value, first);
                     *self = DistinctValues::Hashed(Box::new(map));
                 }
-                Err(i) => {
-                    if values.len() == values.capacity() {
-                        values.reserve_exact((values.len() / 4).max(1));
-                    }
-                    values.insert(i, (value, first));
-                }
+                Err(i) => insert_sparingly(values, i, (value, first)),
             },
             DistinctValues::Hashed(map) => {
                 map.entry(value).and_modify(earlier).or_insert(first);

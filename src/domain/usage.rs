@@ -351,10 +351,7 @@ impl EventIds {
                     true
                 }
                 Err(i) => {
-                    if ids.len() == ids.capacity() {
-                        ids.reserve_exact((ids.len() / 4).max(1));
-                    }
-                    ids.insert(i, id);
+                    insert_sparingly(ids, i, id);
                     true
                 }
             },
@@ -392,6 +389,15 @@ impl EventIds {
             EventIds::Sharded(shards) => Box::new(shards.sets.iter().flat_map(IdTable::iter)),
         }
     }
+}
+
+/// Inserts `value` at `at`, growing a full `vec` by a quarter instead of doubling it:
+/// small sorted sets are kept per account, millions of them, and their slack is memory.
+pub(crate) fn insert_sparingly<T>(vec: &mut Vec<T>, at: usize, value: T) {
+    if vec.len() == vec.capacity() {
+        vec.reserve_exact((vec.len() / 4).max(1));
+    }
+    vec.insert(at, value);
 }
 
 /// Where `id` is in the sorted `ids`, or where it would go (as `binary_search` answers).

@@ -669,9 +669,8 @@ impl CustomerEntity {
         let Some(customer) = self.customer.as_deref_mut() else {
             return CustomerReply::NoSuchCustomer;
         };
-        let before = customer.accounts.len();
-        let i = customer.add_account(account.clone());
-        if customer.accounts.len() > before {
+        let (i, new) = customer.add_account(account.clone());
+        if new {
             self.usage.insert(i, AccountUsage::default());
         }
         if let Some(j) = self.departed.iter().position(|(a, _)| a == account) {
