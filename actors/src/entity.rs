@@ -22,6 +22,19 @@ pub trait Entity: Sized + Send + Unpin + 'static {
     /// The entity's state, for snapshots, moves and rebuilds.
     type Snapshot: Clone + Send + Sync + 'static;
 
+    /// How many rounds of [`Entity::prefetch`] a segment runs over the next few
+    /// commands before it applies them (0: it applies them straight away).
+    const PREFETCH_ROUNDS: usize = 0;
+
+    /// Round `round` (from 0) of starting to fetch the memory that applying `command`
+    /// will read, without waiting for it: each round may read what the round before
+    /// asked for, and `note` (0 before the first round) carries what a round found to
+    /// the next. A segment runs each round over a group of commands before the next
+    /// round, so the memory misses of different commands overlap instead of coming one
+    /// after another. Read-only, and only a hint: it must not panic, and whatever it
+    /// does, applying gives the same result.
+    fn prefetch(&self, _command: &Self::Command, _round: usize, _note: &mut u64) {}
+
     /// A stable hash of the key: it picks the key's segment, for ever.
     fn shard(key: &Self::Key) -> u64;
     /// The state of a key that has seen no command yet.

@@ -141,6 +141,11 @@ impl<E: Entity> Message for Visit<E> {
 /// before a move. Every message queued before it is handled first.
 pub struct Handoff<E: Entity>(pub oneshot::Sender<SegmentState<E>>);
 
+/// How many commands a segment prefetches for at a time (see [`Entity::prefetch`]):
+/// enough to keep the processor's outstanding misses busy, few enough that the first
+/// lines fetched are still in the cache when their command is applied.
+const PREFETCH_GROUP: usize = 16;
+
 /// The map of a segment's entities (a fast hash, seeded per process).
 pub type Entities<E> = HashMap<<E as Entity>::Key, E, foldhash::fast::RandomState>;
 
@@ -211,6 +216,26 @@ impl<E: Entity> Segment<E> {
             capacity,
             supervisor,
             quiet: false,
+        }
+    }
+
+    /// Runs the entity's prefetch rounds over a group of commands (see
+    /// [`Entity::prefetch`]). The lookups of the first round are independent of each
+    /// other, so the processor overlaps their misses too.
+    fn prefetch(&self, record: &Batch<E>, group: &[u32]) {
+        let mut found: [Option<&E>; PREFETCH_GROUP] = [None; PREFETCH_GROUP];
+        for (slot, &i) in found.iter_mut().zip(group) {
+            *slot = record
+                .get(i as usize)
+                .and_then(|(key, _)| self.state.entities.get(key));
+        }
+        let mut notes = [0u64; PREFETCH_GROUP];
+        for round in 0..E::PREFETCH_ROUNDS {
+            for ((entity, note), &i) in found.iter().zip(&mut notes).zip(group) {
+                if let (Some(entity), Some((_, command))) = (entity, record.get(i as usize)) {
+                    entity.prefetch(command, round, note);
+                }
+            }
         }
     }
 
@@ -301,11 +326,15 @@ impl<E: Entity> Handler<Deliver<E>> for Segment<E> {
         let outcomes = if msg.lsn <= self.state.applied {
             msg.items.iter().map(|_| Err(Failure::Replayed)).collect()
         } else {
-            let outcomes: Outcomes<E::Reply> = msg
-                .items
-                .iter()
-                .map(|&i| self.apply_one(msg.lsn, &msg.record, i))
-                .collect();
+            let mut outcomes: Outcomes<E::Reply> = Vec::with_capacity(msg.items.len());
+            for group in msg.items.chunks(PREFETCH_GROUP) {
+                if E::PREFETCH_ROUNDS > 0 {
+                    self.prefetch(&msg.record, group);
+                }
+                for &i in group {
+                    outcomes.push(self.apply_one(msg.lsn, &msg.record, i));
+                }
+            }
             self.state.applied = msg.lsn;
             outcomes
         };

@@ -376,6 +376,60 @@ impl Customer {
         self.search(account).ok()
     }
 
+    /// Starts fetching the customer's record: its list of accounts and their index.
+    pub fn prefetch_terms(&self) {
+        super::prefetch(&self.accounts);
+        super::prefetch(&self.index);
+    }
+
+    /// Starts fetching what [`Self::position`] will read for `account`, going at most
+    /// `depth` reads deep into memory fetched before (0: only the customer's record).
+    /// `Some`: the positions where `account` likely is, their ids on their way; `None`:
+    /// a deeper round would tell (an index table's slot is on its way), or no guess.
+    ///
+    /// Only a hint, like every prefetch: [`Self::position`] decides.
+    pub fn prefetch_position(&self, account: &str, depth: usize) -> Option<std::ops::Range<usize>> {
+        let n = self.accounts.len();
+        let fetch = |i: usize| {
+            super::prefetch(self.accounts.as_ptr().wrapping_add(i));
+            Some(i..i + 1)
+        };
+        if n <= AccountIndex::FROM {
+            // A binary search over a few ids reads them all.
+            super::prefetch(self.accounts.as_ptr());
+            super::prefetch(self.accounts.as_ptr().wrapping_add(n.saturating_sub(1)));
+            return Some(0..n);
+        }
+        match self.index.0.get()? {
+            Positions::Tags(tags) => {
+                let tag = AccountIndex::tag(AccountIndex::hash(account));
+                fetch((0..n.min(AccountIndex::TAGS)).find(|&i| tags[i] == tag)?)
+            }
+            Positions::Table(table) => {
+                let slot = AccountIndex::hash(account) as usize & (table.len() - 1);
+                if depth == 0 {
+                    super::prefetch(table.as_ptr().wrapping_add(slot));
+                    return None;
+                }
+                fetch((table[slot] as usize).checked_sub(1)?)
+            }
+        }
+    }
+
+    /// [`Self::position`], trying the `likely` positions first (as
+    /// [`Self::prefetch_position`] answered them).
+    pub fn position_near(&self, account: &str, likely: std::ops::Range<usize>) -> Option<usize> {
+        if likely.len() <= AccountIndex::FROM {
+            if let Some(i) = likely
+                .into_iter()
+                .find(|&i| self.accounts.get(i).is_some_and(|a| a == account))
+            {
+                return Some(i);
+            }
+        }
+        self.position(account)
+    }
+
     /// The binary search of the sorted accounts: where `account` is, or would sort.
     fn search(&self, account: &str) -> Result<usize, usize> {
         self.accounts.binary_search_by(|a| cmp_account_ids(a, account))
@@ -558,6 +612,43 @@ mod tests {
                 assert_eq!(c.position(a), Some(i), "{a}");
             }
             assert_eq!(c.position("000000500000"), None);
+        }
+    }
+
+    #[test]
+    fn prefetching_guesses_where_an_account_is_and_position_near_always_answers_right() {
+        // 2 accounts: no index; 10: one tag byte each; 100: the table of positions.
+        for n in [2, 10, 100] {
+            let mut s = spec();
+            s.accounts = (0..n).map(|i| format!("{:012}", 500_000 + i * 7)).collect();
+            let c = Customer::from_spec(s, usd()).unwrap();
+            // Before any lookup the index is not built: no guess, where there would be one.
+            if n > AccountIndex::FROM {
+                assert_eq!(c.prefetch_position(&c.accounts[0], 1), None);
+            }
+            c.position(&c.accounts[0]);
+            let mut right = 0;
+            for (i, a) in c.accounts.iter().enumerate() {
+                // A table needs a second round (its slot); the other forms answer in one.
+                let first = c.prefetch_position(a, 0);
+                assert_eq!(first.is_none(), n == 100, "{a}");
+                // A guess, usually right: another account may share the tag, or hold
+                // the slot where the account's probe starts.
+                let likely = c.prefetch_position(a, 1).unwrap_or(0..0);
+                right += usize::from(likely.contains(&i));
+                assert_eq!(c.position_near(a, likely), Some(i));
+                // However wrong the guess, the answer is the position.
+                for guess in [0..0, 0..1, i..i + 1, n - 1..n, 0..n] {
+                    assert_eq!(c.position_near(a, guess), Some(i));
+                }
+            }
+            assert!(
+                right * 4 >= c.accounts.len() * 3,
+                "{right} of {}",
+                c.accounts.len()
+            );
+            assert_eq!(c.position_near("000000500001", 0..n), None);
+            assert_eq!(c.position_near("000000500001", 0..1), None);
         }
     }
 

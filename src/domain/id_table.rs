@@ -84,6 +84,12 @@ impl IdTable {
         }
     }
 
+    /// Starts fetching the lines a lookup of `id` reads: the header and its home slot.
+    pub fn prefetch(&self, id: u128) {
+        super::prefetch(self.slots.as_ptr());
+        super::prefetch(self.slots.as_ptr().wrapping_add(self.home(id)));
+    }
+
     pub fn contains(&self, id: u128) -> bool {
         if id == 0 {
             return self.has_zero();

@@ -26,3 +26,21 @@ pub use money::{Currency, Rounding, RoundingMode};
 pub use period::Period;
 pub use profile::{BillingProfile, BillingStep, ProfileSpec};
 pub use usage::{AccountUsage, FieldError, UsageEvent};
+
+/// Asks the processor to start bringing the cache line at `p` in, and goes on without
+/// waiting for it. Looking up the next few events' accounts this way before applying
+/// them overlaps their memory misses, which would otherwise come one after another.
+///
+/// A hint, not a read: it changes nothing a program can observe, and any address, even
+/// a dangling one, is fine.
+#[inline(always)]
+pub fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch does not access memory architecturally and cannot fault, so
+    // it is sound for any address (the pointer is never dereferenced).
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}

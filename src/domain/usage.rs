@@ -309,6 +309,18 @@ impl EventIds {
         }))
     }
 
+    /// Starts fetching the line where a lookup of `id` begins.
+    pub fn prefetch(&self, id: u128) {
+        match self {
+            EventIds::Sorted(ids) if !ids.is_empty() => {
+                super::prefetch(ids.as_ptr().wrapping_add(guess_sorted(ids.len(), id)));
+            }
+            EventIds::Sorted(_) => {}
+            EventIds::Hashed(ids) => ids.prefetch(id),
+            EventIds::Sharded(shards) => shards.sets[Self::shard(id)].prefetch(id),
+        }
+    }
+
     pub fn contains(&self, id: u128) -> bool {
         match self {
             EventIds::Sorted(ids) => find_sorted(ids, id).is_ok(),
@@ -400,6 +412,11 @@ pub(crate) fn insert_sparingly<T>(vec: &mut Vec<T>, at: usize, value: T) {
     vec.insert(at, value);
 }
 
+/// Where a fingerprint likely is among `len` sorted ones: its top 64 bits scaled to `len`.
+fn guess_sorted(len: usize, id: u128) -> usize {
+    ((u128::from((id >> 64) as u64) * len as u128) >> 64) as usize
+}
+
 /// Where `id` is in the sorted `ids`, or where it would go (as `binary_search` answers).
 ///
 /// Fingerprints are spread evenly over all 128-bit values, so the place is guessed from
@@ -411,7 +428,7 @@ fn find_sorted(ids: &[u128], id: u128) -> Result<usize, usize> {
     if ids.is_empty() {
         return Err(0);
     }
-    let guess = ((u128::from((id >> 64) as u64) * ids.len() as u128) >> 64) as usize;
+    let guess = guess_sorted(ids.len(), id);
     // The first place whose id is not below `id`.
     let mut i = guess;
     if ids[i] < id {
@@ -554,6 +571,13 @@ impl AccountUsage {
         Ok(())
     }
 
+    /// Starts fetching what applying event `event` will read: the aggregates and the
+    /// line of the ids where its lookup begins.
+    pub fn prefetch(&self, event: u128) {
+        super::prefetch(self.meters.as_ptr());
+        self.seen.prefetch(event);
+    }
+
     /// Whether the event with fingerprint `event` was applied.
     pub fn has_seen(&self, event: u128) -> bool {
         self.seen.contains(event)
@@ -687,6 +711,8 @@ mod tests {
         }
         assert!(matches!(ids, EventIds::Sharded(_)));
         assert_eq!(ids.len(), n as usize);
+        // Prefetching is a hint that reads only within the set, for any id.
+        (0..n + 10).for_each(|i| ids.prefetch(id(i)));
         assert!((0..n).all(|i| ids.contains(id(i)) && !ids.insert(id(i))));
         assert!(!ids.contains(id(n)));
         let back: EventIds = rmp_serde::from_slice(&rmp_serde::to_vec(&ids).unwrap()).unwrap();
@@ -705,6 +731,12 @@ mod tests {
             grown.insert(i);
         });
         assert_eq!(big, grown);
+        // Prefetching reads only within the set, in every form, for any id.
+        for set in [&EventIds::default(), &small, &big] {
+            [0, 1, 3, 99, 100, u128::MAX]
+                .into_iter()
+                .for_each(|id| set.prefetch(id));
+        }
         let bytes = rmp_serde::to_vec(&big).unwrap();
         let back: EventIds = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(back, big);
