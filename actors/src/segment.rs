@@ -7,7 +7,7 @@
 //! dead-lettered, and the other entities carry on. A segment that cannot rebuild, or
 //! dies with its arbiter thread, tells its partition supervisor, which restarts it.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -147,7 +147,7 @@ pub struct Handoff<E: Entity>(pub oneshot::Sender<SegmentState<E>>);
 const PREFETCH_GROUP: usize = 16;
 
 /// The map of a segment's entities (a fast hash, seeded per process).
-pub type Entities<E> = HashMap<<E as Entity>::Key, E, foldhash::fast::RandomState>;
+pub type Entities<E> = hashbrown::HashMap<<E as Entity>::Key, E, foldhash::fast::RandomState>;
 
 /// A segment's state in transit between two actors.
 pub struct SegmentState<E: Entity> {
@@ -222,12 +222,14 @@ impl<E: Entity> Segment<E> {
     /// Runs the entity's prefetch rounds over a group of commands (see
     /// [`Entity::prefetch`]). The lookups of the first round are independent of each
     /// other, so the processor overlaps their misses too.
-    fn prefetch(&self, record: &Batch<E>, group: &[u32]) {
+    /// `hashes[j]` is the hash of `group[j]`'s key in the map of entities.
+    fn prefetch(&self, record: &Batch<E>, group: &[u32], hashes: &[u64]) {
         let mut found: [Option<&E>; PREFETCH_GROUP] = [None; PREFETCH_GROUP];
-        for (slot, &i) in found.iter_mut().zip(group) {
-            *slot = record
-                .get(i as usize)
-                .and_then(|(key, _)| self.state.entities.get(key));
+        for ((slot, &i), &hash) in found.iter_mut().zip(group).zip(hashes) {
+            *slot = record.get(i as usize).and_then(|(key, _)| {
+                let entry = self.state.entities.raw_entry().from_key_hashed_nocheck(hash, key);
+                entry.map(|(_, entity)| entity)
+            });
         }
         let mut notes = [0u64; PREFETCH_GROUP];
         for round in 0..E::PREFETCH_ROUNDS {
@@ -239,15 +241,24 @@ impl<E: Entity> Segment<E> {
         }
     }
 
-    fn apply_one(&mut self, lsn: Lsn, record: &Arc<Batch<E>>, index: u32) -> Result<E::Reply, Failure> {
+    /// Applies command `index` of `record`, whose key hashes to `hash` in the map of
+    /// entities.
+    fn apply_one(
+        &mut self,
+        lsn: Lsn,
+        record: &Arc<Batch<E>>,
+        index: u32,
+        hash: u64,
+    ) -> Result<E::Reply, Failure> {
         let (key, command) = &record[index as usize];
         let mut attempts = 0u32;
         loop {
-            let entity = self
+            let (_, entity) = self
                 .state
                 .entities
-                .entry(key.clone())
-                .or_insert_with(|| E::create(key));
+                .raw_entry_mut()
+                .from_key_hashed_nocheck(hash, key)
+                .or_insert_with(|| (key.clone(), E::create(key)));
             let inject = attempts == 0 && self.env.fault_hook.as_ref().is_some_and(|hook| hook(key, lsn));
             let result = catch_unwind(AssertUnwindSafe(|| {
                 if inject {
@@ -328,11 +339,16 @@ impl<E: Entity> Handler<Deliver<E>> for Segment<E> {
         } else {
             let mut outcomes: Outcomes<E::Reply> = Vec::with_capacity(msg.items.len());
             for group in msg.items.chunks(PREFETCH_GROUP) {
-                if E::PREFETCH_ROUNDS > 0 {
-                    self.prefetch(&msg.record, group);
+                // Each key is hashed once, for the prefetch's lookup and the apply's.
+                let mut hashes = [0u64; PREFETCH_GROUP];
+                for (hash, &i) in hashes.iter_mut().zip(group) {
+                    *hash = self.state.entities.hasher().hash_one(&msg.record[i as usize].0);
                 }
-                for &i in group {
-                    outcomes.push(self.apply_one(msg.lsn, &msg.record, i));
+                if E::PREFETCH_ROUNDS > 0 {
+                    self.prefetch(&msg.record, group, &hashes);
+                }
+                for (&i, &hash) in group.iter().zip(&hashes) {
+                    outcomes.push(self.apply_one(msg.lsn, &msg.record, i, hash));
                 }
             }
             self.state.applied = msg.lsn;
