@@ -35,6 +35,13 @@ pub trait Entity: Sized + Send + Unpin + 'static {
     /// does, applying gives the same result.
     fn prefetch(&self, _command: &Self::Command, _round: usize, _note: &mut u64) {}
 
+    /// [`Entity::apply`], given the `note` its prefetch rounds left (0: none ran), which
+    /// may save finding again what they found. Only a hint: the reply and the state
+    /// after must be exactly [`Entity::apply`]'s.
+    fn apply_noted(&mut self, command: &Self::Command, _note: u64) -> Self::Reply {
+        self.apply(command)
+    }
+
     /// A stable hash of the key: it picks the key's segment, for ever.
     fn shard(key: &Self::Key) -> u64;
     /// The state of a key that has seen no command yet.

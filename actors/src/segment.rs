@@ -223,7 +223,8 @@ impl<E: Entity> Segment<E> {
     /// [`Entity::prefetch`]). The lookups of the first round are independent of each
     /// other, so the processor overlaps their misses too.
     /// `hashes[j]` is the hash of `group[j]`'s key in the map of entities.
-    fn prefetch(&self, record: &Batch<E>, group: &[u32], hashes: &[u64]) {
+    /// Answers the notes the rounds left, one per command.
+    fn prefetch(&self, record: &Batch<E>, group: &[u32], hashes: &[u64]) -> [u64; PREFETCH_GROUP] {
         let mut found: [Option<&E>; PREFETCH_GROUP] = [None; PREFETCH_GROUP];
         for ((slot, &i), &hash) in found.iter_mut().zip(group).zip(hashes) {
             *slot = record.get(i as usize).and_then(|(key, _)| {
@@ -239,16 +240,18 @@ impl<E: Entity> Segment<E> {
                 }
             }
         }
+        notes
     }
 
     /// Applies command `index` of `record`, whose key hashes to `hash` in the map of
-    /// entities.
+    /// entities, with the note its prefetch left (see [`Entity::apply_noted`]).
     fn apply_one(
         &mut self,
         lsn: Lsn,
         record: &Arc<Batch<E>>,
         index: u32,
         hash: u64,
+        note: u64,
     ) -> Result<E::Reply, Failure> {
         let (key, command) = &record[index as usize];
         let mut attempts = 0u32;
@@ -264,7 +267,7 @@ impl<E: Entity> Segment<E> {
                 if inject {
                     panic!("injected fault (key {key:?}, lsn {lsn})");
                 }
-                entity.apply(command)
+                entity.apply_noted(command, note)
             }));
             let reason = match result {
                 Ok(reply) => return Ok(reply),
@@ -344,11 +347,13 @@ impl<E: Entity> Handler<Deliver<E>> for Segment<E> {
                 for (hash, &i) in hashes.iter_mut().zip(group) {
                     *hash = self.state.entities.hasher().hash_one(&msg.record[i as usize].0);
                 }
-                if E::PREFETCH_ROUNDS > 0 {
-                    self.prefetch(&msg.record, group, &hashes);
-                }
-                for (&i, &hash) in group.iter().zip(&hashes) {
-                    outcomes.push(self.apply_one(msg.lsn, &msg.record, i, hash));
+                let notes = if E::PREFETCH_ROUNDS > 0 {
+                    self.prefetch(&msg.record, group, &hashes)
+                } else {
+                    [0; PREFETCH_GROUP]
+                };
+                for ((&i, &hash), &note) in group.iter().zip(&hashes).zip(&notes) {
+                    outcomes.push(self.apply_one(msg.lsn, &msg.record, i, hash, note));
                 }
             }
             self.state.applied = msg.lsn;

@@ -683,6 +683,39 @@ impl CustomerEntity {
         CustomerReply::Adopted
     }
 
+    /// Applies one usage event; its account is likely at one of the positions `likely`
+    /// (as the prefetch found them; any range will do, see [`Customer::position_near`]).
+    fn apply_usage(&mut self, event: &MeteredEvent, likely: std::ops::Range<usize>) -> CustomerReply {
+        let Some(customer) = self.customer.as_deref() else {
+            return CustomerReply::NoSuchCustomer;
+        };
+        // Where the account is in `usage` (`None`: it left the customer).
+        let position = customer.position_near(&event.account, likely);
+        let day = event.day;
+        if self.last_usage.is_none_or(|d| d < day) {
+            self.last_usage = Some(day);
+        }
+        if let Some(recent) = self.recent.as_deref_mut() {
+            if day >= recent.late_until && !recent.ids_forgotten {
+                // No late usage of that period can come any more.
+                recent.usage.accounts.iter_mut().for_each(|(_, u)| u.forget_ids());
+                recent.ids_forgotten = true;
+            }
+        }
+        let period = Period::containing(day);
+        if self.is_closed(period) || self.period.is_some_and(|p| p > period) {
+            // The engine admits usage of the open period only; this cannot happen.
+            return CustomerReply::Refused(format!("period {period} is closed"));
+        }
+        self.open(period);
+        let usage = match position {
+            Some(i) => &mut self.usage[i],
+            None => self.departed_usage(&event.account),
+        };
+        let applied = usage.apply_within(event.limit, event.id, event.meter, &event.reading);
+        event.reply(applied, period)
+    }
+
     /// The usage an account that left the customer after its event was routed keeps
     /// here: its usage of the period stays with this customer.
     fn departed_usage(&mut self, account: &AccountId) -> &mut AccountUsage {
@@ -694,6 +727,12 @@ impl CustomerEntity {
             }
         }
     }
+}
+
+/// The positions a prefetch note says an account likely is at (see
+/// [`CustomerEntity::prefetch`]; empty without a note).
+fn likely_positions(note: u64) -> std::ops::Range<usize> {
+    (note & 0xffff) as usize..(note >> 16 & 0xffff) as usize
 }
 
 impl Entity for CustomerEntity {
@@ -730,7 +769,7 @@ impl Entity for CustomerEntity {
             }
             return;
         }
-        let likely = (*note & 0xffff) as usize..(*note >> 16 & 0xffff) as usize;
+        let likely = likely_positions(*note);
         if let Some(usage) = customer
             .position_near(&event.account, likely)
             .and_then(|i| self.usage.get(i))
@@ -780,36 +819,14 @@ impl Entity for CustomerEntity {
             CustomerCommand::Close(close) => self.close(close),
             CustomerCommand::Late(event) => self.apply_late(event),
             CustomerCommand::RaiseAlert(mark) => self.raise(mark),
-            CustomerCommand::Usage(event) => {
-                let Some(customer) = self.customer.as_deref() else {
-                    return CustomerReply::NoSuchCustomer;
-                };
-                // Where the account is in `usage` (`None`: it left the customer).
-                let position = customer.position(&event.account);
-                let day = event.day;
-                if self.last_usage.is_none_or(|d| d < day) {
-                    self.last_usage = Some(day);
-                }
-                if let Some(recent) = self.recent.as_deref_mut() {
-                    if day >= recent.late_until && !recent.ids_forgotten {
-                        // No late usage of that period can come any more.
-                        recent.usage.accounts.iter_mut().for_each(|(_, u)| u.forget_ids());
-                        recent.ids_forgotten = true;
-                    }
-                }
-                let period = Period::containing(day);
-                if self.is_closed(period) || self.period.is_some_and(|p| p > period) {
-                    // The engine admits usage of the open period only; this cannot happen.
-                    return CustomerReply::Refused(format!("period {period} is closed"));
-                }
-                self.open(period);
-                let usage = match position {
-                    Some(i) => &mut self.usage[i],
-                    None => self.departed_usage(&event.account),
-                };
-                let applied = usage.apply_within(event.limit, event.id, event.meter, &event.reading);
-                event.reply(applied, period)
-            }
+            CustomerCommand::Usage(event) => self.apply_usage(event, 0..0),
+        }
+    }
+
+    fn apply_noted(&mut self, command: &CustomerCommand, note: u64) -> CustomerReply {
+        match command {
+            CustomerCommand::Usage(event) => self.apply_usage(event, likely_positions(note)),
+            _ => self.apply(command),
         }
     }
 
@@ -854,5 +871,76 @@ mod memory {
         // are one word each (BENCHMARKS.md, the 21M-account run, counts on it).
         let size = std::mem::size_of::<super::CustomerEntity>();
         assert!(size <= 88, "{size}");
+    }
+}
+
+#[cfg(test)]
+mod notes {
+    use super::*;
+    use crate::domain::meter::{Fold, Reading};
+    use crate::domain::{Currency, CustomerSpec};
+    use rust_decimal::Decimal;
+    use tallyman_actors::Entity;
+
+    /// A customer of `n` accounts (numbered 1 to `n`) and events of 1 unit: one on
+    /// every third account from account 2, the first one again, and one of an account
+    /// the customer does not have (it left).
+    fn events(n: u64) -> (Customer, Vec<MeteredEvent>) {
+        let accounts: Vec<String> = (1..=n).map(|i| format!("{i:012}")).collect();
+        let spec = CustomerSpec::new("acme", accounts[0].clone(), accounts, "standard");
+        let customer = Customer::from_spec(spec, Currency::from_code("USD").unwrap()).unwrap();
+        let event = |account: u64, id: u128| MeteredEvent {
+            day: "2026-11-04".parse().unwrap(),
+            account: format!("{account:012}").into(),
+            meter: MeterId(0),
+            reading: Reading {
+                fold: Fold::Sum,
+                quantity: Decimal::ONE,
+                time: "2026-11-04T10:00:00Z".parse().unwrap(),
+                version: 0,
+                tiebreak: id as u64,
+                dimension: None,
+            },
+            id,
+            limit: 1_000,
+        };
+        let mut events: Vec<MeteredEvent> = (2..=n).step_by(3).map(|a| event(a, u128::from(a))).collect();
+        events.push(event(2, 2));
+        events.push(event(n + 1, 1 << 100));
+        (customer, events)
+    }
+
+    #[test]
+    fn applying_with_any_note_gives_what_applying_without_one_gives() {
+        // 2 accounts: no index; 10: an index by tag; 100: an index table. The notes
+        // are right, wrong, out of range, or none: each is only a hint.
+        for n in [2u64, 10, 100] {
+            let (customer, events) = events(n);
+            let upsert = CustomerCommand::Upsert(Box::new(customer));
+            let mut plain = CustomerEntity::default();
+            plain.apply(&upsert);
+            let expected: Vec<CustomerReply> = events
+                .iter()
+                .map(|e| plain.apply(&CustomerCommand::Usage(e.clone())))
+                .collect();
+            assert!(expected.contains(&CustomerReply::Duplicate));
+            let notes = |i: u64| {
+                [
+                    0,
+                    1 << 40 | (i + 1) << 16 | i,
+                    1 << 40 | 3 << 16,
+                    1 << 40 | 0xffff << 16 | 0xfff0,
+                ]
+            };
+            for which in 0..4 {
+                let mut noted = CustomerEntity::default();
+                noted.apply_noted(&upsert, 0);
+                for (i, (e, want)) in events.iter().zip(&expected).enumerate() {
+                    let note = notes(i as u64 % n)[which];
+                    assert_eq!(noted.apply_noted(&CustomerCommand::Usage(e.clone()), note), *want);
+                }
+                assert_eq!(noted, plain, "{n} accounts, notes of kind {which}");
+            }
+        }
     }
 }
