@@ -347,8 +347,18 @@ impl<E: Entity> Handler<Deliver<E>> for Segment<E> {
                 for (hash, &i) in hashes.iter_mut().zip(group) {
                     *hash = self.state.entities.hasher().hash_one(&msg.record[i as usize].0);
                 }
+                // A prefetch must not panic; if one did, the commands go without notes
+                // (hints only), so the segment and its arbiter live on.
                 let notes = if E::PREFETCH_ROUNDS > 0 {
-                    self.prefetch(&msg.record, group, &hashes)
+                    catch_unwind(AssertUnwindSafe(|| self.prefetch(&msg.record, group, &hashes)))
+                        .unwrap_or_else(|panic| {
+                            tracing::warn!(
+                                partition = %self.env.partition, segment = self.index,
+                                reason = %panic_message(panic.as_ref()),
+                                "a prefetch panicked; applying without its notes"
+                            );
+                            [0; PREFETCH_GROUP]
+                        })
                 } else {
                     [0; PREFETCH_GROUP]
                 };

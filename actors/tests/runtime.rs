@@ -43,6 +43,8 @@ enum Cmd {
     Poison,
     /// Blocks the segment until the gate opens.
     Hold(Arc<Gate>),
+    /// Adds its number, but its prefetch panics (a broken hint).
+    BadHint(u64),
 }
 
 /// A running total per key.
@@ -63,7 +65,10 @@ impl Entity for Counter {
 
     const PREFETCH_ROUNDS: usize = 2;
 
-    fn prefetch(&self, _: &Cmd, round: usize, note: &mut u64) {
+    fn prefetch(&self, command: &Cmd, round: usize, note: &mut u64) {
+        if matches!(command, Cmd::BadHint(_)) {
+            panic!("a broken prefetch");
+        }
         // Each round sees what the one before noted (0 before the first).
         if *note != round as u64 {
             NOTES_LOST.fetch_add(1, Ordering::Relaxed);
@@ -80,7 +85,7 @@ impl Entity for Counter {
     }
     fn apply(&mut self, command: &Cmd) -> u64 {
         match command {
-            Cmd::Add(n) => self.0 += n,
+            Cmd::Add(n) | Cmd::BadHint(n) => self.0 += n,
             Cmd::Poison => panic!("poison"),
             Cmd::Hold(gate) => gate.wait(),
         }
@@ -240,6 +245,30 @@ fn a_poison_command_is_dead_lettered_and_nothing_else_is_lost() {
         let segment = p.segment_of(&7);
         p.clone().move_segment(segment, 1).await.unwrap();
         assert_eq!(total(&p, 7).await, 15);
+    });
+}
+
+#[test]
+fn a_panicking_prefetch_costs_its_group_the_hints_and_nothing_else() {
+    actix_rt::System::new().block_on(async {
+        let (p, _pool) = start(1, 64, Arc::new(MemoryJournal::new()), None).await;
+        p.submit(vec![(7, Cmd::Add(10))]).unwrap().await.unwrap();
+        // Key 7 exists, so its commands are prefetched for, and one prefetch panics:
+        // every command still applies once, in order, and the segment is not restarted.
+        let outcomes = p
+            .submit(vec![
+                (7, Cmd::Add(1)),
+                (7, Cmd::BadHint(5)),
+                (8, Cmd::Add(2)),
+                (7, Cmd::Add(1)),
+            ])
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(outcomes, [Ok(11), Ok(16), Ok(2), Ok(17)]);
+        assert_eq!(p.restarts(), 0);
+        assert!(p.dead_letters().is_empty());
+        assert_eq!(total(&p, 7).await, 17);
     });
 }
 

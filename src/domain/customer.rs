@@ -406,12 +406,16 @@ impl Customer {
                 fetch((0..n.min(AccountIndex::TAGS)).find(|&i| tags[i] == tag)?)
             }
             Positions::Table(table) => {
-                let slot = AccountIndex::hash(account) as usize & (table.len() - 1);
+                // The table's size from the list's, as it was built: its own length is in
+                // its header, one more miss. (Out of date, the slot is only a worse guess.)
+                let size = (2 * n).next_power_of_two();
+                let slot = AccountIndex::hash(account) as usize & (size - 1);
                 if depth == 0 {
+                    super::prefetch(table.as_ptr());
                     super::prefetch(table.as_ptr().wrapping_add(slot));
                     return None;
                 }
-                fetch((table[slot] as usize).checked_sub(1)?)
+                fetch((*table.get(slot)? as usize).checked_sub(1)?)
             }
         }
     }
@@ -419,15 +423,19 @@ impl Customer {
     /// [`Self::position`], trying the `likely` positions first (as
     /// [`Self::prefetch_position`] answered them).
     pub fn position_near(&self, account: &str, likely: std::ops::Range<usize>) -> Option<usize> {
-        if likely.len() <= AccountIndex::FROM {
-            if let Some(i) = likely
-                .into_iter()
-                .find(|&i| self.accounts.get(i).is_some_and(|a| a == account))
-            {
-                return Some(i);
-            }
+        self.position_among(account, likely)
+            .or_else(|| self.position(account))
+    }
+
+    /// Where `account` is, if it is at one of (at most a few of) the `likely` positions;
+    /// no search beyond them.
+    pub fn position_among(&self, account: &str, likely: std::ops::Range<usize>) -> Option<usize> {
+        if likely.len() > AccountIndex::FROM {
+            return None;
         }
-        self.position(account)
+        likely
+            .into_iter()
+            .find(|&i| self.accounts.get(i).is_some_and(|a| a == account))
     }
 
     /// The binary search of the sorted accounts: where `account` is, or would sort.

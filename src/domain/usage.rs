@@ -317,7 +317,11 @@ impl EventIds {
             }
             EventIds::Sorted(_) => {}
             EventIds::Hashed(ids) => ids.prefetch(id),
-            EventIds::Sharded(shards) => shards.sets[Self::shard(id)].prefetch(id),
+            EventIds::Sharded(shards) => {
+                if let Some(set) = shards.sets.get(Self::shard(id)) {
+                    set.prefetch(id);
+                }
+            }
         }
     }
 
