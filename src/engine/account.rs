@@ -735,6 +735,12 @@ fn likely_positions(note: u64) -> std::ops::Range<usize> {
     (note & 0xffff) as usize..(note >> 16 & 0xffff) as usize
 }
 
+/// The note of [`CustomerEntity::prefetch`] that says an account likely is at `likely`
+/// (never 0: the flag bit says a guess was made; positions fit 16 bits).
+fn note_of(likely: std::ops::Range<usize>) -> u64 {
+    1 << 32 | (likely.end as u64) << 16 | likely.start as u64
+}
+
 impl Entity for CustomerEntity {
     type Key = CustomerKey;
     type Command = CustomerCommand;
@@ -765,7 +771,7 @@ impl Entity for CustomerEntity {
                 // The likely accounts' ids are on their way: their usage slots too.
                 usage_at(likely.start);
                 usage_at(likely.end.saturating_sub(1));
-                *note = 1 << 32 | (likely.end as u64) << 16 | likely.start as u64;
+                *note = note_of(likely);
             }
             return;
         }
