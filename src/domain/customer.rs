@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::money::Currency;
 use super::usage::{FieldError, MAX_ID_LEN};
 
-/// An account id. Ids of up to 23 bytes (every AWS-style 12-digit id) are kept inline,
-/// so a lookup compares bytes in place instead of following a pointer, and a copy is
-/// a copy, not a shared count to touch; longer ones share one allocation.
-pub type AccountId = smol_str::SmolStr;
+/// An account id: a [`super::ShortId`], 16 bytes in place. Ids of up to 15 bytes (every
+/// AWS-style 12-digit id) are kept inline, so a lookup compares bytes in place instead
+/// of following a pointer, and a copy is a copy; longer ones share one allocation.
+pub type AccountId = super::ShortId;
 
 /// Most accounts in one customer.
 pub const MAX_ACCOUNTS_PER_CUSTOMER: usize = 10_000;
@@ -139,12 +139,12 @@ pub struct Credit {
 /// A checked customer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Customer {
-    /// Inline up to 23 bytes, as account ids (no allocation of its own).
-    pub id: smol_str::SmolStr,
+    /// Inline up to 15 bytes, as account ids (no allocation of its own).
+    pub id: super::ShortId,
     pub payer: AccountId,
     /// Every account of the customer, the payer included, sorted and unique.
     pub accounts: Vec<AccountId>,
-    pub profile: smol_str::SmolStr,
+    pub profile: super::ShortId,
     pub tax_rate: Decimal,
     pub commitment: Option<Decimal>,
     /// Boxed: few customers have one, and every customer's record stays within 224

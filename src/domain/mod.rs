@@ -16,6 +16,7 @@ pub mod money;
 pub mod period;
 pub mod price;
 pub mod profile;
+pub mod short_id;
 pub mod usage;
 
 pub use billing::{bill_customer, bill_customer_with, late_adjustments, BillingContext};
@@ -25,6 +26,7 @@ pub use invoice::{Bill, Invoice};
 pub use money::{Currency, Rounding, RoundingMode};
 pub use period::Period;
 pub use profile::{BillingProfile, BillingStep, ProfileSpec};
+pub use short_id::ShortId;
 pub use usage::{AccountUsage, FieldError, UsageEvent};
 
 /// Asks the processor to start bringing the cache line at `p` in, and goes on without

@@ -24,8 +24,8 @@ use crate::domain::{
     Catalog, Customer, MeterId, Period, Rounding,
 };
 
-/// A customer's key in its partition (inline up to 23 bytes, as [`AccountId`]).
-pub type CustomerKey = smol_str::SmolStr;
+/// A customer's key in its partition (inline up to 15 bytes, as [`AccountId`]).
+pub type CustomerKey = crate::domain::ShortId;
 
 /// One usage event, resolved and checked: ready to apply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
