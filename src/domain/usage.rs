@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::MeterId;
-use super::id_table::IdTable;
+use super::id_table::{Fp96, IdTable};
 use super::meter::{MeterAggregate, Overflow, Reading};
 
 /// Longest accepted event id, account id or meter name, in bytes.
@@ -186,9 +186,10 @@ impl UsageEvent {
     }
 }
 
-/// A stable 128-bit fingerprint of an event id (xxh3), the key of deduplication.
+/// A stable fingerprint of an event id, the key of deduplication: the low 96 bits of
+/// its 128-bit xxh3, the bits an account keeps ([`Fp96`]; the top 32 are zero).
 pub fn event_fingerprint(id: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes()) & Fp96::MASK
 }
 
 /// A stable 64-bit fingerprint of a string (xxh3): dimension values and tie-breaks.
@@ -256,8 +257,12 @@ pub struct AccountUsage {
 
 /// The fingerprints of the event ids applied to one account in one period.
 ///
+/// Ids are kept as [`Fp96`]s, 12 bytes each, and taken in as 128-bit numbers of which
+/// only the low 96 bits count (journals and snapshots written before ids were narrowed
+/// carry all 128; they read back as the same set).
+///
 /// Nearly every account sees a few events a period, so a small set is a sorted vector
-/// (16 bytes an id, found by binary search) that grows by a quarter at a time; a hash
+/// (12 bytes an id, found from a guess) that grows by a quarter at a time; a hash
 /// table would cost 96 bytes for two ids. Past [`EventIds::SORTED_MAX`] ids, where
 /// inserting into the vector would move too much, it becomes a hash set; past
 /// [`EventIds::HASHED_MAX`], [`EventIds::SHARDS`] hash sets chosen by the id's top bits,
@@ -265,7 +270,7 @@ pub struct AccountUsage {
 /// once (one shard, a sixty-fourth of them, grows at a time).
 #[derive(Clone, Debug)]
 pub enum EventIds {
-    Sorted(Vec<u128>),
+    Sorted(Vec<Fp96>),
     Hashed(IdTable),
     Sharded(Box<ShardedIds>),
 }
@@ -293,8 +298,8 @@ impl EventIds {
     pub const SHARDS: usize = 64;
 
     fn shard(id: u128) -> usize {
-        // The top bits: the sets hash by the low ones.
-        (id >> 122) as usize % Self::SHARDS
+        // The top bits kept: the sets hash by the low ones.
+        (id >> 90) as usize % Self::SHARDS
     }
 
     fn sharded(ids: impl Iterator<Item = u128>, each: usize) -> Self {
@@ -313,7 +318,7 @@ impl EventIds {
     pub fn prefetch(&self, id: u128) {
         match self {
             EventIds::Sorted(ids) if !ids.is_empty() => {
-                super::prefetch(ids.as_ptr().wrapping_add(guess_sorted(ids.len(), id)));
+                super::prefetch(ids.as_ptr().wrapping_add(guess_sorted(ids.len(), Fp96::new(id))));
             }
             EventIds::Sorted(_) => {}
             EventIds::Hashed(ids) => ids.prefetch(id),
@@ -327,7 +332,7 @@ impl EventIds {
 
     pub fn contains(&self, id: u128) -> bool {
         match self {
-            EventIds::Sorted(ids) => find_sorted(ids, id).is_ok(),
+            EventIds::Sorted(ids) => find_sorted(ids, Fp96::new(id)).is_ok(),
             EventIds::Hashed(ids) => ids.contains(id),
             EventIds::Sharded(shards) => shards.sets[Self::shard(id)].contains(id),
         }
@@ -337,7 +342,7 @@ impl EventIds {
     pub fn remove(&mut self, id: u128) {
         match self {
             EventIds::Sorted(ids) => {
-                if let Ok(i) = find_sorted(ids, id) {
+                if let Ok(i) = find_sorted(ids, Fp96::new(id)) {
                     ids.remove(i);
                 }
             }
@@ -355,19 +360,19 @@ impl EventIds {
     /// Adds `id`; `false` if it was there already.
     pub fn insert(&mut self, id: u128) -> bool {
         match self {
-            EventIds::Sorted(ids) => match find_sorted(ids, id) {
+            EventIds::Sorted(ids) => match find_sorted(ids, Fp96::new(id)) {
                 Ok(_) => false,
                 Err(_) if ids.len() == Self::SORTED_MAX => {
                     let mut set = IdTable::with_capacity(2 * Self::SORTED_MAX);
-                    for &known in ids.iter() {
-                        set.insert(known);
+                    for known in ids.iter() {
+                        set.insert(known.get());
                     }
                     set.insert(id);
                     *self = EventIds::Hashed(set);
                     true
                 }
                 Err(i) => {
-                    insert_sparingly(ids, i, id);
+                    insert_sparingly(ids, i, Fp96::new(id));
                     true
                 }
             },
@@ -400,7 +405,7 @@ impl EventIds {
     /// Every id, in no particular order.
     pub fn iter(&self) -> Box<dyn Iterator<Item = u128> + '_> {
         match self {
-            EventIds::Sorted(ids) => Box::new(ids.iter().copied()),
+            EventIds::Sorted(ids) => Box::new(ids.iter().map(|id| id.get())),
             EventIds::Hashed(ids) => Box::new(ids.iter()),
             EventIds::Sharded(shards) => Box::new(shards.sets.iter().flat_map(IdTable::iter)),
         }
@@ -416,19 +421,20 @@ pub(crate) fn insert_sparingly<T>(vec: &mut Vec<T>, at: usize, value: T) {
     vec.insert(at, value);
 }
 
-/// Where a fingerprint likely is among `len` sorted ones: its top 64 bits scaled to `len`.
-fn guess_sorted(len: usize, id: u128) -> usize {
-    ((u128::from((id >> 64) as u64) * len as u128) >> 64) as usize
+/// Where a fingerprint likely is among `len` sorted ones: its top 64 bits (of 96)
+/// scaled to `len`.
+fn guess_sorted(len: usize, id: Fp96) -> usize {
+    ((u128::from((id.get() >> 32) as u64) * len as u128) >> 64) as usize
 }
 
 /// Where `id` is in the sorted `ids`, or where it would go (as `binary_search` answers).
 ///
-/// Fingerprints are spread evenly over all 128-bit values, so the place is guessed from
+/// Fingerprints are spread evenly over all 96-bit values, so the place is guessed from
 /// the id's top 64 bits and found by stepping from the guess: a few neighbours, nearly
 /// always in the cache line of the guess. A binary search over 64 ids reads six lines
 /// one after another, each a memory miss for an account not touched lately. Any ids
 /// give the right answer; uneven ones only take more steps.
-fn find_sorted(ids: &[u128], id: u128) -> Result<usize, usize> {
+fn find_sorted(ids: &[Fp96], id: Fp96) -> Result<usize, usize> {
     if ids.is_empty() {
         return Err(0);
     }
@@ -454,7 +460,7 @@ fn find_sorted(ids: &[u128], id: u128) -> Result<usize, usize> {
 
 impl FromIterator<u128> for EventIds {
     fn from_iter<I: IntoIterator<Item = u128>>(iter: I) -> Self {
-        let mut ids: Vec<u128> = iter.into_iter().collect();
+        let ids: Vec<u128> = iter.into_iter().map(|id| id & Fp96::MASK).collect();
         if ids.len() > Self::HASHED_MAX {
             let each = ids.len() / Self::SHARDS + 1;
             return Self::sharded(ids.into_iter(), each);
@@ -462,6 +468,7 @@ impl FromIterator<u128> for EventIds {
         if ids.len() > Self::SORTED_MAX {
             return EventIds::Hashed(ids.into_iter().collect());
         }
+        let mut ids: Vec<Fp96> = ids.into_iter().map(Fp96::new).collect();
         ids.sort_unstable();
         ids.dedup();
         ids.shrink_to_fit();
@@ -689,7 +696,7 @@ mod tests {
     fn event_ids_keep_every_id_once_across_the_switch_to_a_hash_set() {
         let mut ids = EventIds::default();
         // Descending, so every insert lands at the front of the sorted vector.
-        let all: Vec<u128> = (0..200u128).rev().map(|i| i * 7 + (1 << 100)).collect();
+        let all: Vec<u128> = (0..200u128).rev().map(|i| i * 7 + (1 << 90)).collect();
         for (n, &id) in all.iter().enumerate() {
             assert!(ids.insert(id), "{n}");
             assert!(!ids.insert(id), "{n} twice");
@@ -727,7 +734,7 @@ mod tests {
     #[test]
     fn event_ids_equal_as_sets_and_read_back_from_a_sequence() {
         let small: EventIds = [5u128, 1, 3, 3].into_iter().collect();
-        assert_eq!(small, EventIds::Sorted(vec![1, 3, 5]));
+        assert_eq!(small, EventIds::Sorted([1, 3, 5].map(Fp96::new).to_vec()));
         let big: EventIds = (0..100u128).collect();
         assert!(matches!(big, EventIds::Hashed(_)));
         let mut grown = EventIds::default();
@@ -747,7 +754,36 @@ mod tests {
         // The hash set it replaced wrote the same sequence.
         let old: std::collections::HashSet<u128, Prehashed> = [9u128, 4].into_iter().collect();
         let back: EventIds = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
-        assert_eq!(back, EventIds::Sorted(vec![4, 9]));
+        assert_eq!(back, EventIds::Sorted(vec![Fp96::new(4), Fp96::new(9)]));
+    }
+
+    #[test]
+    fn ids_are_told_apart_by_their_low_96_bits_in_every_form() {
+        // A journal or snapshot written before ids were narrowed carries all 128 bits of
+        // each fingerprint; the same ids arriving now carry 96. Every form takes both as
+        // one id, and a set read back from the old bits equals the one built anew.
+        let wide =
+            |i: u128| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835) | (0xdead_beef << 96)) ^ i;
+        for n in [3u128, 100, EventIds::HASHED_MAX as u128 + 10] {
+            let mut set = EventIds::default();
+            for i in 0..n {
+                assert!(set.insert(wide(i)));
+            }
+            for i in 0..n {
+                assert!(set.contains(wide(i) & Fp96::MASK), "{n}: {i}");
+                assert!(!set.insert(wide(i) & Fp96::MASK), "{n}: {i} is a duplicate");
+            }
+            assert_eq!(set.len() as u128, n);
+            assert!(set.iter().all(|id| id <= Fp96::MASK));
+            let narrow: EventIds = (0..n).map(|i| wide(i) & Fp96::MASK).collect();
+            let read: EventIds = (0..n).map(wide).collect();
+            assert_eq!(read, narrow);
+            assert_eq!(set, narrow);
+            let mut emptied = set.clone();
+            (0..n).for_each(|i| emptied.remove(wide(i) & Fp96::MASK));
+            assert!(emptied.is_empty(), "{n}");
+            assert!((0..n).all(|i| !emptied.contains(wide(i))));
+        }
     }
 
     proptest! {
@@ -755,16 +791,14 @@ mod tests {
         /// (fingerprints) and for bunched ones alike.
         #[test]
         fn finding_an_id_agrees_with_binary_search(
-            mut ids in prop::collection::vec(any::<u128>(), 0..80),
+            ids in prop::collection::vec(any::<u128>(), 0..80),
             bunched in any::<bool>(),
             probe in any::<u128>(),
         ) {
-            if bunched {
-                ids.iter_mut().for_each(|id| *id %= 100);
-            }
+            let mut ids: Vec<Fp96> = ids.into_iter().map(|id| Fp96::new(if bunched { id % 100 } else { id })).collect();
             ids.sort_unstable();
             ids.dedup();
-            for id in ids.iter().copied().chain([probe, probe % 100, 0, u128::MAX]) {
+            for id in ids.iter().copied().chain([probe, probe % 100, 0, u128::MAX].map(Fp96::new)) {
                 prop_assert_eq!(find_sorted(&ids, id), ids.binary_search(&id));
             }
         }

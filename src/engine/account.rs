@@ -926,7 +926,7 @@ mod notes {
         let accounts: Vec<u64> = (1..=n).collect();
         let mut events: Vec<MeteredEvent> = (2..=n).step_by(3).map(|a| event(a, u128::from(a))).collect();
         events.push(event(2, 2));
-        events.push(event(n + 1, 1 << 100));
+        events.push(event(n + 1, 1 << 90));
         (customer(&accounts), events)
     }
 
@@ -945,10 +945,10 @@ mod notes {
             entity.apply(&CustomerCommand::Upsert(Box::new(customer(&accounts))));
             for &a in &accounts {
                 // Earlier usage: the index is built, so the rounds have guesses.
-                entity.apply(&CustomerCommand::Usage(event(a, u128::from(a) << 100 | 1)));
+                entity.apply(&CustomerCommand::Usage(event(a, u128::from(a) << 64 | 1)));
             }
             let target = accounts[accounts.len() / 2];
-            let usage = |a: u64, id: u128| CustomerCommand::Usage(event(a, id << 100 | 3));
+            let usage = |a: u64, id: u128| CustomerCommand::Usage(event(a, id << 64 | 3));
             let group = [
                 CustomerCommand::Adopt {
                     account: id(1),
