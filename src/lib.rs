@@ -16,6 +16,8 @@ pub mod report;
 /// so that benchmarks measure what runs. Millions of small records (account ids, usage,
 /// event-id sets) dominate memory: mimalloc's size classes fit them closely (a 28-byte
 /// account id takes 32 bytes, not glibc's 48) and its per-thread heaps keep the ingest
-/// path's allocations off shared locks.
+/// path's allocations off shared locks. (Feature `system-allocator` leaves it out, for
+/// heaptrack and valgrind.)
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

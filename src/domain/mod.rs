@@ -17,6 +17,7 @@ pub mod period;
 pub mod price;
 pub mod profile;
 pub mod short_id;
+pub mod thin_block;
 pub mod usage;
 
 pub use billing::{bill_customer, bill_customer_with, late_adjustments, BillingContext};

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::catalog::MeterId;
 use super::id_table::{Fp96, IdTable};
 use super::meter::{MeterAggregate, Overflow, Reading};
+use super::thin_block::{Tail, TailMut, ThinBlock};
 
 /// Longest accepted event id, account id or meter name, in bytes.
 pub const MAX_ID_LEN: usize = 128;
@@ -246,36 +247,33 @@ pub enum Applied {
 /// One account's usage in the open period: an aggregate per meter, and the fingerprints
 /// of the event ids already applied.
 ///
-/// Memory is what bounds how many accounts one process holds, so both parts grow
-/// exactly: the meters one at a time (an account uses a few), the ids as [`EventIds`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Memory is what bounds how many accounts one process holds, so it is one word in
+/// place, and everything else is one allocation ([`ThinBlock`]): an 8-byte header, the
+/// aggregates (32 bytes each, ascending by meter id), then the ids. An account without
+/// usage this period allocates nothing. Both parts grow exactly: the meters one at a
+/// time (an account uses a few), the ids by a quarter at a time while they are few.
+///
+/// Few ids (up to [`AccountUsage::SORTED_MAX`]) are kept sorted in the block, 12 bytes
+/// each, and found from a guess; more become one [`LargeIds`] set in their place.
+#[derive(Clone, Default)]
 pub struct AccountUsage {
-    /// Sorted by meter id.
-    meters: Vec<(MeterId, MeterAggregate)>,
-    seen: EventIds,
+    block: ThinBlock<(MeterId, MeterAggregate), Fp96, LargeIds>,
 }
 
-/// The fingerprints of the event ids applied to one account in one period.
-///
-/// Ids are kept as [`Fp96`]s, 12 bytes each, and taken in as 128-bit numbers of which
-/// only the low 96 bits count (journals and snapshots written before ids were narrowed
-/// carry all 128; they read back as the same set).
-///
-/// Nearly every account sees a few events a period, so a small set is a sorted vector
-/// (12 bytes an id, found from a guess) that grows by a quarter at a time; a hash
-/// table would cost 96 bytes for two ids. Past [`EventIds::SORTED_MAX`] ids, where
-/// inserting into the vector would move too much, it becomes a hash set; past
-/// [`EventIds::HASHED_MAX`], [`EventIds::SHARDS`] hash sets chosen by the id's top bits,
+/// A large set of an account's event ids, past [`AccountUsage::SORTED_MAX`] of them,
+/// where inserting into a sorted list would move too much: a hash set; past
+/// [`LargeIds::HASHED_MAX`], [`LargeIds::SHARDS`] hash sets chosen by the id's top bits,
 /// so that a hot account's set never stalls its segment to rehash millions of ids at
 /// once (one shard, a sixty-fourth of them, grows at a time).
+///
+/// Ids are taken in as 128-bit numbers of which only the low 96 bits count ([`Fp96`]).
 #[derive(Clone, Debug)]
-pub enum EventIds {
-    Sorted(Vec<Fp96>),
+pub enum LargeIds {
     Hashed(IdTable),
     Sharded(Box<ShardedIds>),
 }
 
-/// A large set of ids spread over [`EventIds::SHARDS`] hash sets, with its count (so
+/// A large set of ids spread over [`LargeIds::SHARDS`] hash sets, with its count (so
 /// that the per-account bound is checked without visiting every shard).
 #[derive(Clone, Debug)]
 pub struct ShardedIds {
@@ -283,15 +281,7 @@ pub struct ShardedIds {
     sets: Box<[IdTable]>,
 }
 
-impl Default for EventIds {
-    fn default() -> Self {
-        EventIds::Sorted(Vec::new())
-    }
-}
-
-impl EventIds {
-    /// The most ids kept as a sorted vector.
-    pub const SORTED_MAX: usize = 64;
+impl LargeIds {
     /// The most ids kept in one hash set.
     pub const HASHED_MAX: usize = 16_384;
     /// How many hash sets a large set is spread over.
@@ -302,13 +292,22 @@ impl EventIds {
         (id >> 90) as usize % Self::SHARDS
     }
 
+    /// The set of `ids` (distinct, low 96 bits), in the form their number calls for.
+    fn of(ids: Vec<u128>) -> LargeIds {
+        if ids.len() <= Self::HASHED_MAX {
+            return LargeIds::Hashed(ids.into_iter().collect());
+        }
+        let each = ids.len() / Self::SHARDS + 1;
+        Self::sharded(ids.into_iter(), each)
+    }
+
     fn sharded(ids: impl Iterator<Item = u128>, each: usize) -> Self {
         let mut sets: Vec<IdTable> = (0..Self::SHARDS).map(|_| IdTable::with_capacity(each)).collect();
         let mut len = 0;
         for id in ids {
             len += usize::from(sets[Self::shard(id)].insert(id));
         }
-        EventIds::Sharded(Box::new(ShardedIds {
+        LargeIds::Sharded(Box::new(ShardedIds {
             len,
             sets: sets.into_boxed_slice(),
         }))
@@ -317,12 +316,8 @@ impl EventIds {
     /// Starts fetching the line where a lookup of `id` begins.
     pub fn prefetch(&self, id: u128) {
         match self {
-            EventIds::Sorted(ids) if !ids.is_empty() => {
-                super::prefetch(ids.as_ptr().wrapping_add(guess_sorted(ids.len(), Fp96::new(id))));
-            }
-            EventIds::Sorted(_) => {}
-            EventIds::Hashed(ids) => ids.prefetch(id),
-            EventIds::Sharded(shards) => {
+            LargeIds::Hashed(ids) => ids.prefetch(id),
+            LargeIds::Sharded(shards) => {
                 if let Some(set) = shards.sets.get(Self::shard(id)) {
                     set.prefetch(id);
                 }
@@ -332,24 +327,18 @@ impl EventIds {
 
     pub fn contains(&self, id: u128) -> bool {
         match self {
-            EventIds::Sorted(ids) => find_sorted(ids, Fp96::new(id)).is_ok(),
-            EventIds::Hashed(ids) => ids.contains(id),
-            EventIds::Sharded(shards) => shards.sets[Self::shard(id)].contains(id),
+            LargeIds::Hashed(ids) => ids.contains(id),
+            LargeIds::Sharded(shards) => shards.sets[Self::shard(id)].contains(id),
         }
     }
 
     /// Takes `id` out again (an event found to be refused after its id went in).
     pub fn remove(&mut self, id: u128) {
         match self {
-            EventIds::Sorted(ids) => {
-                if let Ok(i) = find_sorted(ids, Fp96::new(id)) {
-                    ids.remove(i);
-                }
-            }
-            EventIds::Hashed(ids) => {
+            LargeIds::Hashed(ids) => {
                 ids.remove(id);
             }
-            EventIds::Sharded(shards) => {
+            LargeIds::Sharded(shards) => {
                 if shards.sets[Self::shard(id)].remove(id) {
                     shards.len -= 1;
                 }
@@ -360,29 +349,13 @@ impl EventIds {
     /// Adds `id`; `false` if it was there already.
     pub fn insert(&mut self, id: u128) -> bool {
         match self {
-            EventIds::Sorted(ids) => match find_sorted(ids, Fp96::new(id)) {
-                Ok(_) => false,
-                Err(_) if ids.len() == Self::SORTED_MAX => {
-                    let mut set = IdTable::with_capacity(2 * Self::SORTED_MAX);
-                    for known in ids.iter() {
-                        set.insert(known.get());
-                    }
-                    set.insert(id);
-                    *self = EventIds::Hashed(set);
-                    true
-                }
-                Err(i) => {
-                    insert_sparingly(ids, i, Fp96::new(id));
-                    true
-                }
-            },
-            EventIds::Hashed(ids) if ids.len() >= Self::HASHED_MAX && !ids.contains(id) => {
+            LargeIds::Hashed(ids) if ids.len() >= Self::HASHED_MAX && !ids.contains(id) => {
                 let all = ids.iter().chain(std::iter::once(id));
                 *self = Self::sharded(all, 2 * Self::HASHED_MAX / Self::SHARDS);
                 true
             }
-            EventIds::Hashed(ids) => ids.insert(id),
-            EventIds::Sharded(shards) => {
+            LargeIds::Hashed(ids) => ids.insert(id),
+            LargeIds::Sharded(shards) => {
                 let added = shards.sets[Self::shard(id)].insert(id);
                 shards.len += usize::from(added);
                 added
@@ -392,9 +365,8 @@ impl EventIds {
 
     pub fn len(&self) -> usize {
         match self {
-            EventIds::Sorted(ids) => ids.len(),
-            EventIds::Hashed(ids) => ids.len(),
-            EventIds::Sharded(shards) => shards.len,
+            LargeIds::Hashed(ids) => ids.len(),
+            LargeIds::Sharded(shards) => shards.len,
         }
     }
 
@@ -405,20 +377,10 @@ impl EventIds {
     /// Every id, in no particular order.
     pub fn iter(&self) -> Box<dyn Iterator<Item = u128> + '_> {
         match self {
-            EventIds::Sorted(ids) => Box::new(ids.iter().map(|id| id.get())),
-            EventIds::Hashed(ids) => Box::new(ids.iter()),
-            EventIds::Sharded(shards) => Box::new(shards.sets.iter().flat_map(IdTable::iter)),
+            LargeIds::Hashed(ids) => Box::new(ids.iter()),
+            LargeIds::Sharded(shards) => Box::new(shards.sets.iter().flat_map(IdTable::iter)),
         }
     }
-}
-
-/// Inserts `value` at `at`, growing a full `vec` by a quarter instead of doubling it:
-/// small sorted sets are kept per account, millions of them, and their slack is memory.
-pub(crate) fn insert_sparingly<T>(vec: &mut Vec<T>, at: usize, value: T) {
-    if vec.len() == vec.capacity() {
-        vec.reserve_exact((vec.len() / 4).max(1));
-    }
-    vec.insert(at, value);
 }
 
 /// Where a fingerprint likely is among `len` sorted ones: its top 64 bits (of 96)
@@ -458,57 +420,87 @@ fn find_sorted(ids: &[Fp96], id: Fp96) -> Result<usize, usize> {
     }
 }
 
-impl FromIterator<u128> for EventIds {
-    fn from_iter<I: IntoIterator<Item = u128>>(iter: I) -> Self {
-        let ids: Vec<u128> = iter.into_iter().map(|id| id & Fp96::MASK).collect();
-        if ids.len() > Self::HASHED_MAX {
-            let each = ids.len() / Self::SHARDS + 1;
-            return Self::sharded(ids.into_iter(), each);
-        }
-        if ids.len() > Self::SORTED_MAX {
-            return EventIds::Hashed(ids.into_iter().collect());
-        }
-        let mut ids: Vec<Fp96> = ids.into_iter().map(Fp96::new).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids.shrink_to_fit();
-        EventIds::Sorted(ids)
-    }
+/// How [`AccountUsage`] is written: as the struct of a vector and a set it was before
+/// its block (snapshots and journaled hand-overs stay readable both ways).
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "AccountUsage")]
+struct UsageWritten<M, S> {
+    meters: M,
+    seen: S,
 }
 
-/// The same set of ids, however it is kept.
-impl PartialEq for EventIds {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (EventIds::Sorted(a), EventIds::Sorted(b)) => a == b,
-            _ => self.len() == other.len() && self.iter().all(|id| other.contains(id)),
-        }
-    }
-}
+/// The ids of an account, written as the sequence of numbers the hash set before them was.
+struct SeenWritten<'a>(&'a AccountUsage);
 
-impl Eq for EventIds {}
-
-/// A sequence of ids, as the hash set it replaced was written (snapshots stay readable).
-impl Serialize for EventIds {
+impl Serialize for SeenWritten<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
         // With its length first (the iterator does not know it, and the encoder would
         // otherwise gather the whole sequence before writing it).
-        let mut seq = serializer.serialize_seq(Some(self.len()))?;
-        for id in self.iter() {
+        let mut seq = serializer.serialize_seq(Some(self.0.ids_len()))?;
+        for id in self.0.ids() {
             seq.serialize_element(&id)?;
         }
         seq.end()
     }
 }
 
-impl<'de> Deserialize<'de> for EventIds {
+impl Serialize for AccountUsage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        UsageWritten {
+            meters: self.meters(),
+            seen: SeenWritten(self),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for AccountUsage {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(Vec::<u128>::deserialize(deserializer)?.into_iter().collect())
+        let written = UsageWritten::<Vec<(MeterId, MeterAggregate)>, Vec<u128>>::deserialize(deserializer)?;
+        let mut usage = AccountUsage::default();
+        for (meter, aggregate) in written.meters {
+            match usage.meters().binary_search_by_key(&meter, |m| m.0) {
+                Ok(_) => {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "the aggregate of meter {} appears twice in one account's usage",
+                        meter.0
+                    )))
+                }
+                Err(i) => usage.block.insert_head(i, (meter, aggregate)),
+            }
+        }
+        usage.set_ids(written.seen);
+        Ok(usage)
+    }
+}
+
+/// The same aggregates and the same set of ids, however the ids are kept.
+impl PartialEq for AccountUsage {
+    fn eq(&self, other: &Self) -> bool {
+        self.meters() == other.meters()
+            && match (self.block.tail(), other.block.tail()) {
+                (Tail::Items(a), Tail::Items(b)) => a == b,
+                _ => self.ids_len() == other.ids_len() && self.ids().all(|id| other.has_seen(id)),
+            }
+    }
+}
+
+impl Eq for AccountUsage {}
+
+impl std::fmt::Debug for AccountUsage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountUsage")
+            .field("meters", &self.meters())
+            .field("ids", &self.ids_len())
+            .finish()
     }
 }
 
 impl AccountUsage {
+    /// The most ids kept sorted in the account's block.
+    pub const SORTED_MAX: usize = 64;
+
     /// Applies `reading` of `meter` for the event with fingerprint `event`, unless that
     /// event was applied before. The id is marked seen only if the aggregate changed,
     /// so "seen" and "applied" never disagree.
@@ -527,8 +519,8 @@ impl AccountUsage {
         reading: &Reading,
     ) -> Result<Applied, Overflow> {
         // At the bound, nothing goes in: a duplicate is still a duplicate.
-        if self.seen.len() >= limit as usize {
-            return Ok(if self.seen.contains(event) {
+        if self.ids_len() >= limit as usize {
+            return Ok(if self.has_seen(event) {
                 Applied::Duplicate
             } else {
                 Applied::Full
@@ -537,19 +529,18 @@ impl AccountUsage {
         // Otherwise one lookup of the id: it goes in first, and comes out again if the
         // aggregate refuses the event (an overflow, rare), so that "seen" never outlives
         // a refusal.
-        if !self.seen.insert(event) {
+        if !self.insert_id(event) {
             return Ok(Applied::Duplicate);
         }
-        let applied = match self.meters.binary_search_by_key(&meter, |m| m.0) {
-            Ok(i) => self.meters[i].1.apply(reading),
+        let applied = match self.meters().binary_search_by_key(&meter, |m| m.0) {
+            Ok(i) => self.block.heads_mut()[i].1.apply(reading),
             Err(i) => {
-                self.meters.reserve_exact(1);
-                self.meters.insert(i, (meter, MeterAggregate::new(reading)));
+                self.block.insert_head(i, (meter, MeterAggregate::new(reading)));
                 Ok(())
             }
         };
         if let Err(overflow) = applied {
-            self.seen.remove(event);
+            self.remove_id(event);
             return Err(overflow);
         }
         Ok(Applied::New)
@@ -560,53 +551,132 @@ impl AccountUsage {
     /// twice, so both must come from disjoint streams; the engine guarantees it by
     /// pausing the account's traffic while its usage moves.
     pub fn merge(&mut self, other: &AccountUsage) -> Result<(), Overflow> {
-        for (meter, aggregate) in &other.meters {
-            match self.meters.binary_search_by_key(meter, |m| m.0) {
-                Ok(i) => self.meters[i].1.merge(aggregate)?,
-                Err(i) => {
-                    self.meters.reserve_exact(1);
-                    self.meters.insert(i, (*meter, aggregate.clone()));
-                }
+        for (meter, aggregate) in other.meters() {
+            match self.meters().binary_search_by_key(meter, |m| m.0) {
+                Ok(i) => self.block.heads_mut()[i].1.merge(aggregate)?,
+                Err(i) => self.block.insert_head(i, (*meter, aggregate.clone())),
             }
         }
-        if other.seen.len() > EventIds::SORTED_MAX {
+        if other.ids_len() > Self::SORTED_MAX {
             // Built at its final size. Inserted one by one, a large set's ids come in the
             // order of its slots (by their low bits, which also pick their slots here) and
             // would pile up in one end of a table sized for fewer, until it grew.
-            self.seen = self.seen.iter().chain(other.seen.iter()).collect();
+            let all = self.ids().chain(other.ids()).collect();
+            self.set_ids(all);
         } else {
-            for id in other.seen.iter() {
-                self.seen.insert(id);
+            for id in other.ids() {
+                self.insert_id(id);
             }
         }
         Ok(())
     }
 
-    /// Starts fetching what applying event `event` will read: the aggregates and the
-    /// line of the ids where its lookup begins.
-    pub fn prefetch(&self, event: u128) {
-        super::prefetch(self.meters.as_ptr());
-        self.seen.prefetch(event);
+    /// Starts fetching what applying an event will read first: the block's start (its
+    /// header, the aggregates, and for most accounts the ids too: a block of a few
+    /// meters and ids spans two or three lines). [`Self::prefetch_ids`] follows, once
+    /// the header is in.
+    pub fn prefetch(&self) {
+        let block = self.block.as_ptr();
+        if !block.is_null() {
+            super::prefetch(block);
+            super::prefetch(block.wrapping_add(64));
+        }
+    }
+
+    /// Starts fetching the line where the lookup of `event` among the ids begins (reads
+    /// the block's header: best after [`Self::prefetch`] had it fetched).
+    pub fn prefetch_ids(&self, event: u128) {
+        match self.block.tail() {
+            Tail::Items([]) => {}
+            Tail::Items(ids) => super::prefetch(
+                ids.as_ptr()
+                    .wrapping_add(guess_sorted(ids.len(), Fp96::new(event))),
+            ),
+            Tail::Large(ids) => ids.prefetch(event),
+        }
     }
 
     /// Whether the event with fingerprint `event` was applied.
     pub fn has_seen(&self, event: u128) -> bool {
-        self.seen.contains(event)
+        match self.block.tail() {
+            Tail::Items(ids) => find_sorted(ids, Fp96::new(event)).is_ok(),
+            Tail::Large(ids) => ids.contains(event),
+        }
+    }
+
+    /// Marks `event` seen; `false` if it was already.
+    fn insert_id(&mut self, event: u128) -> bool {
+        let id = Fp96::new(event);
+        let (at, full) = match self.block.tail_mut() {
+            TailMut::Large(ids) => return ids.insert(event),
+            TailMut::Items(ids) => match find_sorted(ids, id) {
+                Ok(_) => return false,
+                Err(at) => (at, ids.len() >= Self::SORTED_MAX),
+            },
+        };
+        if full {
+            let all = self.ids().chain(std::iter::once(event)).collect();
+            self.set_ids(all);
+        } else {
+            self.block.insert_item(at, id);
+        }
+        true
+    }
+
+    /// Takes `event` out of the ids seen again (an event refused after its id went in).
+    fn remove_id(&mut self, event: u128) {
+        let at = match self.block.tail_mut() {
+            TailMut::Large(ids) => return ids.remove(event),
+            TailMut::Items(ids) => find_sorted(ids, Fp96::new(event)),
+        };
+        if let Ok(at) = at {
+            self.block.remove_item(at);
+        }
+    }
+
+    /// Makes the ids seen exactly `ids` (only their low 96 bits count), each kept in the
+    /// form their number calls for: sorted in the block, or one large set.
+    fn set_ids(&mut self, ids: Vec<u128>) {
+        let mut ids: Vec<u128> = ids.into_iter().map(|id| id & Fp96::MASK).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() > Self::SORTED_MAX {
+            self.block.set_large(LargeIds::of(ids));
+        } else {
+            let ids: Vec<Fp96> = ids.into_iter().map(Fp96::new).collect();
+            self.block.set_items(&ids);
+        }
+    }
+
+    /// How many distinct events were applied.
+    pub fn ids_len(&self) -> usize {
+        match self.block.tail() {
+            Tail::Items(ids) => ids.len(),
+            Tail::Large(ids) => ids.len(),
+        }
+    }
+
+    /// Every applied event's fingerprint, in no particular order.
+    pub fn ids(&self) -> Box<dyn Iterator<Item = u128> + '_> {
+        match self.block.tail() {
+            Tail::Items(ids) => Box::new(ids.iter().map(|id| id.get())),
+            Tail::Large(ids) => ids.iter(),
+        }
     }
 
     /// Lets go of the applied events' fingerprints, keeping the aggregates: once no
     /// retry can come any more.
     pub fn forget_ids(&mut self) {
-        self.seen = EventIds::default();
+        self.block.clear_tail();
     }
 
     /// The aggregates, ascending by meter id.
     pub fn meters(&self) -> &[(MeterId, MeterAggregate)] {
-        &self.meters
+        self.block.heads()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.meters.is_empty()
+        self.meters().is_empty()
     }
 }
 
@@ -692,69 +762,111 @@ mod tests {
         assert!(errs[4].contains("RFC 3339"));
     }
 
+    /// How `usage` keeps its ids: 0 sorted in its block, 1 one hash set, 2 shards.
+    fn form(usage: &AccountUsage) -> usize {
+        match usage.block.tail() {
+            Tail::Items(_) => 0,
+            Tail::Large(LargeIds::Hashed(_)) => 1,
+            Tail::Large(LargeIds::Sharded(_)) => 2,
+        }
+    }
+
+    /// Usage with exactly the ids `ids` seen, and no aggregates.
+    fn seen(ids: impl IntoIterator<Item = u128>) -> AccountUsage {
+        let mut usage = AccountUsage::default();
+        usage.set_ids(ids.into_iter().collect());
+        usage
+    }
+
     #[test]
     fn event_ids_keep_every_id_once_across_the_switch_to_a_hash_set() {
-        let mut ids = EventIds::default();
-        // Descending, so every insert lands at the front of the sorted vector.
+        let mut ids = AccountUsage::default();
+        // Descending, so every insert lands at the front of the sorted list.
         let all: Vec<u128> = (0..200u128).rev().map(|i| i * 7 + (1 << 90)).collect();
         for (n, &id) in all.iter().enumerate() {
-            assert!(ids.insert(id), "{n}");
-            assert!(!ids.insert(id), "{n} twice");
-            assert_eq!(ids.len(), n + 1);
-            assert_eq!(
-                matches!(ids, EventIds::Sorted(_)),
-                n < EventIds::SORTED_MAX,
-                "{n}"
-            );
+            assert!(ids.insert_id(id), "{n}");
+            assert!(!ids.insert_id(id), "{n} twice");
+            assert_eq!(ids.ids_len(), n + 1);
+            assert_eq!(form(&ids) == 0, n < AccountUsage::SORTED_MAX, "{n}");
         }
-        assert!(all.iter().all(|&id| ids.contains(id)));
-        assert!(!ids.contains(3));
+        assert!(all.iter().all(|&id| ids.has_seen(id)));
+        assert!(!ids.has_seen(3));
     }
 
     #[test]
     fn a_large_set_of_ids_spreads_over_shards_and_keeps_every_id_once() {
-        let mut ids = EventIds::default();
-        let n = EventIds::HASHED_MAX as u128 + 1000;
+        let mut ids = AccountUsage::default();
+        let n = LargeIds::HASHED_MAX as u128 + 1000;
         // Fingerprints spread over the whole range, as real ones are.
         let id = |i: u128| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
         for i in 0..n {
-            assert!(ids.insert(id(i)));
+            assert!(ids.insert_id(id(i)));
         }
-        assert!(matches!(ids, EventIds::Sharded(_)));
-        assert_eq!(ids.len(), n as usize);
+        assert_eq!(form(&ids), 2);
+        assert_eq!(ids.ids_len(), n as usize);
         // Prefetching is a hint that reads only within the set, for any id.
-        (0..n + 10).for_each(|i| ids.prefetch(id(i)));
-        assert!((0..n).all(|i| ids.contains(id(i)) && !ids.insert(id(i))));
-        assert!(!ids.contains(id(n)));
-        let back: EventIds = rmp_serde::from_slice(&rmp_serde::to_vec(&ids).unwrap()).unwrap();
-        assert!(matches!(back, EventIds::Sharded(_)));
+        ids.prefetch();
+        (0..n + 10).for_each(|i| ids.prefetch_ids(id(i)));
+        assert!((0..n).all(|i| ids.has_seen(id(i)) && !ids.insert_id(id(i))));
+        assert!(!ids.has_seen(id(n)));
+        let back: AccountUsage = rmp_serde::from_slice(&rmp_serde::to_vec(&ids).unwrap()).unwrap();
+        assert_eq!(form(&back), 2);
         assert_eq!(back, ids);
     }
 
     #[test]
     fn event_ids_equal_as_sets_and_read_back_from_a_sequence() {
-        let small: EventIds = [5u128, 1, 3, 3].into_iter().collect();
-        assert_eq!(small, EventIds::Sorted([1, 3, 5].map(Fp96::new).to_vec()));
-        let big: EventIds = (0..100u128).collect();
-        assert!(matches!(big, EventIds::Hashed(_)));
-        let mut grown = EventIds::default();
+        let small = seen([5u128, 1, 3, 3]);
+        assert!(matches!(small.block.tail(), Tail::Items(ids) if ids == [1, 3, 5].map(Fp96::new)));
+        let big = seen(0..100u128);
+        assert_eq!(form(&big), 1);
+        let mut grown = AccountUsage::default();
         (0..100u128).rev().for_each(|i| {
-            grown.insert(i);
+            grown.insert_id(i);
         });
         assert_eq!(big, grown);
         // Prefetching reads only within the set, in every form, for any id.
-        for set in [&EventIds::default(), &small, &big] {
+        for set in [&AccountUsage::default(), &small, &big] {
+            set.prefetch();
             [0, 1, 3, 99, 100, u128::MAX]
                 .into_iter()
-                .for_each(|id| set.prefetch(id));
+                .for_each(|id| set.prefetch_ids(id));
         }
         let bytes = rmp_serde::to_vec(&big).unwrap();
-        let back: EventIds = rmp_serde::from_slice(&bytes).unwrap();
+        let back: AccountUsage = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(back, big);
-        // The hash set it replaced wrote the same sequence.
-        let old: std::collections::HashSet<u128, Prehashed> = [9u128, 4].into_iter().collect();
-        let back: EventIds = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
-        assert_eq!(back, EventIds::Sorted(vec![Fp96::new(4), Fp96::new(9)]));
+    }
+
+    #[test]
+    fn usage_is_written_as_the_vector_and_hash_set_it_was() {
+        // The struct before the block: a vector of aggregates and a hash set of ids.
+        #[derive(Serialize, Deserialize)]
+        struct AccountUsage0 {
+            meters: Vec<(MeterId, MeterAggregate)>,
+            seen: std::collections::HashSet<u128, Prehashed>,
+        }
+        let mut usage = AccountUsage::default();
+        usage.apply(9, MeterId(2), &sum_reading(Decimal::TWO)).unwrap();
+        usage.apply(4, MeterId(1), &sum_reading(Decimal::ONE)).unwrap();
+        let old = AccountUsage0 {
+            meters: usage.meters().to_vec(),
+            seen: [9u128, 4].into_iter().collect(),
+        };
+        let back: AccountUsage = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(back, usage);
+        let back: AccountUsage = serde_json::from_str(&serde_json::to_string(&old).unwrap()).unwrap();
+        assert_eq!(back, usage);
+        // And what it writes now reads as that struct (ids in sorted order: one set).
+        let read: AccountUsage0 = rmp_serde::from_slice(&rmp_serde::to_vec(&usage).unwrap()).unwrap();
+        assert_eq!(read.meters, old.meters);
+        assert_eq!(read.seen, old.seen);
+        // Two aggregates of one meter are not one account's usage.
+        let twice = AccountUsage0 {
+            meters: vec![old.meters[0].clone(), old.meters[0].clone()],
+            seen: Default::default(),
+        };
+        let err = serde_json::from_str::<AccountUsage>(&serde_json::to_string(&twice).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("meter 1 appears twice"), "{err}");
     }
 
     #[test]
@@ -764,25 +876,25 @@ mod tests {
         // one id, and a set read back from the old bits equals the one built anew.
         let wide =
             |i: u128| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835) | (0xdead_beef << 96)) ^ i;
-        for n in [3u128, 100, EventIds::HASHED_MAX as u128 + 10] {
-            let mut set = EventIds::default();
+        for n in [3u128, 100, LargeIds::HASHED_MAX as u128 + 10] {
+            let mut set = AccountUsage::default();
             for i in 0..n {
-                assert!(set.insert(wide(i)));
+                assert!(set.insert_id(wide(i)));
             }
             for i in 0..n {
-                assert!(set.contains(wide(i) & Fp96::MASK), "{n}: {i}");
-                assert!(!set.insert(wide(i) & Fp96::MASK), "{n}: {i} is a duplicate");
+                assert!(set.has_seen(wide(i) & Fp96::MASK), "{n}: {i}");
+                assert!(!set.insert_id(wide(i) & Fp96::MASK), "{n}: {i} is a duplicate");
             }
-            assert_eq!(set.len() as u128, n);
-            assert!(set.iter().all(|id| id <= Fp96::MASK));
-            let narrow: EventIds = (0..n).map(|i| wide(i) & Fp96::MASK).collect();
-            let read: EventIds = (0..n).map(wide).collect();
+            assert_eq!(set.ids_len() as u128, n);
+            assert!(set.ids().all(|id| id <= Fp96::MASK));
+            let narrow = seen((0..n).map(|i| wide(i) & Fp96::MASK));
+            let read = seen((0..n).map(wide));
             assert_eq!(read, narrow);
             assert_eq!(set, narrow);
             let mut emptied = set.clone();
-            (0..n).for_each(|i| emptied.remove(wide(i) & Fp96::MASK));
-            assert!(emptied.is_empty(), "{n}");
-            assert!((0..n).all(|i| !emptied.contains(wide(i))));
+            (0..n).for_each(|i| emptied.remove_id(wide(i) & Fp96::MASK));
+            assert_eq!(emptied.ids_len(), 0, "{n}");
+            assert!((0..n).all(|i| !emptied.has_seen(wide(i))));
         }
     }
 
@@ -806,20 +918,21 @@ mod tests {
 
     #[test]
     fn an_accounts_usage_record_stays_within_its_memory_budget() {
-        // Every account carries one: 24 bytes of meters and 24 of event ids (BENCHMARKS.md,
-        // the 21M-account run, counts on it).
-        assert_eq!(std::mem::size_of::<EventIds>(), 24);
-        assert_eq!(std::mem::size_of::<AccountUsage>(), 48);
-    }
-
-    #[test]
-    fn a_small_set_of_ids_grows_by_a_quarter() {
-        let mut ids = EventIds::default();
-        for i in 0..2u128 {
-            ids.insert(i);
-        }
-        let EventIds::Sorted(v) = &ids else { unreachable!() };
-        assert_eq!(v.capacity(), 2);
+        // Every account carries one: a word, and nothing else until it has usage
+        // (BENCHMARKS.md counts on it).
+        assert_eq!(std::mem::size_of::<AccountUsage>(), 8);
+        assert!(AccountUsage::default().block.as_ptr().is_null());
+        // With usage: one block of an 8-byte header, 32 bytes an aggregate and 12 an id
+        // (here 8 + 32 + 2 × 12 = 56 bytes, asked of the allocator as one).
+        let mut usage = AccountUsage::default();
+        usage.apply(1, MeterId(0), &sum_reading(Decimal::ONE)).unwrap();
+        usage.apply(2, MeterId(0), &sum_reading(Decimal::ONE)).unwrap();
+        assert_eq!(usage.meters().len(), 1);
+        let Tail::Items(ids) = usage.block.tail() else {
+            unreachable!()
+        };
+        let end = ids.as_ptr_range().end as usize;
+        assert_eq!(end - usage.block.as_ptr() as usize, 8 + 32 + 2 * 12);
     }
 
     /// A reading of `quantity` for a `sum` meter.
@@ -854,7 +967,7 @@ mod tests {
             });
             mine.merge(&theirs).unwrap();
             // b ≤ a ≤ c: the union is 0..c.
-            assert_eq!(mine.seen.len() as u64, c, "{a} {b} {c}");
+            assert_eq!(mine.ids_len() as u64, c, "{a} {b} {c}");
             assert!((0..c).all(|n| mine.has_seen(id(n))));
             assert!(!mine.has_seen(id(c)));
             assert_eq!(mine.meters()[0].1.quantity(), Decimal::from(a + c - b));
@@ -903,28 +1016,24 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let spread = |i: u128| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
-        let mut ids = EventIds::default();
+        let mut ids = AccountUsage::default();
         let mut model = std::collections::HashSet::new();
         let mut kinds = [false; 3];
         for step in 0..45_000 {
             let id = spread(rng.random_range(0..30_000u128));
             if rng.random_range(0..10) < 8 {
-                assert_eq!(ids.insert(id), model.insert(id), "insert at step {step}");
+                assert_eq!(ids.insert_id(id), model.insert(id), "insert at step {step}");
             } else {
-                ids.remove(id);
+                ids.remove_id(id);
                 model.remove(&id);
             }
-            assert_eq!(ids.len(), model.len(), "step {step}");
-            assert_eq!(ids.contains(id), model.contains(&id), "step {step}");
-            kinds[match ids {
-                EventIds::Sorted(_) => 0,
-                EventIds::Hashed(_) => 1,
-                EventIds::Sharded(_) => 2,
-            }] = true;
+            assert_eq!(ids.ids_len(), model.len(), "step {step}");
+            assert_eq!(ids.has_seen(id), model.contains(&id), "step {step}");
+            kinds[form(&ids)] = true;
         }
         assert_eq!(kinds, [true; 3], "every form was visited");
-        assert!(model.iter().all(|&id| ids.contains(id)));
-        assert_eq!(ids.iter().count(), model.len());
+        assert!(model.iter().all(|&id| ids.has_seen(id)));
+        assert_eq!(ids.ids().count(), model.len());
     }
 
     #[test]

@@ -735,6 +735,11 @@ fn likely_positions(note: u64) -> std::ops::Range<usize> {
     (note & 0xffff) as usize..(note >> 16 & 0xffff) as usize
 }
 
+/// A prefetch note's flag: the account's usage block was asked for.
+const USAGE_ASKED: u64 = 1 << 33;
+/// A prefetch note's flag: the line of the event's id in the block was asked for.
+const IDS_ASKED: u64 = 1 << 34;
+
 /// The note of [`CustomerEntity::prefetch`] that says an account likely is at `likely`
 /// (never 0: the flag bit says a guess was made; positions fit 16 bits).
 fn note_of(likely: std::ops::Range<usize>) -> u64 {
@@ -749,13 +754,15 @@ impl Entity for CustomerEntity {
     type Answer = CustomerAnswer;
     type Snapshot = CustomerEntity;
 
-    const PREFETCH_ROUNDS: usize = 4;
+    const PREFETCH_ROUNDS: usize = 5;
 
     /// For a usage event, the chain of reads applying it makes, one link a round: the
-    /// customer's record, then the account's id and usage slot, then its aggregates and
-    /// the place of the event's id among the ids seen (for a customer with an index
-    /// table, one round later: its slot comes first). `note` keeps the likely positions
-    /// once asked for (`1 << 32 | end << 16 | start`; 0: not yet).
+    /// customer's record, then the account's id and usage slot, then its usage block
+    /// (header and aggregates), then the place of the event's id among the ids seen (for
+    /// a customer with an index table, one round later: its slot comes first). `note`
+    /// keeps the likely positions once asked for (`1 << 32 | end << 16 | start`; 0: not
+    /// yet) and which of the last two links were asked for ([`USAGE_ASKED`],
+    /// [`IDS_ASKED`]).
     fn prefetch(&self, command: &CustomerCommand, round: usize, note: &mut u64) {
         let (CustomerCommand::Usage(event), Some(customer)) = (command, self.customer.as_deref()) else {
             return;
@@ -775,13 +782,22 @@ impl Entity for CustomerEntity {
             }
             return;
         }
+        if *note & IDS_ASKED != 0 {
+            return;
+        }
         let likely = likely_positions(*note);
         // Only where the guess says: a wrong guess is not worth a search here.
         if let Some(usage) = customer
             .position_among(&event.account, likely)
             .and_then(|i| self.usage.get(i))
         {
-            usage.prefetch(event.id);
+            if *note & USAGE_ASKED == 0 {
+                usage.prefetch();
+                *note |= USAGE_ASKED;
+            } else {
+                usage.prefetch_ids(event.id);
+                *note |= IDS_ASKED;
+            }
         }
     }
 
