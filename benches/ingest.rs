@@ -12,7 +12,8 @@
 //! A last phase runs the bill run that closes the period for every customer.
 //!
 //! Sizes can be scaled down for a quick look: `cargo bench --bench ingest -- --accounts 100000`.
-//! `--events-per-account N` sets the load (5 by default); `--scale` keeps only the load,
+//! `--events-per-account N` sets the load (5 by default); `--load-only` stops after its
+//! memory report (with `--features system-allocator`, for heaptrack); `--scale` keeps only the load,
 //! the restarts and the bill run, for the largest sizes:
 //! `cargo bench --bench ingest -- --durable --scale --accounts 21000000 --events-per-account 2
 //! --data DIR` loads and snapshots, then `cargo bench --bench ingest -- --recover --data DIR
@@ -48,6 +49,9 @@ struct Args {
     /// Load and snapshot only (for the largest sizes); the cold restart and the bill
     /// run are measured by a second process with `--recover`.
     scale: bool,
+    /// Stop after the load and its memory report (for `heaptrack`: what is still
+    /// allocated at exit is then what the load keeps).
+    load_only: bool,
     /// Keep the engine's files in this folder (and start from them with `--recover`).
     data: Option<std::path::PathBuf>,
     /// Start on the files of `--data` (a cold restart in a fresh process), then run the
@@ -65,6 +69,7 @@ fn args() -> Args {
         in_flight: 32,
         durable: false,
         scale: false,
+        load_only: false,
         data: None,
         recover: false,
     };
@@ -86,6 +91,9 @@ fn args() -> Args {
     }
     if argv.iter().any(|x| x == "--scale") {
         a.scale = true;
+    }
+    if argv.iter().any(|x| x == "--load-only") {
+        a.load_only = true;
     }
     if let Some(i) = argv.iter().position(|x| x == "--data") {
         a.data = argv.get(i + 1).map(std::path::PathBuf::from);
@@ -404,6 +412,9 @@ async fn run() {
         (rss1 - rss0) as f64 / a.accounts as f64,
         (rss2 - rss0) as f64 / a.accounts as f64
     );
+    if a.load_only {
+        std::process::exit(0);
+    }
 
     if !a.scale {
         // Phase 2: throughput, with the events generated beforehand.
