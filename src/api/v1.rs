@@ -185,7 +185,7 @@ impl From<Customer> for CustomerView {
             accounts: c.accounts.iter().map(|a| a.to_string()).collect(),
             profile: c.profile.to_string(),
             tax_rate: c.tax_rate,
-            commitment: c.commitment,
+            commitment: c.commitment.map(|c| *c),
             budget: c.budget.map(|b| *b),
             account_budgets: c
                 .account_budgets

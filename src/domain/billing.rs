@@ -192,6 +192,8 @@ pub fn bill_customer_with<'u>(
             BillingStep::Commitment => {
                 let minimum = customer
                     .commitment
+                    .as_deref()
+                    .copied()
                     .or(profile.minimum_commitment)
                     .unwrap_or_default();
                 let spend: Decimal = charges.iter().filter(|c| c.meter.is_some()).map(|c| c.net).sum();

@@ -375,7 +375,7 @@ fn commitment_true_up() {
     c.credits = thin_vec::thin_vec![credit("promo", dec!(100), "2027-01-31", None, 0)];
     assert_eq!(two_lines().bill(&c, &enterprise).total.to_string(), "900.00");
     // The customer's own commitment overrides the profile's: 300 < 398.59, no true-up.
-    c.commitment = Some(dec!(300));
+    c.commitment = Some(Box::new(dec!(300)));
     c.credits.clear();
     let bill = two_lines().bill(&c, &enterprise);
     assert!(bill.commitment.is_none());
