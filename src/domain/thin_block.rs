@@ -98,6 +98,44 @@ impl<M, I: Copy, L> ThinBlock<M, I, L> {
         }
     }
 
+    /// A block of exactly `heads` and `items` (room for no more), allocated once.
+    pub fn from_parts(heads: Vec<M>, items: &[I]) -> Self {
+        let mut block = Self::new();
+        if heads.is_empty() && items.is_empty() {
+            return block;
+        }
+        assert!(
+            heads.len() < usize::from(u16::MAX),
+            "a block holds at most {} heads",
+            u16::MAX
+        );
+        assert!(
+            items.len() <= usize::from(u16::MAX),
+            "a block holds at most {} items",
+            u16::MAX
+        );
+        let (n, m) = (heads.len(), items.len());
+        let raw = block.resize(n, TailForm::Items(m));
+        let (tail, _) = Self::layout(n, TailForm::Items(m));
+        // SAFETY: the new block has room for `n` heads at HEADS and `m` items at `tail`.
+        // The heads are moved out of their vector (nothing here can panic), the items
+        // copied; only then does the header count them, so the block is never read or
+        // freed as holding more than it does.
+        unsafe {
+            let base = raw.as_ptr().cast::<u8>();
+            let mut heads = std::mem::ManuallyDrop::new(heads);
+            ptr::copy_nonoverlapping(heads.as_ptr(), base.add(Self::HEADS).cast::<M>(), n);
+            heads.set_len(0);
+            std::mem::ManuallyDrop::drop(&mut heads);
+            ptr::copy_nonoverlapping(items.as_ptr(), base.add(tail).cast::<I>(), m);
+            let h = &mut *raw.as_ptr();
+            h.heads = n as u16;
+            h.items = m as u16;
+            h.capacity = m as u16;
+        }
+        block
+    }
+
     /// Where the tail starts after `heads` heads, and the block's layout.
     fn layout(heads: usize, tail: TailForm) -> (usize, Layout) {
         let end_of_heads = Self::HEADS + heads * size_of::<M>();
@@ -415,15 +453,15 @@ impl<M, I: Copy, L> Drop for ThinBlock<M, I, L> {
 
 impl<M: Clone, I: Copy, L: Clone> Clone for ThinBlock<M, I, L> {
     fn clone(&self) -> Self {
-        let mut copy = Self::new();
-        for (at, head) in self.heads().iter().enumerate() {
-            copy.insert_head(at, head.clone());
-        }
+        let heads = self.heads().to_vec();
         match self.tail() {
-            Tail::Items(items) => copy.set_items(items),
-            Tail::Large(large) => copy.set_large(large.clone()),
+            Tail::Items(items) => Self::from_parts(heads, items),
+            Tail::Large(large) => {
+                let mut copy = Self::from_parts(heads, &[]);
+                copy.set_large(large.clone());
+                copy
+            }
         }
-        copy
     }
 }
 
@@ -530,6 +568,7 @@ mod tests {
         Items(Vec<u32>),
         Clear,
         Clone,
+        Rebuild,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -541,6 +580,7 @@ mod tests {
             1 => proptest::collection::vec(any::<u32>(), 0..20).prop_map(Op::Items),
             1 => Just(Op::Clear),
             1 => Just(Op::Clone),
+            1 => Just(Op::Rebuild),
         ]
     }
 
@@ -586,6 +626,11 @@ mod tests {
                         b.clear_tail();
                     }
                     Op::Clone => b = b.clone(),
+                    Op::Rebuild => {
+                        large = None;
+                        let kept: Vec<(u16, Rc<u64>)> = b.heads().to_vec();
+                        b = Block::from_parts(kept, &items);
+                    }
                     _ => {}
                 }
                 let kept: Vec<u16> = b.heads().iter().map(|h| h.0).collect();

@@ -458,20 +458,26 @@ impl Serialize for AccountUsage {
 impl<'de> Deserialize<'de> for AccountUsage {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let written = UsageWritten::<Vec<(MeterId, MeterAggregate)>, Vec<u128>>::deserialize(deserializer)?;
-        let mut usage = AccountUsage::default();
-        for (meter, aggregate) in written.meters {
-            match usage.meters().binary_search_by_key(&meter, |m| m.0) {
-                Ok(_) => {
-                    return Err(serde::de::Error::custom(format_args!(
-                        "the aggregate of meter {} appears twice in one account's usage",
-                        meter.0
-                    )))
-                }
-                Err(i) => usage.block.insert_head(i, (meter, aggregate)),
-            }
+        let mut meters = written.meters;
+        meters.sort_by_key(|m| m.0);
+        if let Some(twice) = meters.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(serde::de::Error::custom(format_args!(
+                "the aggregate of meter {} appears twice in one account's usage",
+                twice[0].0 .0
+            )));
         }
-        usage.set_ids(written.seen);
-        Ok(usage)
+        // One allocation of the right size (a cold start reads millions of these).
+        let ids = Self::kept_ids(written.seen);
+        Ok(AccountUsage {
+            block: match ids {
+                Ok(sorted) => ThinBlock::from_parts(meters, &sorted),
+                Err(large) => {
+                    let mut block = ThinBlock::from_parts(meters, &[]);
+                    block.set_large(large);
+                    block
+                }
+            },
+        })
     }
 }
 
@@ -637,14 +643,22 @@ impl AccountUsage {
     /// Makes the ids seen exactly `ids` (only their low 96 bits count), each kept in the
     /// form their number calls for: sorted in the block, or one large set.
     fn set_ids(&mut self, ids: Vec<u128>) {
+        match Self::kept_ids(ids) {
+            Ok(sorted) => self.block.set_items(&sorted),
+            Err(large) => self.block.set_large(large),
+        }
+    }
+
+    /// `ids` (only their low 96 bits count) as they are kept: sorted fingerprints while
+    /// [`Self::SORTED_MAX`] or fewer, else one large set.
+    fn kept_ids(ids: Vec<u128>) -> Result<Vec<Fp96>, LargeIds> {
         let mut ids: Vec<u128> = ids.into_iter().map(|id| id & Fp96::MASK).collect();
         ids.sort_unstable();
         ids.dedup();
         if ids.len() > Self::SORTED_MAX {
-            self.block.set_large(LargeIds::of(ids));
+            Err(LargeIds::of(ids))
         } else {
-            let ids: Vec<Fp96> = ids.into_iter().map(Fp96::new).collect();
-            self.block.set_items(&ids);
+            Ok(ids.into_iter().map(Fp96::new).collect())
         }
     }
 
