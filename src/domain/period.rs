@@ -9,12 +9,23 @@ use std::str::FromStr;
 
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
+use std::num::NonZeroU8;
 
 /// A calendar month, the unit of billing. Orders chronologically.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Period {
     year: i32,
-    month: u32,
+    /// 1..=12; never 0, so an `Option<Period>` takes no more room than a period (every
+    /// customer's entity holds two).
+    month: NonZeroU8,
+}
+
+/// The month `m` (1..=12) as kept.
+fn month(m: u32) -> NonZeroU8 {
+    u8::try_from(m)
+        .ok()
+        .and_then(NonZeroU8::new)
+        .expect("a month is 1..=12")
 }
 
 impl Period {
@@ -22,20 +33,28 @@ impl Period {
     pub fn new(year: i32, month: u32) -> Option<Period> {
         NaiveDate::from_ymd_opt(year, month, 1)?;
         NaiveDate::from_ymd_opt(year + 1, 1, 1)?;
-        Some(Period { year, month })
+        Some(Period {
+            year,
+            month: self::month(month),
+        })
     }
 
     /// The period that contains `date`.
     pub fn containing(date: NaiveDate) -> Period {
         Period {
             year: date.year(),
-            month: date.month(),
+            month: month(date.month()),
         }
+    }
+
+    /// The month of the year, 1..=12.
+    fn month(&self) -> u32 {
+        u32::from(self.month.get())
     }
 
     /// The first day of the period.
     pub fn first_day(&self) -> NaiveDate {
-        NaiveDate::from_ymd_opt(self.year, self.month, 1).expect("validated in Period::new")
+        NaiveDate::from_ymd_opt(self.year, self.month(), 1).expect("validated in Period::new")
     }
 
     /// The first day after the period.
@@ -53,29 +72,29 @@ impl Period {
     }
 
     pub fn next(&self) -> Period {
-        if self.month == 12 {
+        if self.month() == 12 {
             Period {
                 year: self.year + 1,
-                month: 1,
+                month: month(1),
             }
         } else {
             Period {
                 year: self.year,
-                month: self.month + 1,
+                month: month(self.month() + 1),
             }
         }
     }
 
     pub fn previous(&self) -> Period {
-        if self.month == 1 {
+        if self.month() == 1 {
             Period {
                 year: self.year - 1,
-                month: 12,
+                month: month(12),
             }
         } else {
             Period {
                 year: self.year,
-                month: self.month - 1,
+                month: month(self.month() - 1),
             }
         }
     }
@@ -83,7 +102,7 @@ impl Period {
 
 impl fmt::Display for Period {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04}-{:02}", self.year, self.month)
+        write!(f, "{:04}-{:02}", self.year, self.month())
     }
 }
 
@@ -132,6 +151,12 @@ impl schemars::JsonSchema for Period {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_period_and_an_optional_one_take_8_bytes() {
+        assert_eq!(std::mem::size_of::<Period>(), 8);
+        assert_eq!(std::mem::size_of::<Option<Period>>(), 8);
+    }
 
     #[test]
     fn month_bounds() {

@@ -893,7 +893,7 @@ mod memory {
         // One per customer, in a hash table with up to 2× slack: the rarely used lists
         // are one word each (BENCHMARKS.md, the 21M-account run, counts on it).
         let size = std::mem::size_of::<super::CustomerEntity>();
-        assert!(size <= 88, "{size}");
+        assert!(size <= 80, "{size}");
     }
 }
 
