@@ -116,7 +116,7 @@ impl<M, I: Copy, L> ThinBlock<M, I, L> {
         );
         let (n, m) = (heads.len(), items.len());
         let raw = block.resize(n, TailForm::Items(m));
-        let (tail, _) = Self::layout(n, TailForm::Items(m));
+        let tail = Self::tail_at(n, TailForm::Items(m));
         // SAFETY: the new block has room for `n` heads at HEADS and `m` items at `tail`.
         // The heads are moved out of their vector (nothing here can panic), the items
         // copied; only then does the header count them, so the block is never read or
@@ -136,16 +136,25 @@ impl<M, I: Copy, L> ThinBlock<M, I, L> {
         block
     }
 
-    /// Where the tail starts after `heads` heads, and the block's layout.
-    fn layout(heads: usize, tail: TailForm) -> (usize, Layout) {
+    /// Where the tail starts after `heads` heads (what every access computes: no
+    /// `Layout` checks on the way).
+    fn tail_at(heads: usize, tail: TailForm) -> usize {
         let end_of_heads = Self::HEADS + heads * size_of::<M>();
-        let (at, size) = match tail {
-            TailForm::Items(capacity) => (round_up(end_of_heads, align_of::<I>()), capacity * size_of::<I>()),
-            TailForm::Large => (round_up(end_of_heads, align_of::<L>()), size_of::<L>()),
+        match tail {
+            TailForm::Items(_) => round_up(end_of_heads, align_of::<I>()),
+            TailForm::Large => round_up(end_of_heads, align_of::<L>()),
+        }
+    }
+
+    /// The layout of a block of `heads` heads and a `tail` form.
+    fn layout(heads: usize, tail: TailForm) -> Layout {
+        let size = match tail {
+            TailForm::Items(capacity) => capacity * size_of::<I>(),
+            TailForm::Large => size_of::<L>(),
         };
-        let layout = Layout::from_size_align(round_up(at + size, Self::ALIGN), Self::ALIGN)
-            .expect("a block's size is bounded by u16 counts");
-        (at, layout)
+        let end = Self::tail_at(heads, tail) + size;
+        Layout::from_size_align(round_up(end, Self::ALIGN), Self::ALIGN)
+            .expect("a block's size is bounded by u16 counts")
     }
 
     fn header(&self) -> Option<&Header> {
@@ -197,7 +206,7 @@ impl<M, I: Copy, L> ThinBlock<M, I, L> {
         // this many heads and this form, and holds `items` initialised `I`s or one `L`.
         unsafe {
             let h = b.as_ref();
-            let (at, _) = Self::layout(usize::from(h.heads), Self::form(h));
+            let at = Self::tail_at(usize::from(h.heads), Self::form(h));
             let tail = b.as_ptr().cast::<u8>().add(at);
             if h.large {
                 Tail::Large(&*tail.cast::<L>())
@@ -214,7 +223,7 @@ impl<M, I: Copy, L> ThinBlock<M, I, L> {
         // SAFETY: as in `tail`, borrowed mutably through `&mut self`.
         unsafe {
             let h = b.as_ref();
-            let (at, _) = Self::layout(usize::from(h.heads), Self::form(h));
+            let at = Self::tail_at(usize::from(h.heads), Self::form(h));
             let tail = b.as_ptr().cast::<u8>().add(at);
             if h.large {
                 TailMut::Large(&mut *tail.cast::<L>())
@@ -231,7 +240,7 @@ impl<M, I: Copy, L> ThinBlock<M, I, L> {
     /// up to the shorter of the two sizes; a new block gets a zeroed header. Returns
     /// the block. Nothing is moved within it: callers move the tail themselves.
     fn resize(&mut self, heads: usize, tail: TailForm) -> NonNull<Header> {
-        let (_, new) = Self::layout(heads, tail);
+        let new = Self::layout(heads, tail);
         let raw = match self.header() {
             // SAFETY: the layout is non-zero (it holds the header); a fresh header is
             // written before anything reads it.
@@ -248,7 +257,7 @@ impl<M, I: Copy, L> ThinBlock<M, I, L> {
                 raw
             },
             Some(h) => {
-                let (_, old) = Self::layout(usize::from(h.heads), Self::form(h));
+                let old = Self::layout(usize::from(h.heads), Self::form(h));
                 // SAFETY: the block was allocated with `old` (its header says so), and
                 // both layouts share one alignment.
                 unsafe { realloc(self.as_ptr().cast_mut(), old, new.size()) }
@@ -272,8 +281,8 @@ impl<M, I: Copy, L> ThinBlock<M, I, L> {
             "a block holds at most {} heads",
             u16::MAX
         );
-        let (old_tail, _) = Self::layout(heads, form);
-        let (new_tail, _) = Self::layout(heads + 1, form);
+        let old_tail = Self::tail_at(heads, form);
+        let new_tail = Self::tail_at(heads + 1, form);
         let tail_bytes = match (form, self.header()) {
             (TailForm::Large, _) => size_of::<L>(),
             (TailForm::Items(_), h) => h.map_or(0, |h| usize::from(h.items)) * size_of::<I>(),
@@ -322,7 +331,7 @@ impl<M, I: Copy, L> ThinBlock<M, I, L> {
                 block
             }
         };
-        let (tail, _) = Self::layout(heads, TailForm::Items(0));
+        let tail = Self::tail_at(heads, TailForm::Items(0));
         // SAFETY: the tail has room for one more item; the items from `at` move one
         // place on (overlapping: `ptr::copy`) and `item` fills the gap.
         unsafe {
@@ -359,7 +368,7 @@ impl<M, I: Copy, L> ThinBlock<M, I, L> {
         self.drop_large();
         let heads = self.heads().len();
         let block = self.resize(heads, TailForm::Items(items.len()));
-        let (tail, _) = Self::layout(heads, TailForm::Items(0));
+        let tail = Self::tail_at(heads, TailForm::Items(0));
         // SAFETY: the block has room for `items.len()` items at `tail`; they are `Copy`.
         unsafe {
             ptr::copy_nonoverlapping(
@@ -381,7 +390,7 @@ impl<M, I: Copy, L> ThinBlock<M, I, L> {
         }
         let heads = self.heads().len();
         let block = self.resize(heads, TailForm::Large);
-        let (tail, _) = Self::layout(heads, TailForm::Large);
+        let tail = Self::tail_at(heads, TailForm::Large);
         // SAFETY: the block has room for one `L` at `tail`; the header says so once it
         // is written (the items before it are `Copy`: nothing to drop).
         unsafe {
@@ -405,7 +414,7 @@ impl<M, I: Copy, L> ThinBlock<M, I, L> {
                 return;
             }
             let heads = usize::from(block.as_ref().heads);
-            let (tail, _) = Self::layout(heads, TailForm::Large);
+            let tail = Self::tail_at(heads, TailForm::Large);
             let large = block.as_ptr().cast::<u8>().add(tail).cast::<L>().read();
             // The block keeps its size until `resize` below, which reads the header:
             // shrink it while the header still says `large`.
@@ -437,7 +446,8 @@ impl<M, I: Copy, L> Drop for ThinBlock<M, I, L> {
         // initialised and what the tail holds, and the layout it was allocated with.
         unsafe {
             let h = block.as_ref();
-            let (tail, layout) = Self::layout(usize::from(h.heads), Self::form(h));
+            let (heads, form) = (usize::from(h.heads), Self::form(h));
+            let (tail, layout) = (Self::tail_at(heads, form), Self::layout(heads, form));
             let base = block.as_ptr().cast::<u8>();
             ptr::drop_in_place(ptr::slice_from_raw_parts_mut(
                 base.add(Self::HEADS).cast::<M>(),
