@@ -1756,6 +1756,17 @@ impl PartitionEngine {
             .await
             .map_err(|e| EngineError::Unavailable(format!("partition {:?}: {e}", self.id)))?;
         let found = std::mem::take(&mut *found.lock().unwrap_or_else(|p| p.into_inner()));
+        // Each shard's table sized once for its share (and a little over, for the
+        // spread), not grown by doubling through every power of two: at 21M accounts the
+        // tables a doubling leaves behind add up to as much as the final ones.
+        let accounts: usize = found.iter().map(|(_, a, ..)| a.len()).sum();
+        let shards = self.directory.shards();
+        for shard in shards {
+            let share = accounts / shards.len();
+            shard.write().reserve(share + share / 16 + 64, |(k, _)| {
+                self.directory.hash_usize(k) as u64
+            });
+        }
         let mut latest = i64::MIN;
         for (key, accounts, last, budgeted, marks) in found {
             for a in accounts {
