@@ -11,6 +11,7 @@ pub mod account;
 pub mod alerts;
 pub mod bill_run;
 pub mod codec;
+pub mod customers;
 pub mod invoices;
 pub mod stats;
 
@@ -267,10 +268,10 @@ pub struct PartitionEngine {
     duplicates: std::sync::atomic::AtomicU64,
     rejected: std::sync::atomic::AtomicU64,
     profiles: Arc<BTreeMap<String, BillingProfile>>,
-    /// Which customer each account belongs to.
-    directory: DashMap<AccountId, CustomerKey, Hashing>,
-    /// Every customer (their accounts are in their entities and in `directory`).
-    customers: dashmap::DashSet<CustomerKey, Hashing>,
+    /// Which customer each account belongs to: the customer's number in `customers`.
+    directory: DashMap<AccountId, u32, Hashing>,
+    /// Every customer, numbered (their accounts are in their entities and in `directory`).
+    customers: customers::Customers,
     /// Held for reading from an ingest's directory lookups to its journal append, and for
     /// writing while accounts change hands, so no event is routed by a stale owner.
     routing: tokio::sync::RwLock<()>,
@@ -781,7 +782,7 @@ async fn open_partition(ctx: &Opening, p: &PartitionConfig) -> Result<Arc<Partit
         rejected: Default::default(),
         profiles: ctx.profiles.clone(),
         directory: DashMap::with_hasher(Hashing::default()),
-        customers: dashmap::DashSet::with_hasher(Hashing::default()),
+        customers: customers::Customers::default(),
         routing: tokio::sync::RwLock::new(()),
         runtime,
         journal: journal.clone(),
@@ -793,7 +794,7 @@ async fn open_partition(ctx: &Opening, p: &PartitionConfig) -> Result<Arc<Partit
     let missing: Vec<Customer> = p
         .customers
         .iter()
-        .filter(|c| !engine.customers.contains(c.id.as_str()))
+        .filter(|c| !engine.customers.exists(c.id.as_str()))
         .cloned()
         .collect();
     if !missing.is_empty() {
@@ -1040,7 +1041,7 @@ impl PartitionEngine {
 
     /// The customer that owns `account`.
     pub fn customer_of(&self, account: &str) -> Option<CustomerKey> {
-        self.directory.get(account).map(|c| c.value().clone())
+        self.directory.get(account).map(|n| self.customers.key(*n))
     }
 
     /// Creates a customer, or replaces the terms of an existing one. Its accounts must
@@ -1078,17 +1079,19 @@ impl PartitionEngine {
         let mut batch = Vec::with_capacity(customers.len());
         for customer in customers {
             let key: CustomerKey = customer.id.as_str().into();
+            let number = self.customers.number(&key);
             let mut mine = Vec::new();
             for account in &customer.accounts {
                 match self.directory.entry(account.clone()) {
                     Entry::Vacant(v) => {
-                        v.insert(key.clone());
+                        v.insert(number);
                         mine.push(account.clone());
                     }
-                    Entry::Occupied(o) if *o.get() == key => {}
+                    Entry::Occupied(o) if *o.get() == number => {}
                     Entry::Occupied(o) => {
-                        let owner = o.get().clone();
+                        let owner = *o.get();
                         drop(o);
+                        let owner = self.customers.key(owner);
                         release(&mine);
                         claimed.iter().for_each(|c| release(c));
                         return Err(EngineError::Conflict(format!(
@@ -1131,8 +1134,9 @@ impl PartitionEngine {
             match outcome {
                 Some(Ok(CustomerReply::Upserted { left })) => {
                     // Accounts the customer no longer lists are free for others.
+                    let number = self.customers.number(key);
                     for a in &left {
-                        self.directory.remove_if(a, |_, owner| owner == key);
+                        self.directory.remove_if(a, |_, owner| *owner == number);
                     }
                 }
                 Some(Err(Failure::Replayed)) => {
@@ -1146,7 +1150,7 @@ impl PartitionEngine {
                     continue;
                 }
             }
-            self.customers.insert(key.clone());
+            self.customers.mark_created(key);
             if budgets[i] {
                 self.budgeted.insert(key.clone(), ());
                 // A new or raised budget may be crossed already.
@@ -1178,8 +1182,11 @@ impl PartitionEngine {
             },
             Err(_) => return,
         };
+        let Some(number) = self.customers.find(customer) else {
+            return;
+        };
         self.directory
-            .retain(|account, owner| owner != customer || listed.binary_search(account).is_ok());
+            .retain(|account, owner| *owner != number || listed.binary_search(account).is_ok());
     }
 
     /// Checks every event, then applies the batch; any invalid event rejects the whole
@@ -1248,7 +1255,7 @@ impl PartitionEngine {
                 (self.directory.determine_shard(hash), hash as u64, account)
             })
             .collect();
-        let mut found = vec![None; wanted.len()];
+        let mut found: Vec<Option<(AccountId, u32)>> = vec![None; wanted.len()];
         let mut order: Vec<u32> = (0..wanted.len() as u32).collect();
         order.sort_unstable_by_key(|&i| wanted[i as usize].0);
         for group in order.chunk_by(|&a, &b| wanted[a as usize].0 == wanted[b as usize].0) {
@@ -1271,10 +1278,27 @@ impl PartitionEngine {
                 let (_, hash, account) = wanted[i as usize];
                 found[i as usize] = table
                     .get(hash, |(k, _)| k.as_str() == account)
-                    .map(|(k, v)| (k.clone(), v.get().clone()));
+                    .map(|(k, v)| (k.clone(), *v.get()));
             }
         }
-        found
+        // The owners' keys, by number: a table of 16 bytes a customer, larger than the
+        // cache at 200k customers; each line asked for a few keys ahead, as above.
+        let keys = self.customers.keys();
+        let fetch_key = |route: &Option<(AccountId, u32)>| {
+            if let Some((_, n)) = route {
+                crate::domain::prefetch(keys.as_ptr().wrapping_add(*n as usize));
+            }
+        };
+        found.iter().take(Self::ROUTE_AHEAD).for_each(fetch_key);
+        (0..found.len())
+            .map(|i| {
+                if let Some(ahead) = found.get(i + Self::ROUTE_AHEAD) {
+                    fetch_key(ahead);
+                }
+                let (account, n) = found[i].take()?;
+                Some((account, keys.get(n as usize)?.clone()))
+            })
+            .collect()
     }
 
     /// Checks and resolves every event against the catalog in force; on any error, none.
@@ -1471,11 +1495,16 @@ impl PartitionEngine {
     pub fn customer_list(&self) -> Vec<(String, Vec<String>)> {
         let mut list: BTreeMap<String, Vec<String>> = self
             .customers
-            .iter()
-            .map(|c| (c.key().to_string(), Vec::new()))
+            .all()
+            .into_iter()
+            .map(|c| (c.to_string(), Vec::new()))
             .collect();
+        let keys = self.customers.keys();
         for entry in self.directory.iter() {
-            if let Some(accounts) = list.get_mut(&**entry.value()) {
+            if let Some(accounts) = keys
+                .get(*entry.value() as usize)
+                .and_then(|c| list.get_mut(c.as_str()))
+            {
                 accounts.push(entry.key().to_string());
             }
         }
@@ -1542,13 +1571,11 @@ impl PartitionEngine {
     pub async fn move_account(&self, customer: &str, account: &str) -> Result<Option<String>, EngineError> {
         let to = self.customer_key(customer)?;
         let _routing = self.routing.write().await;
-        let owner = self
-            .directory
-            .get(account)
-            .map(|r| (r.key().clone(), r.value().clone()));
+        let to_number = self.customers.number(&to);
+        let owner = self.directory.get(account).map(|r| (r.key().clone(), *r.value()));
         let (account_id, from) = match owner {
-            Some((_, from)) if from == to => return Ok(Some(customer.to_owned())),
-            Some((id, from)) => (id, Some(from)),
+            Some((_, from)) if from == to_number => return Ok(Some(customer.to_owned())),
+            Some((id, from)) => (id, Some(self.customers.key(from))),
             None => {
                 let name = account.trim();
                 if name.is_empty() || name.len() > crate::domain::usage::MAX_ID_LEN {
@@ -1646,7 +1673,7 @@ impl PartitionEngine {
                 "account {account:?} could not move to {customer:?} ({outcomes:?}); nothing changed, try again"
             )));
         }
-        self.directory.insert(account_id, to.clone());
+        self.directory.insert(account_id, to_number);
         tracing::info!(partition = %self.id, account, from = ?from, to = %to, "account moved");
         Ok(from.map(|f| f.to_string()))
     }
@@ -1769,8 +1796,9 @@ impl PartitionEngine {
         }
         let mut latest = i64::MIN;
         for (key, accounts, last, budgeted, marks) in found {
+            let number = self.customers.number(&key);
             for a in accounts {
-                self.directory.insert(a, key.clone());
+                self.directory.insert(a, number);
             }
             // Alerts journaled before a crash that kept them from the log, appended now;
             // and every budgeted customer is checked once.
@@ -1787,7 +1815,7 @@ impl PartitionEngine {
             if let Some(day) = last {
                 latest = latest.max(days(day));
             }
-            self.customers.insert(key);
+            self.customers.mark_created(&key);
         }
         self.latest_usage_day
             .fetch_max(latest, std::sync::atomic::Ordering::AcqRel);
@@ -1854,8 +1882,7 @@ impl PartitionEngine {
 
     fn customer_key(&self, customer: &str) -> Result<CustomerKey, EngineError> {
         self.customers
-            .get(customer)
-            .map(|r| r.key().clone())
+            .existing(customer)
             .ok_or_else(|| EngineError::UnknownCustomer(customer.to_owned()))
     }
 
