@@ -155,7 +155,7 @@ pub struct Customer {
     #[serde(default, with = "budgets_by_account")]
     pub account_budgets: thin_vec::ThinVec<(AccountId, Budget)>,
     /// `ThinVec`s (one word each): most customers have none, and the record stays
-    /// within 224 bytes (see the memory test below).
+    /// within 160 bytes (see the memory test below).
     pub discounts: thin_vec::ThinVec<Discount>,
     pub credits: thin_vec::ThinVec<Credit>,
     /// A hash index over `accounts`, built at its first use.

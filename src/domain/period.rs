@@ -21,7 +21,7 @@ pub struct Period {
 }
 
 /// The month `m` (1..=12) as kept.
-fn month(m: u32) -> NonZeroU8 {
+fn month_of(m: u32) -> NonZeroU8 {
     u8::try_from(m)
         .ok()
         .and_then(NonZeroU8::new)
@@ -35,7 +35,7 @@ impl Period {
         NaiveDate::from_ymd_opt(year + 1, 1, 1)?;
         Some(Period {
             year,
-            month: self::month(month),
+            month: month_of(month),
         })
     }
 
@@ -43,7 +43,7 @@ impl Period {
     pub fn containing(date: NaiveDate) -> Period {
         Period {
             year: date.year(),
-            month: month(date.month()),
+            month: month_of(date.month()),
         }
     }
 
@@ -75,12 +75,12 @@ impl Period {
         if self.month() == 12 {
             Period {
                 year: self.year + 1,
-                month: month(1),
+                month: month_of(1),
             }
         } else {
             Period {
                 year: self.year,
-                month: month(self.month() + 1),
+                month: month_of(self.month() + 1),
             }
         }
     }
@@ -89,12 +89,12 @@ impl Period {
         if self.month() == 1 {
             Period {
                 year: self.year - 1,
-                month: month(12),
+                month: month_of(12),
             }
         } else {
             Period {
                 year: self.year,
-                month: month(self.month() - 1),
+                month: month_of(self.month() - 1),
             }
         }
     }

@@ -3,11 +3,10 @@
 //! Every account's id is held twice, in the partition's directory and in its customer's
 //! list of accounts, and every customer's in its segment's table and in the partition's
 //! numbering of customers (the directory points at a customer by number): at millions
-//! of accounts, the size of an id is a large part
-//! of the memory an account costs. Ids of up to 15 bytes (every AWS-style 12-digit
-//! account id, most customer ids) are kept inline, so a lookup compares 16 bytes in
-//! place and a copy is a copy; longer ones share one allocation behind a thin pointer,
-//! as `smol_str` does with its 24 bytes.
+//! of accounts, the size of an id is a large part of the memory an account costs. Ids
+//! of up to 15 bytes (every AWS-style 12-digit account id, most customer ids) are kept
+//! inline, so a lookup compares 16 bytes in place and a copy is a copy; longer ones
+//! share one allocation behind a thin pointer, as `smol_str` does with its 24 bytes.
 
 use std::borrow::Borrow;
 use std::fmt;

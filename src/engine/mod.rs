@@ -1077,9 +1077,11 @@ impl PartitionEngine {
             }
         };
         let mut batch = Vec::with_capacity(customers.len());
+        let mut numbers = Vec::with_capacity(customers.len());
         for customer in customers {
             let key: CustomerKey = customer.id.as_str().into();
             let number = self.customers.number(&key);
+            numbers.push(number);
             let mut mine = Vec::new();
             for account in &customer.accounts {
                 match self.directory.entry(account.clone()) {
@@ -1134,7 +1136,7 @@ impl PartitionEngine {
             match outcome {
                 Some(Ok(CustomerReply::Upserted { left })) => {
                     // Accounts the customer no longer lists are free for others.
-                    let number = self.customers.number(key);
+                    let number = numbers[i];
                     for a in &left {
                         self.directory.remove_if(a, |_, owner| *owner == number);
                     }
