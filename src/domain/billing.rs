@@ -298,14 +298,15 @@ fn in_scope(scope: &Option<Vec<String>>, meter: &Option<Arc<str>>) -> bool {
 fn pool(accounts: &[(&AccountId, &AccountUsage)]) -> Vec<Pool> {
     let mut pools: Vec<Pool> = Vec::new();
     for (i, (_, usage)) in accounts.iter().enumerate() {
-        for (meter, aggregate) in usage.meters() {
-            let p = match pools.binary_search_by_key(meter, |p| p.meter) {
+        for aggregate in usage.meters() {
+            let meter = aggregate.meter();
+            let p = match pools.binary_search_by_key(&meter, |p| p.meter) {
                 Ok(p) => p,
                 Err(p) => {
                     pools.insert(
                         p,
                         Pool {
-                            meter: *meter,
+                            meter,
                             spans: Vec::new(),
                             members: Vec::with_capacity(accounts.len()),
                             total: Decimal::ZERO,

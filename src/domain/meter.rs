@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 use thin_vec::ThinVec;
 
+use super::catalog::MeterId;
 use super::usage::Prehashed;
 
 /// Index of a catalog version within its catalog (0 = the oldest).
@@ -93,21 +94,35 @@ pub struct Reading {
     pub dimension: Option<u64>,
 }
 
-/// The aggregate of one meter for one account over the open period.
+/// The aggregate of one meter for one account over the open period, with its meter.
 ///
-/// One is kept per account and meter in use, millions of them, so it takes 24 bytes:
-/// the common case (a sum or count in one catalog version) is in place, and the rare
-/// larger forms are one pointer away.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MeterAggregate {
-    /// `sum` and `count`: the quantity per catalog version, versions ascending.
-    Additive(Spans),
-    /// `max` and `latest`: the one event that defines the aggregate. Written as the
-    /// struct variant it was before it was boxed (the same bytes).
-    Extreme(Box<Extreme>),
+/// One is kept per account and meter in use, millions of them, so it takes 24 bytes
+/// with its meter id (the id sits in what would be the enum's padding; a pair of id and
+/// aggregate took 32): the common case, a sum or count in one catalog version, is in
+/// place, and the rare larger forms are one pointer away. It is written as the pair
+/// `(meter, aggregate)` it was, the aggregate as the enum [`Written`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeterAggregate(Repr);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Repr {
+    /// `sum` and `count` with usage in one catalog version (nearly all).
+    One {
+        meter: MeterId,
+        version: VersionIdx,
+        quantity: Decimal,
+    },
+    /// `sum` and `count` with usage in several versions: the quantity per version,
+    /// versions ascending (two or more).
+    Spans {
+        meter: MeterId,
+        spans: ThinVec<(VersionIdx, Decimal)>,
+    },
+    /// `max` and `latest`: the one event that defines the aggregate.
+    Extreme { meter: MeterId, extreme: Box<Extreme> },
     /// `unique_count`: each distinct value with the earliest time it was seen and the
     /// version in force then. A value counts in the span where it first appeared.
-    Distinct(DistinctValues),
+    Distinct { meter: MeterId, values: DistinctValues },
 }
 
 /// The event that defines a `max` or `latest` aggregate.
@@ -256,12 +271,39 @@ impl<'de> Deserialize<'de> for DistinctValues {
     }
 }
 
-/// Quantities per catalog version, ascending by version; nearly always one span, kept
-/// in place (more: behind one pointer).
+/// Quantities per catalog version, ascending by version, as an aggregate of a sum or
+/// count is written: one span, or more.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Spans {
     One((VersionIdx, Decimal)),
     Many(ThinVec<(VersionIdx, Decimal)>),
+}
+
+/// An aggregate as it is written (snapshots, journaled hand-overs): the enum it was
+/// before its meter id moved into it. A boxed extreme is written as the struct variant
+/// it was before it was boxed (the same bytes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename = "MeterAggregate")]
+pub enum Written {
+    Additive(Spans),
+    Extreme(Box<Extreme>),
+    Distinct(DistinctValues),
+}
+
+/// [`Written`], borrowed from an aggregate: writing a snapshot copies nothing.
+#[derive(Serialize)]
+#[serde(rename = "MeterAggregate")]
+enum WrittenRef<'a> {
+    Additive(SpansRef<'a>),
+    Extreme(&'a Extreme),
+    Distinct(&'a DistinctValues),
+}
+
+#[derive(Serialize)]
+#[serde(rename = "Spans")]
+enum SpansRef<'a> {
+    One((VersionIdx, Decimal)),
+    Many(&'a [(VersionIdx, Decimal)]),
 }
 
 /// Applying a reading would overflow the aggregate's 28 significant digits.
@@ -269,63 +311,126 @@ pub enum Spans {
 #[error("the meter's aggregate would overflow (more than 28 significant digits)")]
 pub struct Overflow;
 
-impl Spans {
+impl MeterAggregate {
+    /// The aggregate of `meter` from a single reading.
+    pub fn new(meter: MeterId, reading: &Reading) -> MeterAggregate {
+        MeterAggregate(match reading.fold {
+            Fold::Sum | Fold::Count => Repr::One {
+                meter,
+                version: reading.version,
+                quantity: if reading.fold == Fold::Sum {
+                    reading.quantity
+                } else {
+                    Decimal::ONE
+                },
+            },
+            Fold::Max | Fold::Latest => Repr::Extreme {
+                meter,
+                extreme: Box::new(Extreme {
+                    fold: reading.fold,
+                    quantity: reading.quantity,
+                    time: reading.time,
+                    tiebreak: reading.tiebreak,
+                    version: reading.version,
+                }),
+            },
+            Fold::Distinct => {
+                let mut values = DistinctValues::default();
+                if let Some(value) = reading.dimension {
+                    values.see(value, (reading.time, reading.version));
+                }
+                Repr::Distinct { meter, values }
+            }
+        })
+    }
+
+    /// The aggregate of `meter` as it was written.
+    pub fn from_written(meter: MeterId, written: Written) -> MeterAggregate {
+        MeterAggregate(match written {
+            Written::Additive(Spans::One((version, quantity))) => Repr::One {
+                meter,
+                version,
+                quantity,
+            },
+            Written::Additive(Spans::Many(spans)) if spans.len() == 1 => Repr::One {
+                meter,
+                version: spans[0].0,
+                quantity: spans[0].1,
+            },
+            Written::Additive(Spans::Many(spans)) => Repr::Spans { meter, spans },
+            Written::Extreme(extreme) => Repr::Extreme { meter, extreme },
+            Written::Distinct(values) => Repr::Distinct { meter, values },
+        })
+    }
+
+    /// The aggregate without its meter id, as it is written.
+    pub fn written(&self) -> Written {
+        match &self.0 {
+            Repr::One {
+                version, quantity, ..
+            } => Written::Additive(Spans::One((*version, *quantity))),
+            Repr::Spans { spans, .. } => Written::Additive(Spans::Many(spans.clone())),
+            Repr::Extreme { extreme, .. } => Written::Extreme(extreme.clone()),
+            Repr::Distinct { values, .. } => Written::Distinct(values.clone()),
+        }
+    }
+
+    fn written_ref(&self) -> WrittenRef<'_> {
+        match &self.0 {
+            Repr::One {
+                version, quantity, ..
+            } => WrittenRef::Additive(SpansRef::One((*version, *quantity))),
+            Repr::Spans { spans, .. } => WrittenRef::Additive(SpansRef::Many(spans)),
+            Repr::Extreme { extreme, .. } => WrittenRef::Extreme(extreme),
+            Repr::Distinct { values, .. } => WrittenRef::Distinct(values),
+        }
+    }
+
+    /// The meter this is the aggregate of.
+    #[inline]
+    pub fn meter(&self) -> MeterId {
+        match &self.0 {
+            Repr::One { meter, .. }
+            | Repr::Spans { meter, .. }
+            | Repr::Extreme { meter, .. }
+            | Repr::Distinct { meter, .. } => *meter,
+        }
+    }
+
+    /// Adds `quantity` of `version` to a sum or count.
     fn add(&mut self, version: VersionIdx, quantity: Decimal) -> Result<(), Overflow> {
-        match self {
-            Spans::One((v, q)) if *v == version => {
-                *q = q.checked_add(quantity).ok_or(Overflow)?;
-            }
-            Spans::One(first) => {
-                let mut spans = thin_vec::thin_vec![*first, (version, quantity)];
+        match &mut self.0 {
+            Repr::One {
+                version: v,
+                quantity: q,
+                ..
+            } if *v == version => *q = q.checked_add(quantity).ok_or(Overflow)?,
+            Repr::One {
+                meter,
+                version: v,
+                quantity: q,
+            } => {
+                let mut spans = thin_vec::thin_vec![(*v, *q), (version, quantity)];
                 spans.sort_by_key(|s| s.0);
-                *self = Spans::Many(spans);
+                self.0 = Repr::Spans { meter: *meter, spans };
             }
-            Spans::Many(spans) => match spans.binary_search_by_key(&version, |s| s.0) {
+            Repr::Spans { spans, .. } => match spans.binary_search_by_key(&version, |s| s.0) {
                 Ok(i) => spans[i].1 = spans[i].1.checked_add(quantity).ok_or(Overflow)?,
                 Err(i) => spans.insert(i, (version, quantity)),
             },
+            state => {
+                panic!("{state:?} is not a sum or count: the catalog forbids changing a meter's aggregation")
+            }
         }
         Ok(())
     }
 
-    /// The spans as a slice, ascending by version.
-    pub fn as_slice(&self) -> &[(VersionIdx, Decimal)] {
-        match self {
-            Spans::One(pair) => std::slice::from_ref(pair),
-            Spans::Many(spans) => spans,
-        }
-    }
-}
-
-impl MeterAggregate {
-    /// The aggregate of a single reading.
-    pub fn new(reading: &Reading) -> MeterAggregate {
-        match reading.fold {
-            Fold::Sum => MeterAggregate::Additive(Spans::One((reading.version, reading.quantity))),
-            Fold::Count => MeterAggregate::Additive(Spans::One((reading.version, Decimal::ONE))),
-            Fold::Max | Fold::Latest => MeterAggregate::Extreme(Box::new(Extreme {
-                fold: reading.fold,
-                quantity: reading.quantity,
-                time: reading.time,
-                tiebreak: reading.tiebreak,
-                version: reading.version,
-            })),
-            Fold::Distinct => {
-                let mut seen = DistinctValues::default();
-                if let Some(value) = reading.dimension {
-                    seen.see(value, (reading.time, reading.version));
-                }
-                MeterAggregate::Distinct(seen)
-            }
-        }
-    }
-
     /// Folds one more reading in. Commutative and associative across readings.
     pub fn apply(&mut self, reading: &Reading) -> Result<(), Overflow> {
-        match (self, reading.fold) {
-            (MeterAggregate::Additive(spans), Fold::Sum) => spans.add(reading.version, reading.quantity),
-            (MeterAggregate::Additive(spans), Fold::Count) => spans.add(reading.version, Decimal::ONE),
-            (MeterAggregate::Extreme(extreme), fold @ (Fold::Max | Fold::Latest)) => {
+        match (&mut self.0, reading.fold) {
+            (Repr::One { .. } | Repr::Spans { .. }, Fold::Sum) => self.add(reading.version, reading.quantity),
+            (Repr::One { .. } | Repr::Spans { .. }, Fold::Count) => self.add(reading.version, Decimal::ONE),
+            (Repr::Extreme { extreme, .. }, fold @ (Fold::Max | Fold::Latest)) => {
                 let Extreme {
                     quantity,
                     time,
@@ -349,9 +454,9 @@ impl MeterAggregate {
                 }
                 Ok(())
             }
-            (MeterAggregate::Distinct(seen), Fold::Distinct) => {
+            (Repr::Distinct { values, .. }, Fold::Distinct) => {
                 if let Some(value) = reading.dimension {
-                    seen.see(value, (reading.time, reading.version));
+                    values.see(value, (reading.time, reading.version));
                 }
                 Ok(())
             }
@@ -364,16 +469,13 @@ impl MeterAggregate {
     /// Folds another aggregate of the same meter in, as if its readings had been applied
     /// here: sums add, the extreme keeps the winner, distinct values unite.
     pub fn merge(&mut self, other: &MeterAggregate) -> Result<(), Overflow> {
-        match (self, other) {
-            (MeterAggregate::Additive(mine), MeterAggregate::Additive(theirs)) => {
-                for &(version, quantity) in theirs.as_slice() {
-                    mine.add(version, quantity)?;
-                }
-                Ok(())
+        match (&mut self.0, &other.0) {
+            (Repr::One { .. } | Repr::Spans { .. }, Repr::One { .. } | Repr::Spans { .. }) => {
+                other.for_each_span(|version, quantity| self.add(version, quantity))
             }
-            (me @ MeterAggregate::Extreme(_), MeterAggregate::Extreme(theirs)) => {
+            (Repr::Extreme { .. }, Repr::Extreme { extreme: theirs, .. }) => {
                 // Replaying the other extreme as a reading keeps the same winner rules.
-                me.apply(&Reading {
+                self.apply(&Reading {
                     fold: theirs.fold,
                     quantity: theirs.quantity,
                     time: theirs.time,
@@ -382,7 +484,7 @@ impl MeterAggregate {
                     dimension: None,
                 })
             }
-            (MeterAggregate::Distinct(mine), MeterAggregate::Distinct(theirs)) => {
+            (Repr::Distinct { values: mine, .. }, Repr::Distinct { values: theirs, .. }) => {
                 for (value, first) in theirs.iter() {
                     mine.see(value, first);
                 }
@@ -392,13 +494,25 @@ impl MeterAggregate {
         }
     }
 
+    /// Calls `f` with each `(version, quantity)` of a sum or count, versions ascending,
+    /// stopping at its first error.
+    fn for_each_span<E>(&self, mut f: impl FnMut(VersionIdx, Decimal) -> Result<(), E>) -> Result<(), E> {
+        match &self.0 {
+            Repr::One {
+                version, quantity, ..
+            } => f(*version, *quantity),
+            Repr::Spans { spans, .. } => spans.iter().try_for_each(|&(v, q)| f(v, q)),
+            _ => Ok(()),
+        }
+    }
+
     /// The period's quantity: what the invoice line shows.
     pub fn quantity(&self) -> Decimal {
-        match self {
-            MeterAggregate::Additive(Spans::One((_, q))) => *q,
-            MeterAggregate::Additive(Spans::Many(spans)) => spans.iter().map(|s| s.1).sum(),
-            MeterAggregate::Extreme(extreme) => extreme.quantity,
-            MeterAggregate::Distinct(seen) => Decimal::from(seen.len()),
+        match &self.0 {
+            Repr::One { quantity, .. } => *quantity,
+            Repr::Spans { spans, .. } => spans.iter().map(|s| s.1).sum(),
+            Repr::Extreme { extreme, .. } => extreme.quantity,
+            Repr::Distinct { values, .. } => Decimal::from(values.len()),
         }
     }
 
@@ -412,11 +526,30 @@ impl MeterAggregate {
             }
             into[i] += quantity;
         };
-        match self {
-            MeterAggregate::Additive(spans) => spans.as_slice().iter().for_each(|&(v, q)| add(v, q)),
-            MeterAggregate::Extreme(extreme) => add(extreme.version, extreme.quantity),
-            MeterAggregate::Distinct(seen) => seen.iter().for_each(|(_, (_, v))| add(v, Decimal::ONE)),
+        match &self.0 {
+            Repr::One { .. } | Repr::Spans { .. } => {
+                let _ = self.for_each_span(|v, q| {
+                    add(v, q);
+                    Ok::<(), ()>(())
+                });
+            }
+            Repr::Extreme { extreme, .. } => add(extreme.version, extreme.quantity),
+            Repr::Distinct { values, .. } => values.iter().for_each(|(_, (_, v))| add(v, Decimal::ONE)),
         }
+    }
+}
+
+/// Written as the pair `(meter, aggregate)` it was.
+impl Serialize for MeterAggregate {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (self.meter(), self.written_ref()).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for MeterAggregate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (meter, written) = <(MeterId, Written)>::deserialize(deserializer)?;
+        Ok(MeterAggregate::from_written(meter, written))
     }
 }
 
@@ -429,19 +562,17 @@ mod tests {
     }
 
     #[test]
-    fn an_aggregate_takes_24_bytes_and_32_with_its_meter() {
+    fn an_aggregate_takes_24_bytes_with_its_meter() {
         // Kept per account and meter in use: 1.24 of them an account in the ingest
-        // benchmark, where 16 bytes less each is 20 bytes an account.
+        // benchmark. The pair of meter id and aggregate it replaced took 32.
         assert_eq!(std::mem::size_of::<MeterAggregate>(), 24);
-        assert_eq!(
-            std::mem::size_of::<(super::super::catalog::MeterId, MeterAggregate)>(),
-            32
-        );
     }
 
     #[test]
-    fn a_boxed_extreme_is_written_as_the_struct_variant_it_was() {
-        // The form before the box, as snapshots and journaled hand-overs hold it.
+    fn an_aggregate_is_written_as_the_pair_and_the_enum_it_was() {
+        // The form before the meter id moved in, and before the extreme was boxed, as
+        // snapshots and journaled hand-overs hold it: a pair of the meter id and an enum
+        // whose extreme is a struct variant.
         #[derive(Serialize, Deserialize, Debug, PartialEq)]
         enum Before {
             Additive(Spans),
@@ -452,39 +583,110 @@ mod tests {
                 tiebreak: u64,
                 version: VersionIdx,
             },
+            Distinct(HashMap<u64, FirstSeen, Prehashed>),
         }
-        let before = Before::Extreme {
+        let extreme = Extreme {
             fold: Fold::Latest,
             quantity: Decimal::new(12_345, 2),
             time: at(7),
             tiebreak: 99,
             version: 2,
         };
-        let now = MeterAggregate::Extreme(Box::new(Extreme {
-            fold: Fold::Latest,
-            quantity: Decimal::new(12_345, 2),
-            time: at(7),
-            tiebreak: 99,
-            version: 2,
-        }));
+        let distinct: DistinctValues = [(5, (at(3), 1)), (1, (at(4), 0))].into_iter().collect();
+        let cases = [
+            (
+                MeterAggregate::from_written(MeterId(3), Written::Extreme(Box::new(extreme.clone()))),
+                Before::Extreme {
+                    fold: Fold::Latest,
+                    quantity: Decimal::new(12_345, 2),
+                    time: at(7),
+                    tiebreak: 99,
+                    version: 2,
+                },
+            ),
+            (
+                MeterAggregate::from_written(MeterId(1), Written::Additive(Spans::One((4, Decimal::TEN)))),
+                Before::Additive(Spans::One((4, Decimal::TEN))),
+            ),
+            (
+                MeterAggregate::from_written(
+                    MeterId(0),
+                    Written::Additive(Spans::Many(thin_vec::thin_vec![
+                        (0, Decimal::ONE),
+                        (3, Decimal::TWO)
+                    ])),
+                ),
+                Before::Additive(Spans::Many(thin_vec::thin_vec![
+                    (0, Decimal::ONE),
+                    (3, Decimal::TWO)
+                ])),
+            ),
+            (
+                MeterAggregate::from_written(MeterId(7), Written::Distinct(distinct.clone())),
+                Before::Distinct(distinct.iter().collect()),
+            ),
+        ];
+        for (now, before) in cases {
+            let before = (now.meter(), before);
+            assert_eq!(
+                rmp_serde::to_vec(&now).unwrap(),
+                rmp_serde::to_vec(&before).unwrap()
+            );
+            assert_eq!(
+                serde_json::to_string(&now).unwrap(),
+                serde_json::to_string(&before).unwrap()
+            );
+            let read: MeterAggregate = rmp_serde::from_slice(&rmp_serde::to_vec(&before).unwrap()).unwrap();
+            assert_eq!(read, now);
+            let read: MeterAggregate =
+                serde_json::from_str(&serde_json::to_string(&before).unwrap()).unwrap();
+            assert_eq!(read, now);
+            assert_eq!(MeterAggregate::from_written(now.meter(), now.written()), now);
+        }
+        let json = serde_json::to_string(&MeterAggregate::from_written(
+            MeterId(2),
+            Written::Additive(Spans::Many(thin_vec::thin_vec![
+                (0, Decimal::ONE),
+                (3, Decimal::TWO)
+            ])),
+        ))
+        .unwrap();
+        assert_eq!(json, r#"[2,{"Additive":{"Many":[[0,"1"],[3,"2"]]}}]"#);
+        // Several spans written with one (never written so, but readable) are one span.
+        let one: MeterAggregate = serde_json::from_str(r#"[2,{"Additive":{"Many":[[5,"3"]]}}]"#).unwrap();
         assert_eq!(
-            rmp_serde::to_vec(&now).unwrap(),
-            rmp_serde::to_vec(&before).unwrap()
+            one,
+            MeterAggregate::from_written(MeterId(2), Written::Additive(Spans::One((5, Decimal::from(3)))))
         );
-        assert_eq!(
-            serde_json::to_string(&now).unwrap(),
-            serde_json::to_string(&before).unwrap()
-        );
-        let read: MeterAggregate = rmp_serde::from_slice(&rmp_serde::to_vec(&before).unwrap()).unwrap();
-        assert_eq!(read, now);
-        // Spans in place or behind a pointer are written as they were too.
-        let many = Spans::Many(thin_vec::thin_vec![(0, Decimal::ONE), (3, Decimal::TWO)]);
-        let json = serde_json::to_string(&Before::Additive(many.clone())).unwrap();
-        assert_eq!(json, r#"{"Additive":{"Many":[[0,"1"],[3,"2"]]}}"#);
-        assert_eq!(
-            serde_json::from_str::<MeterAggregate>(&json).unwrap(),
-            MeterAggregate::Additive(many)
-        );
+    }
+
+    #[test]
+    fn a_sum_moves_to_spans_when_a_second_version_comes_and_keeps_its_total() {
+        // 2 units in version 1, then 3 in version 0, then 4 in version 1:
+        // spans (0, 3) and (1, 6), quantity 9.
+        let reading = |version, units| Reading {
+            fold: Fold::Sum,
+            quantity: Decimal::from(units),
+            time: at(0),
+            version,
+            tiebreak: 0,
+            dimension: None,
+        };
+        let mut sum = MeterAggregate::new(MeterId(4), &reading(1, 2));
+        assert!(matches!(sum.0, Repr::One { .. }));
+        sum.apply(&reading(0, 3)).unwrap();
+        sum.apply(&reading(1, 4)).unwrap();
+        assert_eq!(sum.meter(), MeterId(4));
+        assert_eq!(sum.quantity(), Decimal::from(9));
+        let mut spans = Vec::new();
+        sum.add_spans_into(&mut spans);
+        assert_eq!(spans, [Decimal::from(3), Decimal::from(6)]);
+        // Merged into an aggregate of one span, the same spans come out.
+        let mut other = MeterAggregate::new(MeterId(4), &reading(1, 1));
+        other.merge(&sum).unwrap();
+        let mut merged = Vec::new();
+        other.add_spans_into(&mut merged);
+        assert_eq!(merged, [Decimal::from(3), Decimal::from(7)]);
     }
 
     #[test]

@@ -257,7 +257,7 @@ pub enum Applied {
 /// each, and found from a guess; more become one [`LargeIds`] set in their place.
 #[derive(Clone, Default)]
 pub struct AccountUsage {
-    block: ThinBlock<(MeterId, MeterAggregate), Fp96, LargeIds>,
+    block: ThinBlock<MeterAggregate, Fp96, LargeIds>,
 }
 
 /// A large set of an account's event ids, past [`AccountUsage::SORTED_MAX`] of them,
@@ -457,13 +457,13 @@ impl Serialize for AccountUsage {
 
 impl<'de> Deserialize<'de> for AccountUsage {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let written = UsageWritten::<Vec<(MeterId, MeterAggregate)>, Vec<u128>>::deserialize(deserializer)?;
+        let written = UsageWritten::<Vec<MeterAggregate>, Vec<u128>>::deserialize(deserializer)?;
         let mut meters = written.meters;
-        meters.sort_by_key(|m| m.0);
-        if let Some(twice) = meters.windows(2).find(|w| w[0].0 == w[1].0) {
+        meters.sort_by_key(MeterAggregate::meter);
+        if let Some(twice) = meters.windows(2).find(|w| w[0].meter() == w[1].meter()) {
             return Err(serde::de::Error::custom(format_args!(
                 "the aggregate of meter {} appears twice in one account's usage",
-                twice[0].0 .0
+                twice[0].meter().0
             )));
         }
         // One allocation of the right size (a cold start reads millions of these).
@@ -538,10 +538,10 @@ impl AccountUsage {
         if !self.insert_id(event) {
             return Ok(Applied::Duplicate);
         }
-        let applied = match self.meters().binary_search_by_key(&meter, |m| m.0) {
-            Ok(i) => self.block.heads_mut()[i].1.apply(reading),
+        let applied = match self.meters().binary_search_by_key(&meter, MeterAggregate::meter) {
+            Ok(i) => self.block.heads_mut()[i].apply(reading),
             Err(i) => {
-                self.block.insert_head(i, (meter, MeterAggregate::new(reading)));
+                self.block.insert_head(i, MeterAggregate::new(meter, reading));
                 Ok(())
             }
         };
@@ -557,10 +557,13 @@ impl AccountUsage {
     /// twice, so both must come from disjoint streams; the engine guarantees it by
     /// pausing the account's traffic while its usage moves.
     pub fn merge(&mut self, other: &AccountUsage) -> Result<(), Overflow> {
-        for (meter, aggregate) in other.meters() {
-            match self.meters().binary_search_by_key(meter, |m| m.0) {
-                Ok(i) => self.block.heads_mut()[i].1.merge(aggregate)?,
-                Err(i) => self.block.insert_head(i, (*meter, aggregate.clone())),
+        for aggregate in other.meters() {
+            match self
+                .meters()
+                .binary_search_by_key(&aggregate.meter(), MeterAggregate::meter)
+            {
+                Ok(i) => self.block.heads_mut()[i].merge(aggregate)?,
+                Err(i) => self.block.insert_head(i, aggregate.clone()),
             }
         }
         if other.ids_len() > Self::SORTED_MAX {
@@ -685,7 +688,7 @@ impl AccountUsage {
     }
 
     /// The aggregates, ascending by meter id.
-    pub fn meters(&self) -> &[(MeterId, MeterAggregate)] {
+    pub fn meters(&self) -> &[MeterAggregate] {
         self.block.heads()
     }
 
@@ -856,14 +859,14 @@ mod tests {
         // The struct before the block: a vector of aggregates and a hash set of ids.
         #[derive(Serialize, Deserialize)]
         struct AccountUsage0 {
-            meters: Vec<(MeterId, MeterAggregate)>,
+            meters: Vec<(MeterId, crate::domain::meter::Written)>,
             seen: std::collections::HashSet<u128, Prehashed>,
         }
         let mut usage = AccountUsage::default();
         usage.apply(9, MeterId(2), &sum_reading(Decimal::TWO)).unwrap();
         usage.apply(4, MeterId(1), &sum_reading(Decimal::ONE)).unwrap();
         let old = AccountUsage0 {
-            meters: usage.meters().to_vec(),
+            meters: usage.meters().iter().map(|m| (m.meter(), m.written())).collect(),
             seen: [9u128, 4].into_iter().collect(),
         };
         let back: AccountUsage = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
@@ -936,8 +939,9 @@ mod tests {
         // (BENCHMARKS.md counts on it).
         assert_eq!(std::mem::size_of::<AccountUsage>(), 8);
         assert!(AccountUsage::default().block.as_ptr().is_null());
-        // With usage: one block of an 8-byte header, 32 bytes an aggregate and 12 an id
-        // (here 8 + 32 + 2 × 12 = 56 bytes, asked of the allocator as one).
+        // With usage: one block of an 8-byte header, 24 bytes an aggregate (its meter id
+        // included) and 12 an id (here 8 + 24 + 2 × 12 = 56 bytes, asked of the
+        // allocator as one).
         let mut usage = AccountUsage::default();
         usage.apply(1, MeterId(0), &sum_reading(Decimal::ONE)).unwrap();
         usage.apply(2, MeterId(0), &sum_reading(Decimal::ONE)).unwrap();
@@ -946,7 +950,7 @@ mod tests {
             unreachable!()
         };
         let end = ids.as_ptr_range().end as usize;
-        assert_eq!(end - usage.block.as_ptr() as usize, 8 + 32 + 2 * 12);
+        assert_eq!(end - usage.block.as_ptr() as usize, 8 + 24 + 2 * 12);
     }
 
     /// A reading of `quantity` for a `sum` meter.
@@ -984,7 +988,7 @@ mod tests {
             assert_eq!(mine.ids_len() as u64, c, "{a} {b} {c}");
             assert!((0..c).all(|n| mine.has_seen(id(n))));
             assert!(!mine.has_seen(id(c)));
-            assert_eq!(mine.meters()[0].1.quantity(), Decimal::from(a + c - b));
+            assert_eq!(mine.meters()[0].quantity(), Decimal::from(a + c - b));
         }
     }
 
@@ -1004,7 +1008,7 @@ mod tests {
             usage.apply_within(2, 1, meter, &reading(1)),
             Ok(Applied::Duplicate)
         );
-        assert_eq!(usage.meters()[0].1.quantity(), Decimal::from(3));
+        assert_eq!(usage.meters()[0].quantity(), Decimal::from(3));
         assert!(!usage.has_seen(3));
     }
 
