@@ -139,16 +139,46 @@ pub struct Extreme {
 /// When a distinct value was first seen, and the catalog version in force then.
 pub type FirstSeen = (DateTime<Utc>, VersionIdx);
 
+/// A [`FirstSeen`] as it is kept: the time in whole seconds since 1970 (32 bits, enough
+/// until 2106), and the version. 8 bytes, so that a value takes 16 with its
+/// fingerprint, where a full time made it 24.
+///
+/// The fraction of a second can go: what a sighting decides is the catalog version the
+/// value counts in, and that follows from the event's date, which two events in the same
+/// second share. So the earliest sighting to the second has the earliest one's version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    secs: u32,
+    version: VersionIdx,
+}
+
+impl Seen {
+    fn of(first: FirstSeen) -> Seen {
+        Seen {
+            // Usage is dated within its period, long after 1970 and before 2106.
+            secs: u32::try_from(first.0.timestamp().max(0)).unwrap_or(u32::MAX),
+            version: first.1,
+        }
+    }
+
+    fn first_seen(self) -> FirstSeen {
+        let time =
+            DateTime::from_timestamp(i64::from(self.secs), 0).expect("32-bit seconds are a valid time");
+        (time, self.version)
+    }
+}
+
 /// The distinct values of a `unique_count` meter, each with when it was first seen.
 ///
 /// Most accounts see a few values a period, so a small set is a vector sorted by value
-/// (24 bytes a value; a hash map's smallest table takes 128); past
+/// (16 bytes a value; a hash map's smallest table takes 128); past
 /// [`DistinctValues::SORTED_MAX`] values, where inserting would move too much, it is a
 /// hash map. Either form is the same set: equal, and written the same way (a map).
+/// Sightings are kept to the second (see [`Seen`]).
 #[derive(Clone, Debug)]
 pub enum DistinctValues {
-    Sorted(ThinVec<(u64, FirstSeen)>),
-    Hashed(Box<HashMap<u64, FirstSeen, Prehashed>>),
+    Sorted(ThinVec<(u64, Seen)>),
+    Hashed(Box<HashMap<u64, Seen, Prehashed>>),
 }
 
 impl Default for DistinctValues {
@@ -163,8 +193,9 @@ impl DistinctValues {
 
     /// Counts `value`, first seen at `first` (an earlier sighting than the one kept wins).
     pub fn see(&mut self, value: u64, first: FirstSeen) {
-        let earlier = |kept: &mut FirstSeen| {
-            if first.0 < kept.0 {
+        let first = Seen::of(first);
+        let earlier = |kept: &mut Seen| {
+            if first.secs < kept.secs {
                 *kept = first;
             }
         };
@@ -172,7 +203,7 @@ impl DistinctValues {
             DistinctValues::Sorted(values) => match values.binary_search_by_key(&value, |v| v.0) {
                 Ok(i) => earlier(&mut values[i].1),
                 Err(_) if values.len() == Self::SORTED_MAX => {
-                    let mut map: HashMap<u64, FirstSeen, Prehashed> =
+                    let mut map: HashMap<u64, Seen, Prehashed> =
                         HashMap::with_capacity_and_hasher(2 * Self::SORTED_MAX, Prehashed);
                     map.extend(values.iter().copied());
                     map.insert(value, first);
@@ -197,8 +228,8 @@ impl DistinctValues {
             DistinctValues::Sorted(values) => values
                 .binary_search_by_key(&value, |v| v.0)
                 .ok()
-                .map(|i| values[i].1),
-            DistinctValues::Hashed(map) => map.get(&value).copied(),
+                .map(|i| values[i].1.first_seen()),
+            DistinctValues::Hashed(map) => map.get(&value).map(|seen| seen.first_seen()),
         }
     }
 
@@ -216,8 +247,10 @@ impl DistinctValues {
     /// Every value with when it was first seen, in no particular order.
     pub fn iter(&self) -> Box<dyn Iterator<Item = (u64, FirstSeen)> + '_> {
         match self {
-            DistinctValues::Sorted(values) => Box::new(values.iter().copied()),
-            DistinctValues::Hashed(map) => Box::new(map.iter().map(|(&v, &f)| (v, f))),
+            DistinctValues::Sorted(values) => {
+                Box::new(values.iter().map(|&(v, seen)| (v, seen.first_seen())))
+            }
+            DistinctValues::Hashed(map) => Box::new(map.iter().map(|(&v, &seen)| (v, seen.first_seen()))),
         }
     }
 }
@@ -261,10 +294,11 @@ impl Serialize for DistinctValues {
 impl<'de> Deserialize<'de> for DistinctValues {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let map = HashMap::<u64, FirstSeen, Prehashed>::deserialize(deserializer)?;
-        Ok(if map.len() > Self::SORTED_MAX {
-            DistinctValues::Hashed(Box::new(map))
+        let kept = map.into_iter().map(|(value, first)| (value, Seen::of(first)));
+        Ok(if kept.len() > Self::SORTED_MAX {
+            DistinctValues::Hashed(Box::new(kept.collect()))
         } else {
-            let mut values: ThinVec<(u64, FirstSeen)> = map.into_iter().collect();
+            let mut values: ThinVec<(u64, Seen)> = kept.collect();
             values.sort_unstable_by_key(|v| v.0);
             DistinctValues::Sorted(values)
         })
@@ -706,6 +740,22 @@ mod tests {
                 "{fill} values and one more"
             );
         }
+    }
+
+    #[test]
+    fn a_distinct_value_takes_16_bytes_and_its_sighting_is_kept_to_the_second() {
+        assert_eq!(std::mem::size_of::<(u64, Seen)>(), 16);
+        // Seen at 12.9 s (version 1), then at 12.2 s (version 1): the same second, so
+        // the first sighting stays, read back as 12 s. Then at 11.5 s (version 0):
+        // earlier, so it wins, read back as 11 s.
+        let at_ms = |ms: i64| DateTime::from_timestamp_millis(1_793_491_200_000 + ms).unwrap();
+        let mut values = DistinctValues::default();
+        values.see(7, (at_ms(12_900), 1));
+        values.see(7, (at_ms(12_200), 1));
+        assert_eq!(values.get(7), Some((at(12), 1)));
+        values.see(7, (at_ms(11_500), 0));
+        assert_eq!(values.get(7), Some((at(11), 0)));
+        assert_eq!(values.len(), 1);
     }
 
     #[test]
