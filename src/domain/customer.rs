@@ -142,12 +142,13 @@ pub struct Customer {
     /// Inline up to 15 bytes, as account ids (no allocation of its own).
     pub id: super::ShortId,
     pub payer: AccountId,
-    /// Every account of the customer, the payer included, sorted and unique.
-    pub accounts: Vec<AccountId>,
+    /// Every account of the customer, the payer included, sorted and unique. A
+    /// `ThinVec` (one word), like the lists below.
+    pub accounts: thin_vec::ThinVec<AccountId>,
     pub profile: super::ShortId,
     pub tax_rate: Decimal,
     /// Boxed, as the budget: few customers have one, and every customer's record stays
-    /// within 160 bytes (an allocator size class; see the memory test below).
+    /// within 128 bytes (an allocator size class; see the memory test below).
     pub commitment: Option<Box<Decimal>>,
     pub budget: Option<Box<Budget>>,
     /// Sorted by account; a `ThinVec` (one word) for the same reason, written as the map
@@ -155,10 +156,11 @@ pub struct Customer {
     #[serde(default, with = "budgets_by_account")]
     pub account_budgets: thin_vec::ThinVec<(AccountId, Budget)>,
     /// `ThinVec`s (one word each): most customers have none, and the record stays
-    /// within 160 bytes (see the memory test below).
+    /// within 128 bytes (see the memory test below).
     pub discounts: thin_vec::ThinVec<Discount>,
     pub credits: thin_vec::ThinVec<Credit>,
-    /// A hash index over `accounts`, built at its first use.
+    /// A hash index over `accounts` (16 bytes), built with the customer; one read back
+    /// is built by [`Customer::reindex`].
     #[serde(skip)]
     pub index: AccountIndex,
 }
@@ -177,13 +179,21 @@ pub struct Customer {
 /// It is only ever a hint: every position it gives is checked against the list, and
 /// a search that finds nothing falls back to the binary search. So an index that is out
 /// of date (the list changed other than through [`Customer::add_account`] and
-/// [`Customer::remove_account`]) costs time, never a wrong answer. It is neither
-/// compared, nor kept, nor copied: a clone builds its own when it needs one.
-#[derive(Default)]
-pub struct AccountIndex(std::sync::OnceLock<Positions>);
+/// [`Customer::remove_account`]) costs time, never a wrong answer; so does one not
+/// built (a customer read back and not yet [`Customer::reindex`]ed). It is neither
+/// compared nor written.
+///
+/// Built with the list, not at its first use: a lazy cell would take 8 bytes more, and
+/// the record would no longer fit its allocator size class of 128 bytes.
+#[derive(Clone, Default)]
+pub struct AccountIndex(Positions);
 
-/// The two forms of an [`AccountIndex`].
+/// The forms of an [`AccountIndex`].
+#[derive(Clone, Default)]
 enum Positions {
+    /// None: too few accounts to need one, or not built.
+    #[default]
+    None,
     Tags([u8; AccountIndex::TAGS]),
     /// Position + 1 per slot; 0 marks an empty slot.
     Table(thin_vec::ThinVec<u16>),
@@ -193,8 +203,9 @@ impl AccountIndex {
     /// Customers with more accounts than this get an index (for fewer, a binary search
     /// reads one or two lines).
     pub const FROM: usize = 3;
-    /// Customers with at most this many accounts are indexed by one byte each.
-    pub const TAGS: usize = 16;
+    /// Customers with at most this many accounts are indexed by one byte each (15: the
+    /// bytes and the form's tag take 16).
+    pub const TAGS: usize = 15;
 
     fn hash(account: &str) -> u64 {
         xxhash_rust::xxh3::xxh3_64(account.as_bytes())
@@ -205,7 +216,15 @@ impl AccountIndex {
         (hash >> 56) as u8
     }
 
-    fn build(accounts: &[AccountId]) -> Positions {
+    /// The index of `accounts`.
+    fn build(accounts: &[AccountId]) -> AccountIndex {
+        AccountIndex(Self::positions(accounts))
+    }
+
+    fn positions(accounts: &[AccountId]) -> Positions {
+        if accounts.len() <= Self::FROM || accounts.len() >= usize::from(u16::MAX) {
+            return Positions::None;
+        }
         if accounts.len() <= Self::TAGS {
             let mut tags = [0u8; Self::TAGS];
             for (tag, account) in tags.iter_mut().zip(accounts) {
@@ -230,7 +249,8 @@ impl AccountIndex {
     fn find(&self, accounts: &[AccountId], account: &str) -> Option<usize> {
         let hash = Self::hash(account);
         let is_at = |i: usize| accounts.get(i).is_some_and(|a| a == account);
-        match self.0.get_or_init(|| Self::build(accounts)) {
+        match &self.0 {
+            Positions::None => None,
             Positions::Tags(tags) => {
                 let tag = Self::tag(hash);
                 (0..accounts.len().min(Self::TAGS)).find(|&i| tags[i] == tag && is_at(i))
@@ -248,12 +268,6 @@ impl AccountIndex {
                 }
             }
         }
-    }
-}
-
-impl Clone for AccountIndex {
-    fn clone(&self) -> Self {
-        AccountIndex::default()
     }
 }
 
@@ -420,7 +434,8 @@ impl Customer {
             super::prefetch(self.accounts.as_ptr().wrapping_add(n.saturating_sub(1)));
             return Some(0..n);
         }
-        match self.index.0.get()? {
+        match &self.index.0 {
+            Positions::None => None,
             Positions::Tags(tags) => {
                 let tag = AccountIndex::tag(AccountIndex::hash(account));
                 fetch((0..n.min(AccountIndex::TAGS)).find(|&i| tags[i] == tag)?)
@@ -470,7 +485,7 @@ impl Customer {
             Ok(i) => (i, false),
             Err(i) => {
                 self.accounts.insert(i, account);
-                self.index = AccountIndex::default();
+                self.reindex();
                 (i, true)
             }
         }
@@ -480,8 +495,19 @@ impl Customer {
     pub fn remove_account(&mut self, account: &str) -> Option<usize> {
         let i = self.position(account)?;
         self.accounts.remove(i);
-        self.index = AccountIndex::default();
+        self.reindex();
         Some(i)
+    }
+
+    fn indexed(mut self) -> Customer {
+        self.reindex();
+        self
+    }
+
+    /// Builds the index of the accounts: for a customer read back (snapshots, the
+    /// journal), whose index is not written. Without it, lookups take the binary search.
+    pub fn reindex(&mut self) {
+        self.index = AccountIndex::build(&self.accounts);
     }
 
     /// Checks a customer's fields. Accounts are sorted and deduplicated, and the payer
@@ -557,7 +583,8 @@ impl Customer {
             discounts: spec.discounts.into(),
             credits: spec.credits.into(),
             index: AccountIndex::default(),
-        })
+        }
+        .indexed())
     }
 }
 
@@ -581,10 +608,12 @@ mod tests {
 
     #[test]
     fn a_customers_record_stays_within_its_allocator_size_class() {
-        // Every customer has one, boxed: 160 bytes is a size class of mimalloc, the next
-        // is 192 (at 21M accounts, 4.2M customers, that step costs 128 MiB).
+        // Every customer has one, boxed: 128 bytes is a size class of mimalloc, the next
+        // is 160 (at 21M accounts, 4.2M customers, that step costs 128 MiB). The index
+        // takes 16 of them.
+        assert_eq!(std::mem::size_of::<AccountIndex>(), 16);
         let size = std::mem::size_of::<Customer>();
-        assert!(size <= 160, "{size}");
+        assert!(size <= 128, "{size}");
     }
 
     #[test]
@@ -674,12 +703,15 @@ mod tests {
         for n in [2, 10, 100] {
             let mut s = spec();
             s.accounts = (0..n).map(|i| format!("{:012}", 500_000 + i * 7)).collect();
-            let c = Customer::from_spec(s, usd()).unwrap();
-            // Before any lookup the index is not built: no guess, where there would be one.
+            let built = Customer::from_spec(s, usd()).unwrap();
+            // Read back, the index is not built: no guess, where there would be one, and
+            // lookups still answer (by binary search).
+            let mut c: Customer = serde_json::from_str(&serde_json::to_string(&built).unwrap()).unwrap();
             if n > AccountIndex::FROM {
                 assert_eq!(c.prefetch_position(&c.accounts[0], 1), None);
             }
-            c.position(&c.accounts[0]);
+            assert_eq!(c.position(&c.accounts[n / 2]), Some(n / 2));
+            c.reindex();
             let mut right = 0;
             for (i, a) in c.accounts.iter().enumerate() {
                 // A table needs a second round (its slot); the other forms answer in one.

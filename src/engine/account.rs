@@ -511,6 +511,14 @@ impl CustomerEntity {
     }
 
     /// The customer's terms; `None` before its first upsert.
+    /// Builds the index of the customer's accounts (which is not written): for an
+    /// entity read back from a snapshot.
+    pub fn reindex(&mut self) {
+        if let Some(customer) = self.customer.as_mut() {
+            customer.reindex();
+        }
+    }
+
     pub fn customer(&self) -> Option<&Customer> {
         self.customer.as_deref()
     }
@@ -604,6 +612,8 @@ impl CustomerEntity {
                 }
             }
         }
+        // Read back from the journal, a customer's index of accounts is not built.
+        terms.reindex();
         self.customer = Some(Box::new(terms));
         left
     }

@@ -43,7 +43,10 @@ impl SnapshotCodec<CustomerEntity> for EntityCodec {
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<(CustomerKey, CustomerEntity), String> {
-        rmp_serde::from_slice(bytes).map_err(|e| format!("a customer does not decode: {e}"))
+        let (key, mut entity): (CustomerKey, CustomerEntity) =
+            rmp_serde::from_slice(bytes).map_err(|e| format!("a customer does not decode: {e}"))?;
+        entity.reindex();
+        Ok((key, entity))
     }
 }
 

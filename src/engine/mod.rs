@@ -1772,7 +1772,7 @@ impl PartitionEngine {
                         e.customer().map(|c| {
                             (
                                 key.clone(),
-                                c.accounts.clone(),
+                                c.accounts.to_vec(),
                                 e.last_usage(),
                                 e.has_budget(),
                                 e.alerts().to_vec(),
