@@ -23,16 +23,67 @@ pub struct ShortId(Repr);
 
 /// Invariant: a string of up to [`ShortId::INLINE`] bytes is always `Inline`, with the
 /// bytes past its length zero; a longer one is always `Heap`. So two ids are equal
-/// exactly when their representations are.
+/// exactly when their representations are (a `Heap` compares its text).
+///
+/// Every field is bytes, so an id is aligned to 1: a directory entry of an id and a
+/// 4-byte customer number takes 20 bytes, not 24.
 #[derive(Clone, PartialEq, Eq)]
 enum Repr {
-    Inline {
-        len: Len,
-        bytes: [u8; ShortId::INLINE],
-    },
-    /// A thin pointer (an `Arc<str>` would take 16 bytes and the enum 24).
-    Heap(Arc<String>),
+    Inline { len: Len, bytes: [u8; ShortId::INLINE] },
+    Heap(HeapText),
 }
+
+/// A long id's text: an `Arc<String>` held as its raw pointer (a thin pointer: an
+/// `Arc<str>` would take 16 bytes), packed so that it asks for no alignment.
+#[repr(C, packed)]
+struct HeapText(std::ptr::NonNull<String>);
+
+// SAFETY: a `HeapText` is an `Arc<String>` (see `new`, `clone` and `drop`), which may be
+// sent and shared between threads.
+unsafe impl Send for HeapText {}
+unsafe impl Sync for HeapText {}
+
+impl HeapText {
+    fn new(text: String) -> HeapText {
+        let raw = Arc::into_raw(Arc::new(text)).cast_mut();
+        HeapText(std::ptr::NonNull::new(raw).expect("an Arc is never null"))
+    }
+
+    fn ptr(&self) -> *const String {
+        // A copy out of the packed field (no reference to it is ever made).
+        let ptr = self.0;
+        ptr.as_ptr()
+    }
+
+    fn as_str(&self) -> &str {
+        // SAFETY: the pointer is from `Arc::into_raw`, and this value holds one of its
+        // counts until it is dropped, so the `String` lives at least as long as `self`.
+        unsafe { &*self.ptr() }
+    }
+}
+
+impl Clone for HeapText {
+    fn clone(&self) -> HeapText {
+        // SAFETY: the pointer came from `Arc::into_raw` and its count is at least 1 (ours).
+        unsafe { Arc::increment_strong_count(self.ptr()) };
+        HeapText(std::ptr::NonNull::new(self.ptr().cast_mut()).expect("an Arc is never null"))
+    }
+}
+
+impl Drop for HeapText {
+    fn drop(&mut self) {
+        // SAFETY: gives back the count this value held (see `clone` and `new`).
+        drop(unsafe { Arc::from_raw(self.ptr()) });
+    }
+}
+
+impl PartialEq for HeapText {
+    fn eq(&self, other: &HeapText) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for HeapText {}
 
 /// The length of an inline id. An enum of 16 values, so that the values it never takes
 /// mark the `Heap` variant and the id needs no tag byte of its own.
@@ -92,7 +143,7 @@ impl ShortId {
                 bytes,
             })
         } else {
-            ShortId(Repr::Heap(Arc::new(s.to_owned())))
+            ShortId(Repr::Heap(HeapText::new(s.to_owned())))
         }
     }
 
@@ -104,7 +155,7 @@ impl ShortId {
                 // constructor of `Inline`), so it is valid UTF-8.
                 unsafe { std::str::from_utf8_unchecked(bytes) }
             }
-            Repr::Heap(s) => s,
+            Repr::Heap(text) => text.as_str(),
         }
     }
 
@@ -226,7 +277,7 @@ impl From<String> for ShortId {
         if s.len() <= Self::INLINE {
             ShortId::new(&s)
         } else {
-            ShortId(Repr::Heap(Arc::new(s)))
+            ShortId(Repr::Heap(HeapText::new(s)))
         }
     }
 }
@@ -283,6 +334,51 @@ mod tests {
     fn an_id_takes_sixteen_bytes_and_none_more_in_an_option() {
         assert_eq!(std::mem::size_of::<ShortId>(), 16);
         assert_eq!(std::mem::size_of::<Option<ShortId>>(), 16);
+        // Aligned to 1: with a 4-byte customer number, a directory entry takes 20 bytes.
+        assert_eq!(std::mem::align_of::<ShortId>(), 1);
+        assert_eq!(std::mem::size_of::<(ShortId, u32)>(), 20);
+    }
+
+    #[test]
+    fn a_long_ids_text_is_shared_by_its_clones_and_freed_with_the_last() {
+        use super::Repr;
+        use std::sync::Arc;
+        // Run under valgrind (`--features system-allocator`) this also shows that the
+        // text is freed once, and only once.
+        let text = "a-customer-id-longer-than-fifteen-bytes";
+        let id = ShortId::new(text);
+        assert!(!id.is_inline());
+        let clones: Vec<ShortId> = (0..3).map(|_| id.clone()).collect();
+        let Repr::Heap(heap) = &id.0 else { unreachable!() };
+        let shared = heap.ptr();
+        // SAFETY: a count is borrowed and given back at once, the id still holds its own.
+        let count = unsafe {
+            Arc::increment_strong_count(shared);
+            let borrowed = Arc::from_raw(shared);
+            Arc::strong_count(&borrowed)
+        };
+        assert_eq!(
+            count,
+            1 + 3 + 1,
+            "the id, its clones, and the count borrowed here"
+        );
+        for c in &clones {
+            let Repr::Heap(h) = &c.0 else { unreachable!() };
+            assert_eq!(h.ptr(), shared);
+            assert_eq!(c, &id);
+            assert_eq!(c.as_str(), text);
+        }
+        // Equal texts in two allocations are equal ids.
+        let other = ShortId::new(text);
+        assert_eq!(other, id);
+        drop(clones);
+        assert_eq!(id.as_str(), text);
+        // Across threads.
+        let moved = id.clone();
+        assert_eq!(
+            std::thread::spawn(move || moved.as_str().len()).join().unwrap(),
+            text.len()
+        );
     }
 
     #[test]
