@@ -230,15 +230,13 @@ pub enum CustomerAnswer {
 /// Usage belongs to one period: `usage` and `departed` to `period`, and, while a bill run
 /// closes the period before it, that period's usage waits in `closing` until its `Close`
 /// command. Usage of the next period can thus stream in while the last one is billed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct CustomerEntity {
     customer: Option<Box<Customer>>,
     /// The period of `usage` and `departed` (`None`: no usage yet).
     period: Option<Period>,
     /// Usage of `customer.accounts[i]` at `usage[i]`.
     usage: ThinVec<AccountUsage>,
-    /// Usage of accounts that left the customer during the period: still billed here.
-    departed: ThinVec<(AccountId, AccountUsage)>,
     /// The usage of the period before `period`, until it is closed.
     closing: Option<Box<ClosingUsage>>,
     /// The latest period closed for this customer.
@@ -246,12 +244,137 @@ pub struct CustomerEntity {
     /// The usage of the last closed period: what late usage is deduplicated against
     /// and re-rated with.
     recent: Option<Box<RecentPeriod>>,
+    /// The latest day of any usage event applied (or refused as a duplicate).
+    last_usage: Option<NaiveDate>,
+    /// What few customers have, behind one pointer (`None`: all of it empty).
+    rare: Option<Box<Rare>>,
+}
+
+/// The lists of a customer that are nearly always empty, kept apart so that an entity
+/// takes 64 bytes (80 with the lists in place).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Rare {
+    /// Usage of accounts that left the customer during the period: still billed here.
+    departed: ThinVec<(AccountId, AccountUsage)>,
     /// Late usage per closed period, until the invoice that bills it.
     late: ThinVec<ClosingUsage>,
     /// Budget thresholds crossed in the open period (and the one being closed).
     alerts: ThinVec<AlertMark>,
-    /// The latest day of any usage event applied (or refused as a duplicate).
+}
+
+static NO_RARE: Rare = Rare {
+    departed: ThinVec::new(),
+    late: ThinVec::new(),
+    alerts: ThinVec::new(),
+};
+
+/// The rare lists, empty ones when there are none.
+fn rare(rare: &Option<Box<Rare>>) -> &Rare {
+    rare.as_deref().unwrap_or(&NO_RARE)
+}
+
+/// The rare lists, to change (made at the first need).
+fn rare_mut(rare: &mut Option<Box<Rare>>) -> &mut Rare {
+    rare.get_or_insert_with(Default::default)
+}
+
+/// Lets the rare lists go once they are all empty.
+fn tidy(rare: &mut Option<Box<Rare>>) {
+    if rare
+        .as_deref()
+        .is_some_and(|r| r.departed.is_empty() && r.late.is_empty() && r.alerts.is_empty())
+    {
+        *rare = None;
+    }
+}
+
+/// Equal state, however the rare lists are held (none, or empty ones).
+impl PartialEq for CustomerEntity {
+    fn eq(&self, other: &Self) -> bool {
+        self.customer == other.customer
+            && self.period == other.period
+            && self.usage == other.usage
+            && self.closing == other.closing
+            && self.closed_through == other.closed_through
+            && self.recent == other.recent
+            && self.last_usage == other.last_usage
+            && rare(&self.rare) == rare(&other.rare)
+    }
+}
+
+impl Eq for CustomerEntity {}
+
+/// An entity as it is written (snapshots): the struct it was before its rare lists
+/// moved behind a pointer, field for field.
+#[derive(Serialize)]
+#[serde(rename = "CustomerEntity")]
+struct EntityWritten<'a> {
+    customer: &'a Option<Box<Customer>>,
+    period: &'a Option<Period>,
+    usage: &'a ThinVec<AccountUsage>,
+    departed: &'a ThinVec<(AccountId, AccountUsage)>,
+    closing: &'a Option<Box<ClosingUsage>>,
+    closed_through: &'a Option<Period>,
+    recent: &'a Option<Box<RecentPeriod>>,
+    late: &'a ThinVec<ClosingUsage>,
+    alerts: &'a ThinVec<AlertMark>,
+    last_usage: &'a Option<NaiveDate>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename = "CustomerEntity")]
+struct EntityRead {
+    customer: Option<Box<Customer>>,
+    period: Option<Period>,
+    usage: ThinVec<AccountUsage>,
+    departed: ThinVec<(AccountId, AccountUsage)>,
+    closing: Option<Box<ClosingUsage>>,
+    closed_through: Option<Period>,
+    recent: Option<Box<RecentPeriod>>,
+    late: ThinVec<ClosingUsage>,
+    alerts: ThinVec<AlertMark>,
     last_usage: Option<NaiveDate>,
+}
+
+impl Serialize for CustomerEntity {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let r = rare(&self.rare);
+        EntityWritten {
+            customer: &self.customer,
+            period: &self.period,
+            usage: &self.usage,
+            departed: &r.departed,
+            closing: &self.closing,
+            closed_through: &self.closed_through,
+            recent: &self.recent,
+            late: &r.late,
+            alerts: &r.alerts,
+            last_usage: &self.last_usage,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for CustomerEntity {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let read = EntityRead::deserialize(deserializer)?;
+        let mut rare = Some(Box::new(Rare {
+            departed: read.departed,
+            late: read.late,
+            alerts: read.alerts,
+        }));
+        tidy(&mut rare);
+        Ok(CustomerEntity {
+            customer: read.customer,
+            period: read.period,
+            usage: read.usage,
+            closing: read.closing,
+            closed_through: read.closed_through,
+            recent: read.recent,
+            last_usage: read.last_usage,
+            rare,
+        })
+    }
 }
 
 /// The last closed period's usage.
@@ -280,9 +403,15 @@ impl CustomerEntity {
             .iter()
             .cloned()
             .zip(self.usage.iter_mut().map(std::mem::take))
-            .chain(self.departed.drain(..))
+            .chain(
+                self.rare
+                    .as_deref_mut()
+                    .map(|r| std::mem::take(&mut r.departed))
+                    .unwrap_or_default(),
+            )
             .filter(|(_, u)| !u.is_empty())
             .collect();
+        tidy(&mut self.rare);
         usage.sort_by(|a, b| a.0.cmp(&b.0));
         usage
     }
@@ -323,7 +452,7 @@ impl CustomerEntity {
     /// of `period`.
     fn adjustments(&self, view: &PricingView) -> Vec<AdjustmentLine> {
         let before = view.period.previous();
-        let Some(late) = self.late.iter().find(|l| l.period == before) else {
+        let Some(late) = rare(&self.rare).late.iter().find(|l| l.period == before) else {
             return Vec::new();
         };
         let base = self
@@ -372,7 +501,7 @@ impl CustomerEntity {
                     .accounts
                     .iter()
                     .zip(&self.usage)
-                    .chain(self.departed.iter().map(|(a, u)| (a, u)))
+                    .chain(rare(&self.rare).departed.iter().map(|(a, u)| (a, u)))
                     .any(|(a, u)| *a == event.account && u.has_seen(event.id))
             }
             _ => false,
@@ -380,17 +509,18 @@ impl CustomerEntity {
         if on_time {
             return CustomerReply::Duplicate;
         }
-        let i = match self.late.iter().position(|l| l.period == period) {
+        let late = &mut rare_mut(&mut self.rare).late;
+        let i = match late.iter().position(|l| l.period == period) {
             Some(i) => i,
             None => {
-                self.late.push(ClosingUsage {
+                late.push(ClosingUsage {
                     period,
                     accounts: Vec::new(),
                 });
-                self.late.len() - 1
+                late.len() - 1
             }
         };
-        let accounts = &mut self.late[i].accounts;
+        let accounts = &mut late[i].accounts;
         let j = match accounts.iter().position(|(a, _)| *a == event.account) {
             Some(j) => j,
             None => {
@@ -406,7 +536,7 @@ impl CustomerEntity {
 
     /// The budget thresholds crossed so far.
     pub fn alerts(&self) -> &[AlertMark] {
-        &self.alerts
+        &rare(&self.rare).alerts
     }
 
     /// Whether the customer or one of its accounts has a budget.
@@ -423,7 +553,8 @@ impl CustomerEntity {
         };
         let bill = self.bill(view)?;
         let raised = |account: Option<&AccountId>, t: u32| {
-            self.alerts
+            rare(&self.rare)
+                .alerts
                 .iter()
                 .any(|a| a.period == view.period && a.account.as_ref() == account && a.threshold == t)
         };
@@ -460,14 +591,14 @@ impl CustomerEntity {
         if self.customer.is_none() {
             return CustomerReply::NoSuchCustomer;
         }
-        let known = self
+        let known = rare(&self.rare)
             .alerts
             .iter()
             .any(|a| a.period == mark.period && a.account == mark.account && a.threshold == mark.threshold);
         if known {
             return CustomerReply::AlertKnown;
         }
-        self.alerts.push(mark.clone());
+        rare_mut(&mut self.rare).alerts.push(mark.clone());
         CustomerReply::AlertRaised
     }
 
@@ -489,8 +620,11 @@ impl CustomerEntity {
             Vec::new()
         };
         // The late usage of the period before was billed on this invoice.
-        self.late.retain(|l| l.period >= close.period);
-        self.alerts.retain(|a| a.period > close.period);
+        if let Some(r) = self.rare.as_deref_mut() {
+            r.late.retain(|l| l.period >= close.period);
+            r.alerts.retain(|a| a.period > close.period);
+        }
+        tidy(&mut self.rare);
         self.recent = Some(Box::new(RecentPeriod {
             usage: ClosingUsage {
                 period: close.period,
@@ -536,7 +670,7 @@ impl CustomerEntity {
         }
         let customer = self.customer.as_deref().ok_or("the customer does not exist")?;
         let usage = customer.accounts.iter().zip(&self.usage);
-        let departed = self.departed.iter().map(|(a, u)| (a, u));
+        let departed = rare(&self.rare).departed.iter().map(|(a, u)| (a, u));
         self.priced(view, &mut usage.chain(departed))
     }
 
@@ -582,7 +716,12 @@ impl CustomerEntity {
             Some(c) => c.accounts.iter().cloned().zip(self.usage.drain(..)).collect(),
             None => Vec::new(),
         };
-        old.extend(self.departed.drain(..));
+        old.extend(
+            self.rare
+                .as_deref_mut()
+                .map(|r| std::mem::take(&mut r.departed))
+                .unwrap_or_default(),
+        );
         self.usage = customer
             .accounts
             .iter()
@@ -591,7 +730,11 @@ impl CustomerEntity {
                 None => AccountUsage::default(),
             })
             .collect();
-        self.departed = old.into_iter().filter(|(_, u)| !u.is_empty()).collect();
+        let departed: ThinVec<_> = old.into_iter().filter(|(_, u)| !u.is_empty()).collect();
+        if !departed.is_empty() {
+            rare_mut(&mut self.rare).departed = departed;
+        }
+        tidy(&mut self.rare);
         let mut terms = customer.clone();
         if let Some(previous) = self.customer.take() {
             // Credits and discounts are grants, not terms: new terms keep those granted
@@ -633,7 +776,7 @@ impl CustomerEntity {
             return Ok(None);
         }
         let mut usage = customer.position(account).map(|i| self.usage[i].clone());
-        if let Some((_, departed)) = self.departed.iter().find(|(a, _)| a == account) {
+        if let Some((_, departed)) = rare(&self.rare).departed.iter().find(|(a, _)| a == account) {
             match &mut usage {
                 Some(u) => u.merge(departed).map_err(|e| e.to_string())?,
                 None => usage = Some(departed.clone()),
@@ -658,8 +801,9 @@ impl CustomerEntity {
             ));
         }
         let mut usage = customer.remove_account(account).map(|i| self.usage.remove(i));
-        if let Some(i) = self.departed.iter().position(|(a, _)| a == account) {
-            let (_, departed) = self.departed.swap_remove(i);
+        if let Some(i) = rare(&self.rare).departed.iter().position(|(a, _)| a == account) {
+            let (_, departed) = rare_mut(&mut self.rare).departed.swap_remove(i);
+            tidy(&mut self.rare);
             match &mut usage {
                 Some(u) => {
                     // Usage that stayed behind for this account rejoins it: disjoint streams.
@@ -683,8 +827,9 @@ impl CustomerEntity {
         if new {
             self.usage.insert(i, AccountUsage::default());
         }
-        if let Some(j) = self.departed.iter().position(|(a, _)| a == account) {
-            let (_, departed) = self.departed.swap_remove(j);
+        if let Some(j) = rare(&self.rare).departed.iter().position(|(a, _)| a == account) {
+            let (_, departed) = rare_mut(&mut self.rare).departed.swap_remove(j);
+            tidy(&mut self.rare);
             let _ = self.usage[i].merge(&departed);
         }
         if let Some(u) = usage {
@@ -729,11 +874,12 @@ impl CustomerEntity {
     /// The usage an account that left the customer after its event was routed keeps
     /// here: its usage of the period stays with this customer.
     fn departed_usage(&mut self, account: &AccountId) -> &mut AccountUsage {
-        match self.departed.iter().position(|(a, _)| a == account) {
-            Some(i) => &mut self.departed[i].1,
+        let departed = &mut rare_mut(&mut self.rare).departed;
+        match departed.iter().position(|(a, _)| a == account) {
+            Some(i) => &mut departed[i].1,
             None => {
-                self.departed.push((account.clone(), AccountUsage::default()));
-                &mut self.departed.last_mut().expect("pushed").1
+                departed.push((account.clone(), AccountUsage::default()));
+                &mut departed.last_mut().expect("pushed").1
             }
         }
     }
@@ -868,7 +1014,7 @@ impl Entity for CustomerEntity {
             CustomerQuery::Bill(view) => CustomerAnswer::Bill(self.bill(view).map(Box::new)),
             CustomerQuery::PeriodBill(view) => CustomerAnswer::Bill(self.bill_of_period(view).map(Box::new)),
             CustomerQuery::Budgets(view) => CustomerAnswer::Budgets(self.budgets(view).map(|c| {
-                let raised = self
+                let raised = rare(&self.rare)
                     .alerts
                     .iter()
                     .filter(|a| a.period == view.period)
@@ -901,9 +1047,78 @@ mod memory {
     #[test]
     fn a_customer_record_stays_within_its_memory_budget() {
         // One per customer, in a hash table with up to 2× slack: the rarely used lists
-        // are one word each (BENCHMARKS.md, the 21M-account run, counts on it).
+        // are one pointer for all three (BENCHMARKS.md, the 21M-account run, counts on it).
         let size = std::mem::size_of::<super::CustomerEntity>();
-        assert!(size <= 80, "{size}");
+        assert!(size <= 64, "{size}");
+    }
+
+    #[test]
+    fn an_entity_is_written_as_the_struct_it_was_and_its_rare_lists_come_and_go() {
+        use super::*;
+        // The struct before the rare lists moved behind a pointer, field for field.
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Before {
+            customer: Option<Box<Customer>>,
+            period: Option<Period>,
+            usage: ThinVec<AccountUsage>,
+            departed: ThinVec<(AccountId, AccountUsage)>,
+            closing: Option<Box<ClosingUsage>>,
+            closed_through: Option<Period>,
+            recent: Option<Box<RecentPeriod>>,
+            late: ThinVec<ClosingUsage>,
+            alerts: ThinVec<AlertMark>,
+            last_usage: Option<NaiveDate>,
+        }
+        let period = Period::new(2026, 11).unwrap();
+        let mark = AlertMark {
+            period,
+            account: None,
+            threshold: 80,
+            budget: rust_decimal::Decimal::ONE_HUNDRED,
+            spent: rust_decimal::Decimal::from(81),
+            at: "2026-11-20T10:00:00Z".parse().unwrap(),
+        };
+        let before = Before {
+            customer: None,
+            period: Some(period),
+            usage: ThinVec::new(),
+            departed: ThinVec::new(),
+            closing: None,
+            closed_through: None,
+            recent: None,
+            late: ThinVec::new(),
+            alerts: thin_vec::thin_vec![mark.clone()],
+            last_usage: NaiveDate::from_ymd_opt(2026, 11, 20),
+        };
+        let mut entity = CustomerEntity {
+            period: Some(period),
+            last_usage: NaiveDate::from_ymd_opt(2026, 11, 20),
+            ..CustomerEntity::default()
+        };
+        assert!(entity.rare.is_none());
+        rare_mut(&mut entity.rare).alerts.push(mark);
+        for (name, bytes) in [
+            ("MessagePack", rmp_serde::to_vec(&entity).unwrap()),
+            ("JSON", serde_json::to_vec(&entity).unwrap()),
+        ] {
+            let same = if name == "JSON" {
+                serde_json::to_vec(&before).unwrap()
+            } else {
+                rmp_serde::to_vec(&before).unwrap()
+            };
+            assert_eq!(bytes, same, "{name}");
+        }
+        let read: CustomerEntity = rmp_serde::from_slice(&rmp_serde::to_vec(&before).unwrap()).unwrap();
+        assert_eq!(read, entity);
+        // Once its lists are empty again, the pointer goes; equal either way.
+        let mut emptied = entity.clone();
+        rare_mut(&mut emptied.rare).alerts.clear();
+        let held = emptied.clone();
+        tidy(&mut emptied.rare);
+        assert!(emptied.rare.is_none() && held.rare.is_some());
+        assert_eq!(emptied, held);
+        let read: CustomerEntity = rmp_serde::from_slice(&rmp_serde::to_vec(&held).unwrap()).unwrap();
+        assert!(read.rare.is_none());
     }
 }
 
