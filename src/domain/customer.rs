@@ -160,7 +160,7 @@ pub struct Customer {
     pub discounts: thin_vec::ThinVec<Discount>,
     pub credits: thin_vec::ThinVec<Credit>,
     /// A hash index over `accounts` (16 bytes), built with the customer; one read back
-    /// is built by [`Customer::reindex`].
+    /// is built by [`Customer::ensure_indexed`].
     #[serde(skip)]
     pub index: AccountIndex,
 }
@@ -180,7 +180,7 @@ pub struct Customer {
 /// a search that finds nothing falls back to the binary search. So an index that is out
 /// of date (the list changed other than through [`Customer::add_account`] and
 /// [`Customer::remove_account`]) costs time, never a wrong answer; so does one not
-/// built (a customer read back and not yet [`Customer::reindex`]ed). It is neither
+/// built (a customer read back and not yet [`Customer::ensure_indexed`]). It is neither
 /// compared nor written.
 ///
 /// Built with the list, not at its first use: a lazy cell would take 8 bytes more, and
@@ -504,10 +504,18 @@ impl Customer {
         self
     }
 
-    /// Builds the index of the accounts: for a customer read back (snapshots, the
-    /// journal), whose index is not written. Without it, lookups take the binary search.
-    pub fn reindex(&mut self) {
+    /// Builds the index of the accounts anew (after the list changed).
+    fn reindex(&mut self) {
         self.index = AccountIndex::build(&self.accounts);
+    }
+
+    /// Builds the index of the accounts unless it is built: for a customer read back
+    /// (snapshots, the journal), whose index is not written. Without it, lookups take
+    /// the binary search.
+    pub fn ensure_indexed(&mut self) {
+        if matches!(self.index.0, Positions::None) {
+            self.reindex();
+        }
     }
 
     /// Checks a customer's fields. Accounts are sorted and deduplicated, and the payer
@@ -711,7 +719,7 @@ mod tests {
                 assert_eq!(c.prefetch_position(&c.accounts[0], 1), None);
             }
             assert_eq!(c.position(&c.accounts[n / 2]), Some(n / 2));
-            c.reindex();
+            c.ensure_indexed();
             let mut right = 0;
             for (i, a) in c.accounts.iter().enumerate() {
                 // A table needs a second round (its slot); the other forms answer in one.

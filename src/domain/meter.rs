@@ -106,11 +106,11 @@ pub struct MeterAggregate(Repr);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Repr {
-    /// `sum` and `count` with usage in one catalog version (nearly all).
+    /// `sum` and `count` with usage in one catalog version (nearly all): its
+    /// `(version, quantity)`.
     One {
         meter: MeterId,
-        version: VersionIdx,
-        quantity: Decimal,
+        span: (VersionIdx, Decimal),
     },
     /// `sum` and `count` with usage in several versions: the quantity per version,
     /// versions ascending (two or more).
@@ -351,12 +351,14 @@ impl MeterAggregate {
         MeterAggregate(match reading.fold {
             Fold::Sum | Fold::Count => Repr::One {
                 meter,
-                version: reading.version,
-                quantity: if reading.fold == Fold::Sum {
-                    reading.quantity
-                } else {
-                    Decimal::ONE
-                },
+                span: (
+                    reading.version,
+                    if reading.fold == Fold::Sum {
+                        reading.quantity
+                    } else {
+                        Decimal::ONE
+                    },
+                ),
             },
             Fold::Max | Fold::Latest => Repr::Extreme {
                 meter,
@@ -381,15 +383,10 @@ impl MeterAggregate {
     /// The aggregate of `meter` as it was written.
     pub fn from_written(meter: MeterId, written: Written) -> MeterAggregate {
         MeterAggregate(match written {
-            Written::Additive(Spans::One((version, quantity))) => Repr::One {
-                meter,
-                version,
-                quantity,
-            },
+            Written::Additive(Spans::One(span)) => Repr::One { meter, span },
             Written::Additive(Spans::Many(spans)) if spans.len() == 1 => Repr::One {
                 meter,
-                version: spans[0].0,
-                quantity: spans[0].1,
+                span: spans[0],
             },
             Written::Additive(Spans::Many(spans)) => Repr::Spans { meter, spans },
             Written::Extreme(extreme) => Repr::Extreme { meter, extreme },
@@ -397,12 +394,11 @@ impl MeterAggregate {
         })
     }
 
-    /// The aggregate without its meter id, as it is written.
-    pub fn written(&self) -> Written {
+    /// The aggregate without its meter id, as it is written (for tests of the format).
+    #[cfg(test)]
+    pub(crate) fn written(&self) -> Written {
         match &self.0 {
-            Repr::One {
-                version, quantity, ..
-            } => Written::Additive(Spans::One((*version, *quantity))),
+            Repr::One { span, .. } => Written::Additive(Spans::One(*span)),
             Repr::Spans { spans, .. } => Written::Additive(Spans::Many(spans.clone())),
             Repr::Extreme { extreme, .. } => Written::Extreme(extreme.clone()),
             Repr::Distinct { values, .. } => Written::Distinct(values.clone()),
@@ -411,9 +407,7 @@ impl MeterAggregate {
 
     fn written_ref(&self) -> WrittenRef<'_> {
         match &self.0 {
-            Repr::One {
-                version, quantity, ..
-            } => WrittenRef::Additive(SpansRef::One((*version, *quantity))),
+            Repr::One { span, .. } => WrittenRef::Additive(SpansRef::One(*span)),
             Repr::Spans { spans, .. } => WrittenRef::Additive(SpansRef::Many(spans)),
             Repr::Extreme { extreme, .. } => WrittenRef::Extreme(extreme),
             Repr::Distinct { values, .. } => WrittenRef::Distinct(values),
@@ -434,17 +428,11 @@ impl MeterAggregate {
     /// Adds `quantity` of `version` to a sum or count.
     fn add(&mut self, version: VersionIdx, quantity: Decimal) -> Result<(), Overflow> {
         match &mut self.0 {
-            Repr::One {
-                version: v,
-                quantity: q,
-                ..
-            } if *v == version => *q = q.checked_add(quantity).ok_or(Overflow)?,
-            Repr::One {
-                meter,
-                version: v,
-                quantity: q,
-            } => {
-                let mut spans = thin_vec::thin_vec![(*v, *q), (version, quantity)];
+            Repr::One { span: (v, q), .. } if *v == version => {
+                *q = q.checked_add(quantity).ok_or(Overflow)?
+            }
+            Repr::One { meter, span } => {
+                let mut spans = thin_vec::thin_vec![*span, (version, quantity)];
                 spans.sort_by_key(|s| s.0);
                 self.0 = Repr::Spans { meter: *meter, spans };
             }
@@ -504,9 +492,10 @@ impl MeterAggregate {
     /// here: sums add, the extreme keeps the winner, distinct values unite.
     pub fn merge(&mut self, other: &MeterAggregate) -> Result<(), Overflow> {
         match (&mut self.0, &other.0) {
-            (Repr::One { .. } | Repr::Spans { .. }, Repr::One { .. } | Repr::Spans { .. }) => {
-                other.for_each_span(|version, quantity| self.add(version, quantity))
-            }
+            (Repr::One { .. } | Repr::Spans { .. }, Repr::One { .. } | Repr::Spans { .. }) => other
+                .spans()
+                .iter()
+                .try_for_each(|&(version, quantity)| self.add(version, quantity)),
             (Repr::Extreme { .. }, Repr::Extreme { extreme: theirs, .. }) => {
                 // Replaying the other extreme as a reading keeps the same winner rules.
                 self.apply(&Reading {
@@ -528,23 +517,20 @@ impl MeterAggregate {
         }
     }
 
-    /// Calls `f` with each `(version, quantity)` of a sum or count, versions ascending,
-    /// stopping at its first error.
-    fn for_each_span<E>(&self, mut f: impl FnMut(VersionIdx, Decimal) -> Result<(), E>) -> Result<(), E> {
+    /// A sum's or count's `(version, quantity)` spans, versions ascending (none for
+    /// the other aggregations).
+    fn spans(&self) -> &[(VersionIdx, Decimal)] {
         match &self.0 {
-            Repr::One {
-                version, quantity, ..
-            } => f(*version, *quantity),
-            Repr::Spans { spans, .. } => spans.iter().try_for_each(|&(v, q)| f(v, q)),
-            _ => Ok(()),
+            Repr::One { span, .. } => std::slice::from_ref(span),
+            Repr::Spans { spans, .. } => spans,
+            Repr::Extreme { .. } | Repr::Distinct { .. } => &[],
         }
     }
 
     /// The period's quantity: what the invoice line shows.
     pub fn quantity(&self) -> Decimal {
         match &self.0 {
-            Repr::One { quantity, .. } => *quantity,
-            Repr::Spans { spans, .. } => spans.iter().map(|s| s.1).sum(),
+            Repr::One { .. } | Repr::Spans { .. } => self.spans().iter().map(|s| s.1).sum(),
             Repr::Extreme { extreme, .. } => extreme.quantity,
             Repr::Distinct { values, .. } => Decimal::from(values.len()),
         }
@@ -561,12 +547,7 @@ impl MeterAggregate {
             into[i] += quantity;
         };
         match &self.0 {
-            Repr::One { .. } | Repr::Spans { .. } => {
-                let _ = self.for_each_span(|v, q| {
-                    add(v, q);
-                    Ok::<(), ()>(())
-                });
-            }
+            Repr::One { .. } | Repr::Spans { .. } => self.spans().iter().for_each(|&(v, q)| add(v, q)),
             Repr::Extreme { extreme, .. } => add(extreme.version, extreme.quantity),
             Repr::Distinct { values, .. } => values.iter().for_each(|(_, (_, v))| add(v, Decimal::ONE)),
         }

@@ -647,9 +647,9 @@ impl CustomerEntity {
     /// The customer's terms; `None` before its first upsert.
     /// Builds the index of the customer's accounts (which is not written): for an
     /// entity read back from a snapshot.
-    pub fn reindex(&mut self) {
+    pub fn ensure_indexed(&mut self) {
         if let Some(customer) = self.customer.as_mut() {
-            customer.reindex();
+            customer.ensure_indexed();
         }
     }
 
@@ -756,7 +756,7 @@ impl CustomerEntity {
             }
         }
         // Read back from the journal, a customer's index of accounts is not built.
-        terms.reindex();
+        terms.ensure_indexed();
         self.customer = Some(Box::new(terms));
         left
     }

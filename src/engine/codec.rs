@@ -45,7 +45,7 @@ impl SnapshotCodec<CustomerEntity> for EntityCodec {
     fn decode(&self, bytes: &[u8]) -> Result<(CustomerKey, CustomerEntity), String> {
         let (key, mut entity): (CustomerKey, CustomerEntity) =
             rmp_serde::from_slice(bytes).map_err(|e| format!("a customer does not decode: {e}"))?;
-        entity.reindex();
+        entity.ensure_indexed();
         Ok((key, entity))
     }
 }
