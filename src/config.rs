@@ -278,6 +278,9 @@ pub struct RuntimeSettings {
     pub rebalance_max_moves: usize,
     /// Busy fraction (0–1) under which an arbiter is not worth unloading.
     pub rebalance_min_busy: f64,
+    /// Seconds between handing the memory the allocator holds free back to the system
+    /// (what a burst, a grown table or a bill run left behind); 0 never does.
+    pub memory_release_interval_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -481,6 +484,12 @@ impl RuntimeSettings {
         )?;
         range("rebalance_interval_secs", self.rebalance_interval_secs, 0, 86_400)?;
         range("snapshot_interval_secs", self.snapshot_interval_secs, 0, 86_400)?;
+        range(
+            "memory_release_interval_secs",
+            self.memory_release_interval_secs,
+            0,
+            86_400,
+        )?;
         range(
             "snapshot_every_events",
             self.snapshot_every_events,
@@ -823,6 +832,7 @@ mod tests {
         assert_eq!(currencies, ["USD", "CNY"]);
         assert!(v.profiles.contains_key("standard") && v.profiles.contains_key("enterprise"));
         assert!(v.partitions.iter().all(|p| !p.customers.is_empty()));
+        assert_eq!(v.runtime.memory_release_interval_secs, 5);
     }
 
     #[test]
@@ -863,6 +873,11 @@ mod tests {
         ));
         assert!(
             m.contains("`catalogs.bad[0].meters[0].price.tiers[0].up_to`"),
+            "{m}"
+        );
+        let m = message(load("[runtime]\nmemory_release_interval_secs = 100000\n"));
+        assert!(
+            m.contains("`runtime.memory_release_interval_secs`") && m.contains("86400"),
             "{m}"
         );
         let m = message(load("[servr]\nlisten = \"127.0.0.1:1\"\n"));

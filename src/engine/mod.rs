@@ -326,6 +326,8 @@ pub struct Engine {
     ctx: Opening,
     pool: Arc<ArbiterPool>,
     router: Addr<Router>,
+    /// Held while the engine lives: the memory-release timer stops when it is gone.
+    _alive: Arc<()>,
 }
 
 /// A partition in a few numbers, for logs, `check-config` and `GET /v1/partitions`.
@@ -425,7 +427,16 @@ impl Engine {
         for p in partitions.values() {
             start_partition_tasks(&ctx, p).await?;
         }
+        let alive = Arc::new(());
+        // Recovery and loading freed what replay and rebuilding took: give it back now,
+        // then every `memory_release_interval_secs`.
+        crate::memory::release_free_memory();
+        if r.memory_release_interval_secs > 0 {
+            let every = std::time::Duration::from_secs(r.memory_release_interval_secs);
+            actix_rt::spawn(memory_release_loop(Arc::downgrade(&alive), every));
+        }
         Ok(Engine {
+            _alive: alive,
             profiles: ctx.profiles.clone(),
             partitions: RwLock::new(partitions),
             created: tokio::sync::Mutex::new(created),
@@ -875,6 +886,26 @@ async fn budget_loop(partition: std::sync::Weak<PartitionEngine>, every: std::ti
                 p.to_check.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
             }
         }
+    }
+}
+
+/// Hands the memory the allocator holds free back to the system every `every`, for as
+/// long as the engine lives (see [`crate::memory::release_free_memory`]).
+async fn memory_release_loop(alive: std::sync::Weak<()>, every: std::time::Duration) {
+    let mut tick = actix_rt::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if alive.upgrade().is_none() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        crate::memory::release_free_memory();
+        tracing::trace!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "free memory released"
+        );
     }
 }
 
