@@ -1,17 +1,31 @@
 //! Event-id fingerprints as an account keeps them ([`Fp96`], 12 bytes), and a set of
-//! them in one flat array ([`IdTable`]): the large form of an account's deduplication
-//! state.
+//! them in buckets of one cache line each ([`IdTable`]): the large form of an account's
+//! deduplication state.
 //!
-//! Open addressing with linear probing over a power-of-two array of 12-byte slots, at
-//! most three quarters full. A lookup reads the slots themselves, so it touches one cache
-//! line (sometimes two); a general hash table keeps its control bytes apart from its
-//! entries and touches two. For the hot accounts whose sets no longer fit in any cache,
-//! that is one memory miss per event instead of two.
+//! A bucket is 64 bytes: five fingerprints and a word that says how many of them are in
+//! use and whether an id whose probe passed the bucket lies further on. An id's home
+//! bucket is chosen from its low 64 bits scaled to the number of buckets; a full bucket
+//! sends the id on to the next one (and is marked so). A lookup reads its home bucket
+//! and, only past a marked one, the next: one cache line nearly always (open addressing
+//! over single slots also touches one; a general hash table, with its control bytes apart
+//! from its entries, touches two). For the hot accounts whose sets no longer fit in any
+//! cache, that is one memory miss per event.
 //!
-//! Fingerprints are uniformly spread (xxh3), so their low bits choose the slot. The
-//! fingerprint 0 marks an empty slot; the one id whose fingerprint is 0 is kept aside.
-//! Removal shifts the following run back (no tombstones), so probes stay short however
-//! often ids go in and out.
+//! Buckets fill to 85% before the table grows. From 64 buckets (4 KiB) on, it grows by
+//! half a power of two at a time (64, 96, 128, 192, 256, 384, …), so ids fill between
+//! about 57% and 85% of their room: about 18 bytes an id, where single slots at most
+//! three quarters full, doubled when full, took 16 to 32 (23 on average). Smaller tables
+//! double. Every size is one of mimalloc's size classes (a power of two, or one and a half
+//! times one), whose blocks it starts on a cache line (a test checks it), so a bucket is
+//! one line without asking the allocator for an alignment: asked for, it rounds many
+//! sizes up to the next class. (Growing by a quarter instead, 16 bytes an id, spread the tables
+//! over twice as many size classes, and the process held more memory, not less.) (Another allocator may place them otherwise: a lookup
+//! then reads two neighbouring lines, never a wrong answer.) Growing often is cheap:
+//! homes are in the order of the ids' low bits, so a growth reads the old buckets in
+//! order and writes the new ones in order.
+//!
+//! Removal moves a bucket's last id into the hole; marks stay (a lookup then reads one
+//! bucket more than it needs, never fewer), until the next growth drops them.
 
 /// An event id's fingerprint as it is kept: the low 96 bits of its 128-bit xxh3, in
 /// 12 bytes (three 32-bit words, so an array of them has no padding).
@@ -46,10 +60,6 @@ impl Fp96 {
     fn low(self) -> u64 {
         u64::from(self.0[0]) | (u64::from(self.0[1]) << 32)
     }
-
-    fn is_zero(self) -> bool {
-        self == Fp96::default()
-    }
 }
 
 impl Ord for Fp96 {
@@ -64,17 +74,46 @@ impl PartialOrd for Fp96 {
     }
 }
 
+/// Ids per bucket: five of 12 bytes, and a word, in one 64-byte line.
+const PER_BUCKET: usize = 5;
+
+/// One cache line of a table: up to five ids, and what [`Bucket::meta`] says.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct Bucket {
+    ids: [Fp96; PER_BUCKET],
+    /// Bits 0–2: ids in use (from the start of `ids`); bit 3: an id whose home is this
+    /// bucket or one before it lies past it.
+    meta: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Bucket>() == 64);
+
+impl Bucket {
+    const PASSED: u32 = 8;
+
+    fn used(&self) -> usize {
+        (self.meta & 7) as usize
+    }
+
+    fn ids(&self) -> &[Fp96] {
+        &self.ids[..self.used()]
+    }
+
+    fn passed(&self) -> bool {
+        self.meta & Self::PASSED != 0
+    }
+}
+
 /// A set of fingerprints (see the module's documentation).
 ///
-/// One allocation, reached through one (fat) pointer that an account's usage holds
-/// inline: its first element is a header (the count, and whether the id 0 is in), the
-/// rest a power of two many slots. So a lookup's two reads, header and slot, both
-/// start from the pointer and go out together, not one after the other.
+/// Its buckets are one allocation of one cache line each; their number and the count
+/// of ids sit beside the pointer, inline where the account's usage holds the table, so
+/// a lookup reads one line of the allocation.
 #[derive(Clone, Debug)]
 pub struct IdTable {
-    /// `[header, slot…]`; an empty slot is 0. The header's low 64 bits count the
-    /// non-zero ids; its top word is 1 when the id 0 is in the set.
-    slots: Box<[Fp96]>,
+    buckets: Box<[Bucket]>,
+    len: usize,
 }
 
 impl Default for IdTable {
@@ -84,163 +123,151 @@ impl Default for IdTable {
 }
 
 impl IdTable {
-    const MIN_SLOTS: usize = 8;
+    /// The fewest buckets a table has.
+    const MIN_BUCKETS: usize = 4;
 
     /// A table that holds `n` ids without growing.
     pub fn with_capacity(n: usize) -> Self {
+        let mut buckets = Self::MIN_BUCKETS;
+        while Self::holds(buckets) < n {
+            buckets = Self::next_size(buckets);
+        }
         IdTable {
-            slots: vec![Fp96::default(); 1 + Self::slots_for(n)].into_boxed_slice(),
+            buckets: vec![Bucket::default(); buckets].into_boxed_slice(),
+            len: 0,
         }
     }
 
-    /// The slots `n` ids need: at most three quarters of them in use.
-    fn slots_for(n: usize) -> usize {
-        (4 * n).div_ceil(3).next_power_of_two().max(Self::MIN_SLOTS)
+    /// The most ids `buckets` buckets take: 85% of their room.
+    fn holds(buckets: usize) -> usize {
+        buckets * PER_BUCKET * 17 / 20
     }
 
-    /// Non-zero ids in the slots.
-    fn count(&self) -> usize {
-        self.slots[0].low() as usize
+    /// From here on, tables grow by half a power of two (4 KiB of buckets).
+    const HALVES_FROM: usize = 64;
+
+    /// The size after `buckets`: twice as many below [`Self::HALVES_FROM`], then half
+    /// the power of two at or below it more (see the module's documentation).
+    fn next_size(buckets: usize) -> usize {
+        if buckets < Self::HALVES_FROM {
+            2 * buckets
+        } else {
+            buckets + (1usize << buckets.ilog2()) / 2
+        }
     }
 
-    fn set_count(&mut self, count: usize) {
-        let zero = self.slots[0].0[2];
-        self.slots[0] = Fp96::new(count as u128);
-        self.slots[0].0[2] = zero;
-    }
-
-    fn has_zero(&self) -> bool {
-        self.slots[0].0[2] != 0
-    }
-
-    fn set_zero(&mut self, zero: bool) {
-        self.slots[0].0[2] = u32::from(zero);
-    }
-
-    /// The number of slots (a power of two).
-    fn capacity(&self) -> usize {
-        self.slots.len() - 1
-    }
-
-    /// The slot where `id`'s probe starts (slots are numbered from 1).
+    /// The bucket where `id`'s probe starts: its low 64 bits scaled to the number of
+    /// buckets.
     fn home(&self, id: Fp96) -> usize {
-        1 + (id.low() as usize & (self.capacity() - 1))
+        ((u128::from(id.low()) * self.buckets.len() as u128) >> 64) as usize
     }
 
-    fn next(&self, slot: usize) -> usize {
-        1 + (slot & (self.capacity() - 1))
-    }
-
-    /// Where `id` is, or the empty slot that ends its probe.
-    fn probe(&self, id: Fp96) -> (usize, bool) {
-        let mut i = self.home(id);
-        // Never full (at most three quarters), so an empty slot ends every probe.
-        loop {
-            match self.slots[i] {
-                x if x == id => return (i, true),
-                x if x.is_zero() => return (i, false),
-                _ => i = self.next(i),
-            }
+    fn next(&self, bucket: usize) -> usize {
+        if bucket + 1 == self.buckets.len() {
+            0
+        } else {
+            bucket + 1
         }
     }
 
-    /// Starts fetching the lines a lookup of `id` reads: the header and its home slot.
+    /// Where `id` is: its bucket and place in it.
+    fn find(&self, id: Fp96) -> Option<(usize, usize)> {
+        let mut b = self.home(id);
+        // Bounded by the number of buckets: marks left by removals never make it loop.
+        for _ in 0..self.buckets.len() {
+            let bucket = &self.buckets[b];
+            if let Some(k) = bucket.ids().iter().position(|&x| x == id) {
+                return Some((b, k));
+            }
+            if !bucket.passed() {
+                return None;
+            }
+            b = self.next(b);
+        }
+        None
+    }
+
+    /// Puts `id` (not in the table) in the first bucket with room from its home on,
+    /// marking the full ones it passes. There is one: buckets are at most 85% full.
+    fn place(&mut self, id: Fp96) {
+        let mut b = self.home(id);
+        loop {
+            let bucket = &mut self.buckets[b];
+            let used = bucket.used();
+            if used < PER_BUCKET {
+                bucket.ids[used] = id;
+                bucket.meta += 1;
+                return;
+            }
+            bucket.meta |= Bucket::PASSED;
+            b = self.next(b);
+        }
+    }
+
+    /// Starts fetching the line a lookup of `id` reads: its home bucket.
     pub fn prefetch(&self, id: u128) {
-        super::prefetch(self.slots.as_ptr());
-        super::prefetch(self.slots.as_ptr().wrapping_add(self.home(Fp96::new(id))));
+        super::prefetch(self.buckets.as_ptr().wrapping_add(self.home(Fp96::new(id))));
     }
 
     /// Whether `id` (its [`Fp96`]) is in.
     pub fn contains(&self, id: u128) -> bool {
-        let id = Fp96::new(id);
-        if id.is_zero() {
-            return self.has_zero();
-        }
-        self.probe(id).1
+        self.find(Fp96::new(id)).is_some()
     }
 
     /// Adds `id`; `false` if it was there already.
     pub fn insert(&mut self, id: u128) -> bool {
         let id = Fp96::new(id);
-        if id.is_zero() {
-            let added = !self.has_zero();
-            self.set_zero(true);
-            return added;
-        }
-        let (mut i, found) = self.probe(id);
-        if found {
+        if self.find(id).is_some() {
             return false;
         }
-        if 4 * (self.count() + 1) > 3 * self.capacity() {
+        if self.len + 1 > Self::holds(self.buckets.len()) {
             self.grow();
-            i = self.probe(id).0;
         }
-        self.slots[i] = id;
-        self.set_count(self.count() + 1);
+        self.place(id);
+        self.len += 1;
         true
     }
 
     /// Takes `id` out; `false` if it was not there.
     pub fn remove(&mut self, id: u128) -> bool {
-        let id = Fp96::new(id);
-        if id.is_zero() {
-            let had = self.has_zero();
-            self.set_zero(false);
-            return had;
-        }
-        let (mut hole, found) = self.probe(id);
-        if !found {
+        let Some((b, k)) = self.find(Fp96::new(id)) else {
             return false;
-        }
-        // Backward shift: move each later member of the run whose home does not lie
-        // cyclically in (hole, j] into the hole, so every probe still reaches its id.
-        let mut j = hole;
-        loop {
-            j = self.next(j);
-            let x = self.slots[j];
-            if x.is_zero() {
-                break;
-            }
-            let home = self.home(x);
-            let stays = if hole <= j {
-                hole < home && home <= j
-            } else {
-                hole < home || home <= j
-            };
-            if !stays {
-                self.slots[hole] = x;
-                hole = j;
-            }
-        }
-        self.slots[hole] = Fp96::default();
-        self.set_count(self.count() - 1);
+        };
+        let bucket = &mut self.buckets[b];
+        let last = bucket.used() - 1;
+        bucket.ids[k] = bucket.ids[last];
+        bucket.ids[last] = Fp96::default();
+        bucket.meta -= 1;
+        self.len -= 1;
         true
     }
 
+    /// Moves every id into the next size up, in the order of their homes (so both
+    /// tables are walked in order).
     fn grow(&mut self) {
-        let mut doubled = vec![Fp96::default(); 1 + 2 * self.capacity()].into_boxed_slice();
-        doubled[0] = self.slots[0];
-        let old = std::mem::replace(&mut self.slots, doubled);
-        for id in old[1..].iter().copied().filter(|x| !x.is_zero()) {
-            let (i, _) = self.probe(id);
-            self.slots[i] = id;
+        let size = Self::next_size(self.buckets.len());
+        let old = std::mem::replace(
+            &mut self.buckets,
+            vec![Bucket::default(); size].into_boxed_slice(),
+        );
+        for bucket in old.iter() {
+            for &id in bucket.ids() {
+                self.place(id);
+            }
         }
     }
 
     pub fn len(&self) -> usize {
-        self.count() + usize::from(self.has_zero())
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
     /// Every id (as its [`Fp96`]), in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = u128> + '_ {
-        self.has_zero()
-            .then_some(0)
-            .into_iter()
-            .chain(self.slots[1..].iter().filter(|x| !x.is_zero()).map(|x| x.get()))
+        self.buckets.iter().flat_map(|b| b.ids().iter().map(|x| x.get()))
     }
 }
 
@@ -276,36 +303,124 @@ mod tests {
     }
 
     #[test]
-    fn grows_at_three_quarters() {
-        // 8 slots hold 6 ids (6 / 8 = 3/4); the 7th doubles them.
-        let mut t = IdTable::default();
-        for id in 1..=6u128 {
-            t.insert(id);
+    fn sizes_double_then_go_by_halves_of_a_power_of_two() {
+        let mut sizes = vec![IdTable::MIN_BUCKETS];
+        while sizes.len() < 14 {
+            sizes.push(IdTable::next_size(*sizes.last().unwrap()));
         }
-        assert_eq!(t.capacity(), 8);
-        t.insert(7);
-        assert_eq!(t.capacity(), 16);
-        assert_eq!(IdTable::with_capacity(6).capacity(), 8);
-        assert_eq!(IdTable::with_capacity(7).capacity(), 16);
+        assert_eq!(
+            sizes,
+            [4, 8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536]
+        );
+        // In bytes, size classes of mimalloc: powers of two, and halfway between them.
+        for buckets in sizes {
+            let bytes = 64 * buckets;
+            assert!(
+                bytes.is_power_of_two() || (bytes / 3).is_power_of_two() && bytes % 3 == 0,
+                "{bytes}"
+            );
+        }
     }
 
     #[test]
-    fn removing_from_a_run_that_wraps_keeps_every_other_id_reachable() {
-        // Ids whose low bits are all 7 share the last of 8 slots as their home: a run
-        // that wraps around the end. Taking out the first shifts the rest back.
-        let mut t = IdTable::with_capacity(4);
-        let ids: Vec<u128> = (1..=4u128).map(|k| (k << 64) | 7).collect();
+    fn grows_at_85_percent() {
+        // 4 buckets of 5 hold 17 ids (85% of 20); the 18th doubles them to 8, which
+        // hold 34. 256 buckets hold 1088; the 1089th grows them to 384.
+        let mut t = IdTable::default();
+        for id in 1..=17u128 {
+            t.insert(id << 70 | id);
+        }
+        assert_eq!(t.buckets.len(), 4);
+        t.insert(18 << 70 | 18);
+        assert_eq!(t.buckets.len(), 8);
+        for id in 1..=18u128 {
+            assert!(t.contains(id << 70 | id));
+        }
+        assert_eq!(IdTable::with_capacity(17).buckets.len(), 4);
+        assert_eq!(IdTable::with_capacity(18).buckets.len(), 8);
+        assert_eq!(IdTable::with_capacity(1088).buckets.len(), 256);
+        assert_eq!(IdTable::with_capacity(1089).buckets.len(), 384);
+    }
+
+    /// Past 1088 ids, ids spread evenly take about 18 bytes each (12 of fingerprint).
+    #[test]
+    fn ids_take_about_eighteen_bytes_each() {
+        let mut t = IdTable::default();
+        let mut worst = 0f64;
+        let mut total = 0f64;
+        let mut samples = 0;
+        for i in 1..=200_000u128 {
+            // Spread like fingerprints: a multiplicative hash of the counter.
+            t.insert(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835));
+            if i >= 1100 && i % 97 == 0 {
+                let bytes = (64 * t.buckets.len()) as f64 / i as f64;
+                worst = worst.max(bytes);
+                total += bytes;
+                samples += 1;
+            }
+        }
+        assert_eq!(t.len(), 200_000);
+        let mean = total / f64::from(samples);
+        assert!((17.0..19.0).contains(&mean), "{mean:.1} bytes an id on average");
+        assert!(worst < 23.0, "{worst:.1} bytes an id at worst");
+    }
+
+    #[test]
+    fn a_full_bucket_sends_ids_on_and_its_mark_finds_them() {
+        // Ids whose low 64 bits are 0 all have bucket 0 as their home: the sixth goes to
+        // bucket 1 and marks bucket 0; the eleventh, bucket 2.
+        let mut t = IdTable::with_capacity(17);
+        let ids: Vec<u128> = (1..=11u128).map(|k| k << 64).collect();
+        for &id in &ids {
+            assert!(t.insert(id));
+        }
+        assert!(t.buckets[0].passed() && t.buckets[1].passed() && !t.buckets[2].passed());
+        assert_eq!(t.buckets[2].used(), 1);
+        for &id in &ids {
+            assert!(t.contains(id), "{id:x}");
+        }
+        // Emptied, bucket 0 keeps its mark: ids further on are still found.
+        for &id in &ids[..5] {
+            assert!(t.remove(id));
+        }
+        assert!(t.buckets[0].passed() && t.buckets[0].used() == 0);
+        for &id in &ids[5..] {
+            assert!(t.contains(id) && !t.insert(id));
+        }
+        assert_eq!(t.len(), 6);
+    }
+
+    #[test]
+    fn the_last_bucket_sends_ids_on_to_the_first() {
+        // Low 64 bits all ones: the last of 4 buckets is the home.
+        let mut t = IdTable::with_capacity(17);
+        let ids: Vec<u128> = (1..=7u128).map(|k| (k << 64) | u128::from(u64::MAX)).collect();
+        assert_eq!(t.home(Fp96::new(ids[0])), 3);
         for &id in &ids {
             t.insert(id);
         }
-        assert!(t.remove(ids[0]));
-        for &id in &ids[1..] {
-            assert!(t.contains(id), "{id:x}");
+        assert!(t.buckets[3].passed());
+        assert_eq!(t.buckets[0].used(), 2);
+        assert!(ids.iter().all(|&id| t.contains(id)));
+    }
+
+    /// With mimalloc, every size of table starts on a cache line, so each bucket is one.
+    #[cfg(not(feature = "system-allocator"))]
+    #[test]
+    fn buckets_are_lines() {
+        // (buckets, where the table starts within a line) for every size it takes.
+        let mut sizes: Vec<(usize, usize)> = Vec::new();
+        let mut t = IdTable::default();
+        for i in 1..=20_000u128 {
+            t.insert(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835));
+            if sizes.last().is_none_or(|&(n, _)| n != t.buckets.len()) {
+                sizes.push((t.buckets.len(), t.buckets.as_ptr() as usize % 64));
+            }
         }
-        assert!(!t.contains(ids[0]));
-        assert!(t.remove(ids[2]));
-        assert!(t.contains(ids[1]) && t.contains(ids[3]));
-        assert_eq!(t.len(), 2);
+        assert!(sizes.len() > 10);
+        for (n, offset) in sizes {
+            assert_eq!(offset, 0, "{n} buckets");
+        }
     }
 
     proptest! {
@@ -316,8 +431,9 @@ mod tests {
             let mut t = IdTable::default();
             let mut model = HashSet::new();
             for (insert, low, high) in ops {
-                // Few distinct home slots: long runs, wrap-arounds, shifts.
-                let id = (u128::from(high) << 64) | (low % 16);
+                // Few distinct homes (the top bits of the low 64 choose the bucket): full
+                // buckets, marks, wrap-arounds, growth.
+                let id = (u128::from(high) << 64) | (low % 16) << 60;
                 if insert {
                     prop_assert_eq!(t.insert(id), model.insert(id));
                 } else {
@@ -327,7 +443,7 @@ mod tests {
             }
             for id in 0..16u128 {
                 for high in 0..4u128 {
-                    let id = (high << 64) | id;
+                    let id = (high << 64) | id << 60;
                     prop_assert_eq!(t.contains(id), model.contains(&id));
                 }
             }
