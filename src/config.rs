@@ -281,6 +281,9 @@ pub struct RuntimeSettings {
     /// Seconds between handing the memory the allocator holds free back to the system
     /// (what a burst, a grown table or a bill run left behind); 0 never does.
     pub memory_release_interval_secs: u64,
+    /// Whether the process's memory may be backed by transparent huge pages: fewer
+    /// address-translation misses, more resident memory.
+    pub transparent_huge_pages: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -833,6 +836,7 @@ mod tests {
         assert!(v.profiles.contains_key("standard") && v.profiles.contains_key("enterprise"));
         assert!(v.partitions.iter().all(|p| !p.customers.is_empty()));
         assert_eq!(v.runtime.memory_release_interval_secs, 5);
+        assert!(!v.runtime.transparent_huge_pages);
     }
 
     #[test]

@@ -381,6 +381,10 @@ impl Engine {
     /// Must run inside an actix system.
     pub async fn start(settings: &Validated, options: EngineOptions) -> Result<Engine, EngineError> {
         stats::register_all();
+        let huge = settings.runtime.transparent_huge_pages;
+        if let Err(e) = crate::memory::use_transparent_huge_pages(huge) {
+            tracing::warn!(enabled = huge, error = %e, "cannot choose whether to use transparent huge pages; the system's setting applies");
+        }
         let pool = Arc::new(ArbiterPool::new(settings.runtime.arbiters));
         let r = &settings.runtime;
         let router = Router::new(
