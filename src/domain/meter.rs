@@ -96,24 +96,27 @@ pub struct Reading {
 
 /// The aggregate of one meter for one account over the open period, with its meter.
 ///
-/// One is kept per account and meter in use, millions of them, so it takes 24 bytes
-/// with its meter id (the id sits in what would be the enum's padding; a pair of id and
-/// aggregate took 32): the common case, a sum or count in one catalog version, is in
-/// place, and the rare larger forms are one pointer away. It is written as the pair
+/// One is kept per account and meter in use, millions of them, so it takes 16 bytes
+/// with its meter id: the common case, a sum or count in one catalog version whose
+/// quantity is a 64-bit number of units of its scale, is in place (a `Decimal` alone
+/// takes 16), and the other forms are one pointer away. It is written as the pair
 /// `(meter, aggregate)` it was, the aggregate as the enum [`Written`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct MeterAggregate(Repr);
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 enum Repr {
-    /// `sum` and `count` with usage in one catalog version (nearly all): its
-    /// `(version, quantity)`.
-    One {
+    /// `sum` and `count` with usage in one catalog version and a quantity of at most
+    /// 18 digits (nearly all): `mantissa × 10^-scale`, exactly the `Decimal` it stands
+    /// for, scale included.
+    Small {
         meter: MeterId,
-        span: (VersionIdx, Decimal),
+        version: VersionIdx,
+        scale: u8,
+        mantissa: i64,
     },
-    /// `sum` and `count` with usage in several versions: the quantity per version,
-    /// versions ascending (two or more).
+    /// `sum` and `count` otherwise: the quantity per version, versions ascending (one
+    /// larger than `Small` holds, or two or more).
     Spans {
         meter: MeterId,
         spans: ThinVec<(VersionIdx, Decimal)>,
@@ -122,8 +125,48 @@ enum Repr {
     Extreme { meter: MeterId, extreme: Box<Extreme> },
     /// `unique_count`: each distinct value with the earliest time it was seen and the
     /// version in force then. A value counts in the span where it first appeared.
-    Distinct { meter: MeterId, values: DistinctValues },
+    Distinct {
+        meter: MeterId,
+        values: Box<DistinctValues>,
+    },
 }
+
+/// `quantity` as a `Small` aggregate holds it: `(scale, mantissa)`, if it fits.
+fn small(quantity: Decimal) -> Option<(u8, i64)> {
+    Some((quantity.scale() as u8, i64::try_from(quantity.mantissa()).ok()?))
+}
+
+/// The `Decimal` that a `Small` aggregate's `(scale, mantissa)` stands for.
+fn decimal(scale: u8, mantissa: i64) -> Decimal {
+    Decimal::from_i128_with_scale(i128::from(mantissa), u32::from(scale))
+}
+
+/// `mantissa × 10^-scale + quantity` at the larger of the two scales, as `Decimal`
+/// adds them, if it still fits a `Small` aggregate.
+fn add_small(scale: u8, mantissa: i64, quantity: Decimal) -> Option<(u8, i64)> {
+    let (theirs, other) = small(quantity)?;
+    let to = scale.max(theirs);
+    let widen = |m: i64, from: u8| 10i64.checked_pow(u32::from(to - from))?.checked_mul(m);
+    Some((to, widen(mantissa, scale)?.checked_add(widen(other, theirs)?)?))
+}
+
+/// Two aggregates are equal when their meters and what they hold are: a sum is its
+/// spans, whichever form holds them.
+impl PartialEq for MeterAggregate {
+    fn eq(&self, other: &MeterAggregate) -> bool {
+        self.meter() == other.meter()
+            && match (&self.0, &other.0) {
+                (Repr::Small { .. } | Repr::Spans { .. }, Repr::Small { .. } | Repr::Spans { .. }) => {
+                    self.spans().eq(other.spans())
+                }
+                (Repr::Extreme { extreme: a, .. }, Repr::Extreme { extreme: b, .. }) => a == b,
+                (Repr::Distinct { values: a, .. }, Repr::Distinct { values: b, .. }) => a == b,
+                _ => false,
+            }
+    }
+}
+
+impl Eq for MeterAggregate {}
 
 /// The event that defines a `max` or `latest` aggregate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,17 +392,8 @@ impl MeterAggregate {
     /// The aggregate of `meter` from a single reading.
     pub fn new(meter: MeterId, reading: &Reading) -> MeterAggregate {
         MeterAggregate(match reading.fold {
-            Fold::Sum | Fold::Count => Repr::One {
-                meter,
-                span: (
-                    reading.version,
-                    if reading.fold == Fold::Sum {
-                        reading.quantity
-                    } else {
-                        Decimal::ONE
-                    },
-                ),
-            },
+            Fold::Sum => Self::additive(meter, thin_vec::thin_vec![(reading.version, reading.quantity)]),
+            Fold::Count => Self::additive(meter, thin_vec::thin_vec![(reading.version, Decimal::ONE)]),
             Fold::Max | Fold::Latest => Repr::Extreme {
                 meter,
                 extreme: Box::new(Extreme {
@@ -375,39 +409,66 @@ impl MeterAggregate {
                 if let Some(value) = reading.dimension {
                     values.see(value, (reading.time, reading.version));
                 }
-                Repr::Distinct { meter, values }
+                Repr::Distinct {
+                    meter,
+                    values: Box::new(values),
+                }
             }
         })
+    }
+
+    /// A sum or count of `spans` (versions ascending, one or more) in its form.
+    fn additive(meter: MeterId, spans: ThinVec<(VersionIdx, Decimal)>) -> Repr {
+        match spans[..] {
+            [(version, quantity)] => match small(quantity) {
+                Some((scale, mantissa)) => Repr::Small {
+                    meter,
+                    version,
+                    scale,
+                    mantissa,
+                },
+                None => Repr::Spans { meter, spans },
+            },
+            _ => Repr::Spans { meter, spans },
+        }
     }
 
     /// The aggregate of `meter` as it was written.
     pub fn from_written(meter: MeterId, written: Written) -> MeterAggregate {
         MeterAggregate(match written {
-            Written::Additive(Spans::One(span)) => Repr::One { meter, span },
-            Written::Additive(Spans::Many(spans)) if spans.len() == 1 => Repr::One {
-                meter,
-                span: spans[0],
-            },
-            Written::Additive(Spans::Many(spans)) => Repr::Spans { meter, spans },
+            Written::Additive(Spans::One(span)) => Self::additive(meter, thin_vec::thin_vec![span]),
+            Written::Additive(Spans::Many(spans)) => Self::additive(meter, spans),
             Written::Extreme(extreme) => Repr::Extreme { meter, extreme },
-            Written::Distinct(values) => Repr::Distinct { meter, values },
+            Written::Distinct(values) => Repr::Distinct {
+                meter,
+                values: Box::new(values),
+            },
         })
     }
 
     /// The aggregate without its meter id, as it is written (for tests of the format).
     #[cfg(test)]
     pub(crate) fn written(&self) -> Written {
-        match &self.0 {
-            Repr::One { span, .. } => Written::Additive(Spans::One(*span)),
-            Repr::Spans { spans, .. } => Written::Additive(Spans::Many(spans.clone())),
-            Repr::Extreme { extreme, .. } => Written::Extreme(extreme.clone()),
-            Repr::Distinct { values, .. } => Written::Distinct(values.clone()),
+        match self.written_ref() {
+            WrittenRef::Additive(SpansRef::One(span)) => Written::Additive(Spans::One(span)),
+            WrittenRef::Additive(SpansRef::Many(spans)) => {
+                Written::Additive(Spans::Many(spans.iter().copied().collect()))
+            }
+            WrittenRef::Extreme(extreme) => Written::Extreme(Box::new(extreme.clone())),
+            WrittenRef::Distinct(values) => Written::Distinct(values.clone()),
         }
     }
 
     fn written_ref(&self) -> WrittenRef<'_> {
+        // A single span is written as one, whichever form holds it.
         match &self.0 {
-            Repr::One { span, .. } => WrittenRef::Additive(SpansRef::One(*span)),
+            Repr::Small {
+                version,
+                scale,
+                mantissa,
+                ..
+            } => WrittenRef::Additive(SpansRef::One((*version, decimal(*scale, *mantissa)))),
+            Repr::Spans { spans, .. } if spans.len() == 1 => WrittenRef::Additive(SpansRef::One(spans[0])),
             Repr::Spans { spans, .. } => WrittenRef::Additive(SpansRef::Many(spans)),
             Repr::Extreme { extreme, .. } => WrittenRef::Extreme(extreme),
             Repr::Distinct { values, .. } => WrittenRef::Distinct(values),
@@ -418,7 +479,7 @@ impl MeterAggregate {
     #[inline]
     pub fn meter(&self) -> MeterId {
         match &self.0 {
-            Repr::One { meter, .. }
+            Repr::Small { meter, .. }
             | Repr::Spans { meter, .. }
             | Repr::Extreme { meter, .. }
             | Repr::Distinct { meter, .. } => *meter,
@@ -428,13 +489,29 @@ impl MeterAggregate {
     /// Adds `quantity` of `version` to a sum or count.
     fn add(&mut self, version: VersionIdx, quantity: Decimal) -> Result<(), Overflow> {
         match &mut self.0 {
-            Repr::One { span: (v, q), .. } if *v == version => {
-                *q = q.checked_add(quantity).ok_or(Overflow)?
-            }
-            Repr::One { meter, span } => {
-                let mut spans = thin_vec::thin_vec![*span, (version, quantity)];
-                spans.sort_by_key(|s| s.0);
-                self.0 = Repr::Spans { meter: *meter, spans };
+            Repr::Small {
+                meter,
+                version: v,
+                scale,
+                mantissa,
+            } => {
+                let current = (*v, decimal(*scale, *mantissa));
+                if *v == version {
+                    if let Some((to, sum)) = add_small(*scale, *mantissa, quantity) {
+                        (*scale, *mantissa) = (to, sum);
+                        return Ok(());
+                    }
+                    // Past 18 digits: the same span, as a `Decimal`.
+                    let sum = current.1.checked_add(quantity).ok_or(Overflow)?;
+                    self.0 = Repr::Spans {
+                        meter: *meter,
+                        spans: thin_vec::thin_vec![(version, sum)],
+                    };
+                } else {
+                    let mut spans = thin_vec::thin_vec![current, (version, quantity)];
+                    spans.sort_by_key(|s| s.0);
+                    self.0 = Repr::Spans { meter: *meter, spans };
+                }
             }
             Repr::Spans { spans, .. } => match spans.binary_search_by_key(&version, |s| s.0) {
                 Ok(i) => spans[i].1 = spans[i].1.checked_add(quantity).ok_or(Overflow)?,
@@ -450,8 +527,8 @@ impl MeterAggregate {
     /// Folds one more reading in. Commutative and associative across readings.
     pub fn apply(&mut self, reading: &Reading) -> Result<(), Overflow> {
         match (&mut self.0, reading.fold) {
-            (Repr::One { .. } | Repr::Spans { .. }, Fold::Sum) => self.add(reading.version, reading.quantity),
-            (Repr::One { .. } | Repr::Spans { .. }, Fold::Count) => self.add(reading.version, Decimal::ONE),
+            (Repr::Small { .. } | Repr::Spans { .. }, Fold::Sum) => self.add(reading.version, reading.quantity),
+            (Repr::Small { .. } | Repr::Spans { .. }, Fold::Count) => self.add(reading.version, Decimal::ONE),
             (Repr::Extreme { extreme, .. }, fold @ (Fold::Max | Fold::Latest)) => {
                 let Extreme {
                     quantity,
@@ -492,10 +569,9 @@ impl MeterAggregate {
     /// here: sums add, the extreme keeps the winner, distinct values unite.
     pub fn merge(&mut self, other: &MeterAggregate) -> Result<(), Overflow> {
         match (&mut self.0, &other.0) {
-            (Repr::One { .. } | Repr::Spans { .. }, Repr::One { .. } | Repr::Spans { .. }) => other
+            (Repr::Small { .. } | Repr::Spans { .. }, Repr::Small { .. } | Repr::Spans { .. }) => other
                 .spans()
-                .iter()
-                .try_for_each(|&(version, quantity)| self.add(version, quantity)),
+                .try_for_each(|(version, quantity)| self.add(version, quantity)),
             (Repr::Extreme { .. }, Repr::Extreme { extreme: theirs, .. }) => {
                 // Replaying the other extreme as a reading keeps the same winner rules.
                 self.apply(&Reading {
@@ -519,18 +595,24 @@ impl MeterAggregate {
 
     /// A sum's or count's `(version, quantity)` spans, versions ascending (none for
     /// the other aggregations).
-    fn spans(&self) -> &[(VersionIdx, Decimal)] {
-        match &self.0 {
-            Repr::One { span, .. } => std::slice::from_ref(span),
-            Repr::Spans { spans, .. } => spans,
-            Repr::Extreme { .. } | Repr::Distinct { .. } => &[],
-        }
+    fn spans(&self) -> impl Iterator<Item = (VersionIdx, Decimal)> + '_ {
+        let (one, many) = match &self.0 {
+            Repr::Small {
+                version,
+                scale,
+                mantissa,
+                ..
+            } => (Some((*version, decimal(*scale, *mantissa))), &[][..]),
+            Repr::Spans { spans, .. } => (None, &spans[..]),
+            Repr::Extreme { .. } | Repr::Distinct { .. } => (None, &[][..]),
+        };
+        one.into_iter().chain(many.iter().copied())
     }
 
     /// The period's quantity: what the invoice line shows.
     pub fn quantity(&self) -> Decimal {
         match &self.0 {
-            Repr::One { .. } | Repr::Spans { .. } => self.spans().iter().map(|s| s.1).sum(),
+            Repr::Small { .. } | Repr::Spans { .. } => self.spans().map(|s| s.1).sum(),
             Repr::Extreme { extreme, .. } => extreme.quantity,
             Repr::Distinct { values, .. } => Decimal::from(values.len()),
         }
@@ -547,7 +629,7 @@ impl MeterAggregate {
             into[i] += quantity;
         };
         match &self.0 {
-            Repr::One { .. } | Repr::Spans { .. } => self.spans().iter().for_each(|&(v, q)| add(v, q)),
+            Repr::Small { .. } | Repr::Spans { .. } => self.spans().for_each(|(v, q)| add(v, q)),
             Repr::Extreme { extreme, .. } => add(extreme.version, extreme.quantity),
             Repr::Distinct { values, .. } => values.iter().for_each(|(_, (_, v))| add(v, Decimal::ONE)),
         }
@@ -577,10 +659,11 @@ mod tests {
     }
 
     #[test]
-    fn an_aggregate_takes_24_bytes_with_its_meter() {
+    fn an_aggregate_takes_16_bytes_with_its_meter() {
         // Kept per account and meter in use: 1.24 of them an account in the ingest
-        // benchmark. The pair of meter id and aggregate it replaced took 32.
-        assert_eq!(std::mem::size_of::<MeterAggregate>(), 24);
+        // benchmark. The pair of meter id and aggregate it replaced took 32; with its
+        // quantity a `Decimal` in place, it took 24.
+        assert_eq!(std::mem::size_of::<MeterAggregate>(), 16);
     }
 
     #[test]
@@ -688,7 +771,7 @@ mod tests {
             dimension: None,
         };
         let mut sum = MeterAggregate::new(MeterId(4), &reading(1, 2));
-        assert!(matches!(sum.0, Repr::One { .. }));
+        assert!(matches!(sum.0, Repr::Small { .. }));
         sum.apply(&reading(0, 3)).unwrap();
         sum.apply(&reading(1, 4)).unwrap();
         assert_eq!(sum.meter(), MeterId(4));
@@ -767,6 +850,86 @@ mod tests {
             assert_eq!(read, values);
             let back: Old = serde_json::from_str(&serde_json::to_string(&values).unwrap()).unwrap();
             assert_eq!(back, map);
+        }
+    }
+
+    fn sum_of(version: VersionIdx, quantity: Decimal) -> Reading {
+        Reading {
+            fold: Fold::Sum,
+            quantity,
+            time: at(0),
+            version,
+            tiebreak: 0,
+            dimension: None,
+        }
+    }
+
+    #[test]
+    fn a_small_sum_keeps_the_scale_decimal_gives() {
+        // 1.5 + 2.25 = 3.75 (scale 2); + 1 = 4.75; 1.50 + 1 = 2.50, as Decimal adds.
+        let mut a = MeterAggregate::new(MeterId(1), &sum_of(0, Decimal::new(15, 1)));
+        a.apply(&sum_of(0, Decimal::new(225, 2))).unwrap();
+        assert!(matches!(
+            a.0,
+            Repr::Small {
+                scale: 2,
+                mantissa: 375,
+                ..
+            }
+        ));
+        a.apply(&sum_of(0, Decimal::ONE)).unwrap();
+        assert_eq!(a.quantity().to_string(), "4.75");
+        let mut b = MeterAggregate::new(MeterId(1), &sum_of(0, Decimal::new(150, 2)));
+        b.apply(&sum_of(0, Decimal::ONE)).unwrap();
+        assert_eq!(b.quantity().to_string(), "2.50");
+    }
+
+    #[test]
+    fn a_sum_past_18_digits_becomes_a_decimal_and_stays_equal_to_one() {
+        // 9·10¹⁸ fits in 64 bits; 9·10¹⁸ + 10¹⁸ = 10¹⁹ does not: the span is kept as a
+        // Decimal, still one span, written as one, equal to the same sum built at once.
+        let big = Decimal::from(9_000_000_000_000_000_000u64);
+        let mut a = MeterAggregate::new(MeterId(2), &sum_of(3, big));
+        assert!(matches!(a.0, Repr::Small { .. }));
+        a.apply(&sum_of(3, Decimal::from(1_000_000_000_000_000_000u64)))
+            .unwrap();
+        assert!(matches!(&a.0, Repr::Spans { spans, .. } if spans.len() == 1));
+        let ten = Decimal::from(10_000_000_000_000_000_000u128);
+        assert_eq!(a.quantity(), ten);
+        assert_eq!(a.written(), Written::Additive(Spans::One((3, ten))));
+        let b = MeterAggregate::from_written(MeterId(2), Written::Additive(Spans::One((3, ten))));
+        assert_eq!(a, b);
+        // A small value read back is small again.
+        let c = MeterAggregate::from_written(
+            MeterId(2),
+            Written::Additive(Spans::Many(thin_vec::thin_vec![(3, big)])),
+        );
+        assert!(matches!(c.0, Repr::Small { .. }));
+    }
+
+    proptest::proptest! {
+        /// Whatever quantities and versions (some too long for 64 bits, scales 0–8),
+        /// the aggregate's spans and quantity are the `Decimal` sums, scale included.
+        #[test]
+        fn sums_are_the_decimal_sums(
+            readings in proptest::collection::vec((0u16..3, 0i64..1_000_000_000, 0u32..9, proptest::bool::weighted(0.05)), 1..40)
+        ) {
+            let quantity = |m: i64, scale: u32, huge: bool| {
+                let m = if huge { i128::from(m) * 1_000_000_000_000 } else { i128::from(m) };
+                Decimal::from_i128_with_scale(m, scale)
+            };
+            let (v0, m0, s0, h0) = readings[0];
+            let mut a = MeterAggregate::new(MeterId(0), &sum_of(v0, quantity(m0, s0, h0)));
+            let mut expected = std::collections::BTreeMap::new();
+            *expected.entry(v0).or_insert(Decimal::ZERO) += quantity(m0, s0, h0);
+            for &(v, m, s, h) in &readings[1..] {
+                a.apply(&sum_of(v, quantity(m, s, h))).unwrap();
+                *expected.entry(v).or_insert(Decimal::ZERO) += quantity(m, s, h);
+            }
+            let spans: Vec<(VersionIdx, String)> = a.spans().map(|(v, q)| (v, q.to_string())).collect();
+            let want: Vec<(VersionIdx, String)> = expected.iter().map(|(v, q)| (*v, q.to_string())).collect();
+            proptest::prop_assert_eq!(spans, want);
+            proptest::prop_assert_eq!(a.quantity(), expected.values().copied().sum::<Decimal>());
         }
     }
 }

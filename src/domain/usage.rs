@@ -939,8 +939,8 @@ mod tests {
         // (BENCHMARKS.md counts on it).
         assert_eq!(std::mem::size_of::<AccountUsage>(), 8);
         assert!(AccountUsage::default().block.as_ptr().is_null());
-        // With usage: one block of an 8-byte header, 24 bytes an aggregate (its meter id
-        // included) and 12 an id (here 8 + 24 + 2 × 12 = 56 bytes, asked of the
+        // With usage: one block of an 8-byte header, 16 bytes an aggregate (its meter id
+        // included) and 12 an id (here 8 + 16 + 2 × 12 = 48 bytes, asked of the
         // allocator as one).
         let mut usage = AccountUsage::default();
         usage.apply(1, MeterId(0), &sum_reading(Decimal::ONE)).unwrap();
@@ -950,7 +950,7 @@ mod tests {
             unreachable!()
         };
         let end = ids.as_ptr_range().end as usize;
-        assert_eq!(end - usage.block.as_ptr() as usize, 8 + 24 + 2 * 12);
+        assert_eq!(end - usage.block.as_ptr() as usize, 8 + 16 + 2 * 12);
     }
 
     /// A reading of `quantity` for a `sum` meter.
