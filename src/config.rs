@@ -775,10 +775,11 @@ impl Settings {
                 }
             }
             let scopes = customer
+                .terms()
                 .discounts
                 .iter()
                 .map(|d| ("discounts", &d.meters))
-                .chain(customer.credits.iter().map(|c| ("credits", &c.meters)));
+                .chain(customer.terms().credits.iter().map(|c| ("credits", &c.meters)));
             for (what, scope) in scopes {
                 for meter in scope.iter().flatten() {
                     if catalog.meter_id(meter).is_none() {

@@ -178,22 +178,23 @@ pub(super) struct CustomerView {
 }
 
 impl From<Customer> for CustomerView {
-    fn from(c: Customer) -> Self {
+    fn from(mut c: Customer) -> Self {
+        let terms = c.take_terms();
         CustomerView {
             id: c.id.to_string(),
             payer: c.payer.to_string(),
             accounts: c.accounts.iter().map(|a| a.to_string()).collect(),
             profile: c.profile.to_string(),
             tax_rate: c.tax_rate,
-            commitment: c.commitment.map(|c| *c),
-            budget: c.budget.map(|b| *b),
-            account_budgets: c
+            commitment: terms.commitment,
+            budget: terms.budget,
+            account_budgets: terms
                 .account_budgets
                 .into_iter()
                 .map(|(a, b)| (a.to_string(), b))
                 .collect(),
-            discounts: c.discounts.into(),
-            credits: c.credits.into(),
+            discounts: terms.discounts.into(),
+            credits: terms.credits.into(),
         }
     }
 }

@@ -133,7 +133,7 @@ pub fn bill_customer_with<'u>(
                 bill.adjustments = adjustments.clone();
             }
             BillingStep::Discounts => {
-                for d in &customer.discounts {
+                for d in &customer.terms().discounts {
                     let fraction = d.percent / Decimal::ONE_HUNDRED;
                     let mut amount = zero;
                     for c in charges
@@ -155,6 +155,7 @@ pub fn bill_customer_with<'u>(
             BillingStep::Credits => {
                 let first_day = ctx.period.first_day();
                 let mut usable: Vec<_> = customer
+                    .terms()
                     .credits
                     .iter()
                     .filter(|c| c.usable_from(first_day))
@@ -191,9 +192,8 @@ pub fn bill_customer_with<'u>(
             }
             BillingStep::Commitment => {
                 let minimum = customer
+                    .terms()
                     .commitment
-                    .as_deref()
-                    .copied()
                     .or(profile.minimum_commitment)
                     .unwrap_or_default();
                 let spend: Decimal = charges.iter().filter(|c| c.meter.is_some()).map(|c| c.net).sum();

@@ -270,7 +270,7 @@ fn discounts_whole_bill_then_per_meter() {
     // "cdn" 5% on transfer only, of its net 368.64 − 36.86 = 331.78: 16.589 → 16.59.
     // Total 398.59 − 39.86 − 16.59 = 342.14.
     let mut c = customer(&["A", "B"]);
-    c.discounts = thin_vec::thin_vec![
+    c.terms_mut().discounts = thin_vec::thin_vec![
         Discount {
             id: "edp".into(),
             percent: dec!(10),
@@ -309,7 +309,7 @@ fn credits_soonest_expiry_then_narrowest_then_oldest() {
     // narrow 20 on ec2: ec2 is already 0, nothing applied, no line.
     // older 100: transfer → 248.59. old 300: transfer 248.59 → 0, remaining 51.41.
     let mut c = customer(&["A", "B"]);
-    c.credits = thin_vec::thin_vec![
+    c.terms_mut().credits = thin_vec::thin_vec![
         credit("old", dec!(300), "2027-06-30", None, 3),
         credit("narrow", dec!(20), "2027-06-30", Some(&["ec2.instance_hours"]), 4),
         credit("soon", dec!(50), "2026-12-31", None, 5),
@@ -342,7 +342,7 @@ fn scoped_credit_pays_only_its_meters() {
     // "ec2" credit of 20 on ec2 only: ec2 29.95 → 9.95; transfer untouched.
     // Total 398.59 − 20 = 378.59.
     let mut c = customer(&["A", "B"]);
-    c.credits = thin_vec::thin_vec![credit(
+    c.terms_mut().credits = thin_vec::thin_vec![credit(
         "ec2",
         dec!(20),
         "2027-01-31",
@@ -372,11 +372,11 @@ fn commitment_true_up() {
     );
     assert_eq!(bill.total.to_string(), "1000.00");
     let mut c = c;
-    c.credits = thin_vec::thin_vec![credit("promo", dec!(100), "2027-01-31", None, 0)];
+    c.terms_mut().credits = thin_vec::thin_vec![credit("promo", dec!(100), "2027-01-31", None, 0)];
     assert_eq!(two_lines().bill(&c, &enterprise).total.to_string(), "900.00");
     // The customer's own commitment overrides the profile's: 300 < 398.59, no true-up.
-    c.commitment = Some(Box::new(dec!(300)));
-    c.credits.clear();
+    c.terms_mut().commitment = Some(dec!(300));
+    c.terms_mut().credits.clear();
     let bill = two_lines().bill(&c, &enterprise);
     assert!(bill.commitment.is_none());
     assert_eq!(bill.total.to_string(), "398.59");
@@ -397,7 +397,7 @@ fn tax_on_the_net() {
         ("398.59".into(), "79.72".into())
     );
     assert_eq!(bill.total.to_string(), "478.31");
-    c.discounts = thin_vec::thin_vec![Discount {
+    c.terms_mut().discounts = thin_vec::thin_vec![Discount {
         id: "edp".into(),
         percent: dec!(10),
         meters: None,
@@ -530,7 +530,7 @@ fn late_usage_is_re_rated_from_the_invoiced_quantity() {
     let mut december = Usage::new(catalog());
     december.add("d1", "A", "ec2.instance_hours", dec!(100), "2026-12-02T00:00:00Z");
     let mut acme = customer(&["A", "B"]);
-    acme.discounts.push(Discount {
+    acme.terms_mut().discounts.push(Discount {
         id: "edp".into(),
         percent: dec!(10),
         meters: None,

@@ -137,32 +137,143 @@ pub struct Credit {
 }
 
 /// A checked customer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Every customer has one, boxed in its entity, so it takes 96 bytes (an allocator size
+/// class): what few customers have — a commitment, budgets, discounts, credits — is in
+/// its [`Terms`], behind one pointer. It is written as the struct it was, those fields
+/// in place.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Customer {
     /// Inline up to 15 bytes, as account ids (no allocation of its own).
     pub id: super::ShortId,
     pub payer: AccountId,
     /// Every account of the customer, the payer included, sorted and unique. A
-    /// `ThinVec` (one word), like the lists below.
+    /// `ThinVec` (one word).
     pub accounts: thin_vec::ThinVec<AccountId>,
     pub profile: super::ShortId,
     pub tax_rate: Decimal,
-    /// Boxed, as the budget: few customers have one, and every customer's record stays
-    /// within 128 bytes (an allocator size class; see the memory test below).
-    pub commitment: Option<Box<Decimal>>,
-    pub budget: Option<Box<Budget>>,
-    /// Sorted by account; a `ThinVec` (one word) for the same reason, written as the map
-    /// it was.
-    #[serde(default, with = "budgets_by_account")]
-    pub account_budgets: thin_vec::ThinVec<(AccountId, Budget)>,
-    /// `ThinVec`s (one word each): most customers have none, and the record stays
-    /// within 128 bytes (see the memory test below).
-    pub discounts: thin_vec::ThinVec<Discount>,
-    pub credits: thin_vec::ThinVec<Credit>,
+    terms: RareTerms,
     /// A hash index over `accounts` (16 bytes), built with the customer; one read back
     /// is built by [`Customer::ensure_indexed`].
-    #[serde(skip)]
     pub index: AccountIndex,
+}
+
+/// What few customers have: read through [`Customer::terms`], changed through
+/// [`Customer::terms_mut`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Terms {
+    /// Overrides the profile's minimum commitment.
+    pub commitment: Option<Decimal>,
+    pub budget: Option<Budget>,
+    /// Sorted by account.
+    pub account_budgets: thin_vec::ThinVec<(AccountId, Budget)>,
+    pub discounts: thin_vec::ThinVec<Discount>,
+    pub credits: thin_vec::ThinVec<Credit>,
+}
+
+static NO_TERMS: Terms = Terms {
+    commitment: None,
+    budget: None,
+    account_budgets: thin_vec::ThinVec::new(),
+    discounts: thin_vec::ThinVec::new(),
+    credits: thin_vec::ThinVec::new(),
+};
+
+/// A customer's [`Terms`] behind one pointer, `None` while they are all empty; equal
+/// by what they hold.
+#[derive(Clone, Debug, Default)]
+struct RareTerms(Option<Box<Terms>>);
+
+impl PartialEq for RareTerms {
+    fn eq(&self, other: &RareTerms) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for RareTerms {}
+
+impl RareTerms {
+    fn new(terms: Terms) -> RareTerms {
+        RareTerms((terms != NO_TERMS).then(|| Box::new(terms)))
+    }
+
+    fn get(&self) -> &Terms {
+        self.0.as_deref().unwrap_or(&NO_TERMS)
+    }
+}
+
+/// [`Customer`] as it is written: the struct it was, its terms' fields in place.
+#[derive(Serialize)]
+#[serde(rename = "Customer")]
+struct CustomerWritten<'a> {
+    id: &'a super::ShortId,
+    payer: &'a AccountId,
+    accounts: &'a thin_vec::ThinVec<AccountId>,
+    profile: &'a super::ShortId,
+    tax_rate: &'a Decimal,
+    commitment: &'a Option<Decimal>,
+    budget: &'a Option<Budget>,
+    #[serde(serialize_with = "budgets_by_account::serialize_ref")]
+    account_budgets: &'a thin_vec::ThinVec<(AccountId, Budget)>,
+    discounts: &'a thin_vec::ThinVec<Discount>,
+    credits: &'a thin_vec::ThinVec<Credit>,
+}
+
+/// [`Customer`] as it is read.
+#[derive(Deserialize)]
+#[serde(rename = "Customer")]
+struct CustomerRead {
+    id: super::ShortId,
+    payer: AccountId,
+    accounts: thin_vec::ThinVec<AccountId>,
+    profile: super::ShortId,
+    tax_rate: Decimal,
+    commitment: Option<Decimal>,
+    budget: Option<Budget>,
+    #[serde(default, with = "budgets_by_account")]
+    account_budgets: thin_vec::ThinVec<(AccountId, Budget)>,
+    discounts: thin_vec::ThinVec<Discount>,
+    credits: thin_vec::ThinVec<Credit>,
+}
+
+impl Serialize for Customer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let terms = self.terms();
+        CustomerWritten {
+            id: &self.id,
+            payer: &self.payer,
+            accounts: &self.accounts,
+            profile: &self.profile,
+            tax_rate: &self.tax_rate,
+            commitment: &terms.commitment,
+            budget: &terms.budget,
+            account_budgets: &terms.account_budgets,
+            discounts: &terms.discounts,
+            credits: &terms.credits,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Customer {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let c = CustomerRead::deserialize(deserializer)?;
+        Ok(Customer {
+            id: c.id,
+            payer: c.payer,
+            accounts: c.accounts,
+            profile: c.profile,
+            tax_rate: c.tax_rate,
+            terms: RareTerms::new(Terms {
+                commitment: c.commitment,
+                budget: c.budget,
+                account_budgets: c.account_budgets,
+                discounts: c.discounts,
+                credits: c.credits,
+            }),
+            index: AccountIndex::default(),
+        })
+    }
 }
 
 /// Where each account of a customer is in its sorted list, found from the account id's
@@ -374,6 +485,13 @@ mod budgets_by_account {
         s.collect_map(budgets.iter().map(|(a, b)| (a, b)))
     }
 
+    pub fn serialize_ref<S: Serializer>(
+        budgets: &&ThinVec<(AccountId, Budget)>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        serialize(budgets, s)
+    }
+
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ThinVec<(AccountId, Budget)>, D::Error> {
         Ok(std::collections::BTreeMap::<AccountId, Budget>::deserialize(d)?
             .into_iter()
@@ -400,6 +518,29 @@ pub fn cmp_account_ids(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 impl Customer {
+    /// Its commitment, budgets, discounts and credits (empty ones when it has none).
+    pub fn terms(&self) -> &Terms {
+        self.terms.get()
+    }
+
+    /// Its terms, to change them (allocated on first use; [`Customer::tidy_terms`]
+    /// lets them go when they are empty again).
+    pub fn terms_mut(&mut self) -> &mut Terms {
+        self.terms.0.get_or_insert_with(Default::default)
+    }
+
+    /// Takes its terms out, leaving none.
+    pub fn take_terms(&mut self) -> Terms {
+        self.terms.0.take().map(|t| *t).unwrap_or_default()
+    }
+
+    /// Lets the terms' allocation go if they are all empty.
+    pub fn tidy_terms(&mut self) {
+        if self.terms.0.as_deref() == Some(&NO_TERMS) {
+            self.terms.0 = None;
+        }
+    }
+
     /// Where `account` is among the customer's accounts.
     pub fn position(&self, account: &str) -> Option<usize> {
         if (AccountIndex::FROM + 1..usize::from(u16::MAX)).contains(&self.accounts.len()) {
@@ -581,15 +722,17 @@ impl Customer {
             payer,
             profile: spec.profile.into(),
             tax_rate: spec.tax_rate,
-            commitment: spec.commitment.map(Box::new),
-            budget: spec.budget.map(Box::new),
-            account_budgets: spec
-                .account_budgets
-                .into_iter()
-                .map(|(a, b)| (AccountId::from(a.as_str()), b))
-                .collect(),
-            discounts: spec.discounts.into(),
-            credits: spec.credits.into(),
+            terms: RareTerms::new(Terms {
+                commitment: spec.commitment,
+                budget: spec.budget,
+                account_budgets: spec
+                    .account_budgets
+                    .into_iter()
+                    .map(|(a, b)| (AccountId::from(a.as_str()), b))
+                    .collect(),
+                discounts: spec.discounts.into(),
+                credits: spec.credits.into(),
+            }),
             index: AccountIndex::default(),
         }
         .indexed())
@@ -616,12 +759,71 @@ mod tests {
 
     #[test]
     fn a_customers_record_stays_within_its_allocator_size_class() {
-        // Every customer has one, boxed: 128 bytes is a size class of mimalloc, the next
-        // is 160 (at 21M accounts, 4.2M customers, that step costs 128 MiB). The index
-        // takes 16 of them.
+        // Every customer has one, boxed: 96 bytes is a size class of mimalloc (at 21M
+        // accounts, 4.2M customers, each step of 32 bytes costs 128 MiB). The index
+        // takes 16 of them, the terms' pointer 8.
         assert_eq!(std::mem::size_of::<AccountIndex>(), 16);
         let size = std::mem::size_of::<Customer>();
-        assert!(size <= 128, "{size}");
+        assert!(size <= 96, "{size}");
+    }
+
+    #[test]
+    fn terms_take_memory_only_when_there_are_some() {
+        let mut c = Customer::from_spec(
+            serde_json::from_str(r#"{"id": "acme", "payer": "1", "accounts": ["1"]}"#).unwrap(),
+            usd(),
+        )
+        .unwrap();
+        assert!(c.terms.0.is_none());
+        c.terms_mut().commitment = Some(Decimal::TEN);
+        assert_eq!(c.terms().commitment, Some(Decimal::TEN));
+        let back: Customer = rmp_serde::from_slice(&rmp_serde::to_vec(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        c.terms_mut().commitment = None;
+        c.tidy_terms();
+        assert!(c.terms.0.is_none());
+        // Equal by content: empty terms allocated or not.
+        let mut d = c.clone();
+        d.terms_mut();
+        assert_eq!(c, d);
+    }
+
+    /// The struct a customer was written as, before its terms moved behind a pointer.
+    #[test]
+    fn a_customer_is_written_as_the_struct_it_was() {
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        struct Before {
+            id: crate::domain::ShortId,
+            payer: AccountId,
+            accounts: thin_vec::ThinVec<AccountId>,
+            profile: crate::domain::ShortId,
+            tax_rate: Decimal,
+            commitment: Option<Box<Decimal>>,
+            budget: Option<Box<Budget>>,
+            #[serde(default, with = "budgets_by_account")]
+            account_budgets: thin_vec::ThinVec<(AccountId, Budget)>,
+            discounts: thin_vec::ThinVec<Discount>,
+            credits: thin_vec::ThinVec<Credit>,
+        }
+        let c = Customer::from_spec(
+            serde_json::from_str(
+                r#"{"id": "acme", "payer": "1", "accounts": ["2", "1"], "commitment": "10.00", "tax_rate": "0.2",
+                    "budget": {"amount": "50.00", "thresholds": [80]},
+                    "account_budgets": {"2": {"amount": "5.00", "thresholds": [80]}},
+                    "credits": [{"id": "c1", "amount": "3.00"}]}"#,
+            )
+            .unwrap(),
+            usd(),
+        )
+        .unwrap();
+        let before: Before = rmp_serde::from_slice(&rmp_serde::to_vec(&c).unwrap()).unwrap();
+        assert_eq!(before.commitment.as_deref(), Some(&Decimal::new(1000, 2)));
+        assert_eq!(before.credits.len(), 1);
+        assert_eq!(before.account_budgets.len(), 1);
+        let back: Customer = rmp_serde::from_slice(&rmp_serde::to_vec(&before).unwrap()).unwrap();
+        assert_eq!(back, c);
+        let json: Customer = serde_json::from_value(serde_json::to_value(&before).unwrap()).unwrap();
+        assert_eq!(json, c);
     }
 
     #[test]
@@ -636,7 +838,12 @@ mod tests {
             usd(),
         )
         .unwrap();
-        let accounts: Vec<&str> = c.account_budgets.iter().map(|(a, _)| a.as_str()).collect();
+        let accounts: Vec<&str> = c
+            .terms()
+            .account_budgets
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .collect();
         assert_eq!(accounts, ["1", "2"], "sorted by account");
         let json = serde_json::to_value(&c).unwrap();
         assert_eq!(json["account_budgets"]["2"]["amount"], "5.00");

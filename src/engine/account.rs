@@ -543,7 +543,7 @@ impl CustomerEntity {
     pub fn has_budget(&self) -> bool {
         self.customer
             .as_deref()
-            .is_some_and(|c| c.budget.is_some() || !c.account_budgets.is_empty())
+            .is_some_and(|c| c.terms().budget.is_some() || !c.terms().account_budgets.is_empty())
     }
 
     /// The thresholds the open period's running bill has reached, not yet raised.
@@ -559,7 +559,7 @@ impl CustomerEntity {
                 .any(|a| a.period == view.period && a.account.as_ref() == account && a.threshold == t)
         };
         let mut out = Vec::new();
-        if let Some(b) = &customer.budget {
+        if let Some(b) = &customer.terms().budget {
             for t in b.reached(bill.total).filter(|&t| !raised(None, t)) {
                 out.push(Crossing {
                     account: None,
@@ -569,7 +569,7 @@ impl CustomerEntity {
                 });
             }
         }
-        for (account, b) in &customer.account_budgets {
+        for (account, b) in &customer.terms().account_budgets {
             let spent = bill
                 .accounts
                 .iter()
@@ -635,10 +635,11 @@ impl CustomerEntity {
         }));
         if let Some(customer) = self.customer.as_deref_mut() {
             for (id, left) in &close.credits {
-                if let Some(credit) = customer.credits.iter_mut().find(|c| c.id == *id) {
+                if let Some(credit) = customer.terms_mut().credits.iter_mut().find(|c| c.id == *id) {
                     credit.amount = *left;
                 }
             }
+            customer.tidy_terms();
         }
         self.closed_through = Some(close.period);
         CustomerReply::Closed
@@ -736,24 +737,26 @@ impl CustomerEntity {
         }
         tidy(&mut self.rare);
         let mut terms = customer.clone();
-        if let Some(previous) = self.customer.take() {
+        if let Some(mut previous) = self.customer.take() {
             // Credits and discounts are grants, not terms: new terms keep those granted
             // before (a credit with its balance left), and add the ones with new ids.
-            let mut credits = previous.credits;
+            let granted = previous.take_terms();
+            let mut credits = granted.credits;
             let mut next = credits.iter().map(|c| c.granted + 1).max().unwrap_or(0);
-            for mut c in terms.credits.drain(..) {
+            for mut c in terms.terms_mut().credits.drain(..) {
                 if !credits.iter().any(|x| x.id == c.id) {
                     c.granted = next;
                     next += 1;
                     credits.push(c);
                 }
             }
-            terms.credits = credits;
-            for d in previous.discounts {
-                if !terms.discounts.iter().any(|x| x.id == d.id) {
-                    terms.discounts.push(d);
+            terms.terms_mut().credits = credits;
+            for d in granted.discounts {
+                if !terms.terms().discounts.iter().any(|x| x.id == d.id) {
+                    terms.terms_mut().discounts.push(d);
                 }
             }
+            terms.tidy_terms();
         }
         // Read back from the journal, a customer's index of accounts is not built.
         terms.ensure_indexed();
@@ -972,20 +975,24 @@ impl Entity for CustomerEntity {
             },
             CustomerCommand::AddCredit(credit) => match self.customer.as_deref_mut() {
                 None => CustomerReply::NoSuchCustomer,
-                Some(c) if c.credits.iter().any(|x| x.id == credit.id) => CustomerReply::AlreadyGranted,
+                Some(c) if c.terms().credits.iter().any(|x| x.id == credit.id) => {
+                    CustomerReply::AlreadyGranted
+                }
                 Some(c) => {
                     let mut credit = credit.clone();
                     // Grant order: later than every credit the customer has.
-                    credit.granted = c.credits.iter().map(|x| x.granted + 1).max().unwrap_or(0);
-                    c.credits.push(credit);
+                    credit.granted = c.terms().credits.iter().map(|x| x.granted + 1).max().unwrap_or(0);
+                    c.terms_mut().credits.push(credit);
                     CustomerReply::Granted
                 }
             },
             CustomerCommand::AddDiscount(discount) => match self.customer.as_deref_mut() {
                 None => CustomerReply::NoSuchCustomer,
-                Some(c) if c.discounts.iter().any(|x| x.id == discount.id) => CustomerReply::AlreadyGranted,
+                Some(c) if c.terms().discounts.iter().any(|x| x.id == discount.id) => {
+                    CustomerReply::AlreadyGranted
+                }
                 Some(c) => {
-                    c.discounts.push(discount.clone());
+                    c.terms_mut().discounts.push(discount.clone());
                     CustomerReply::Granted
                 }
             },

@@ -1143,7 +1143,9 @@ impl PartitionEngine {
         let budgets: Vec<bool> = batch
             .iter()
             .map(|(_, c)| match c {
-                CustomerCommand::Upsert(c) => c.budget.is_some() || !c.account_budgets.is_empty(),
+                CustomerCommand::Upsert(c) => {
+                    c.terms().budget.is_some() || !c.terms().account_budgets.is_empty()
+                }
                 _ => unreachable!("only upserts here"),
             })
             .collect();
