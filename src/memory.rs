@@ -20,7 +20,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// ingest batch once applied, a bill run's working sets — stays with mimalloc until it
 /// is purged, which mimalloc does a second after the free, but only when the freeing
 /// thread calls the allocator again. A daemon gone quiet after a burst would keep it
-/// resident for as long as it stays quiet; this purges every arena at once.
+/// resident for as long as it stays quiet; this purges what the arenas hold free and
+/// the calling thread's free pages (collecting on the arbiter threads as well gave back
+/// nothing more at 1M accounts).
 ///
 /// Costs a walk over the calling thread's pages (about a millisecond for a million
 /// accounts): call it from a timer, never on the ingest path.
@@ -34,7 +36,8 @@ pub fn release_free_memory() {
 }
 
 /// Whether the kernel may back this process's memory with transparent huge pages
-/// (2 MiB) from now on; memory already so backed stays.
+/// (2 MiB) from now on; memory already so backed stays. `true` also clears a refusal
+/// inherited from the parent process; the choice passes on to child processes.
 ///
 /// mimalloc asks for them for its arenas (where the system leaves it to programs, as
 /// with `madvise`). They save the hot path's random reads most misses of the address
@@ -50,7 +53,16 @@ pub fn use_transparent_huge_pages(enabled: bool) -> std::io::Result<()> {
     {
         // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes nothing
         // but the kernel's choice of page size for this process.
-        let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, libc::c_ulong::from(!enabled), 0, 0, 0) };
+        let none: libc::c_ulong = 0;
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_SET_THP_DISABLE,
+                libc::c_ulong::from(!enabled),
+                none,
+                none,
+                none,
+            )
+        };
         if r != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -66,7 +78,8 @@ pub fn transparent_huge_pages_disabled() -> Option<bool> {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: PR_GET_THP_DISABLE takes no pointers and only reads a flag.
-        let r = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        let none: libc::c_ulong = 0;
+        let r = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, none, none, none, none) };
         if r >= 0 {
             return Some(r == 1);
         }
