@@ -3,15 +3,22 @@
 //! owner's 16-byte key: at a million accounts, 8 bytes an entry of a table about half
 //! full, against a number table and a wider key map per customer.
 //!
+//! The keys are kept once, in a list by number; a key's number is found through a table
+//! of numbers hashed by their key (5 bytes a slot with its control byte, where a map
+//! holding the keys again took 21). The list grows by an eighth at a time, not by
+//! doubling: at 4.2M customers (21M accounts), the two took 310 MiB as a map and a
+//! doubled list, about 120 as they are.
+//!
 //! A number is never reused or taken back. A partition's customers are never deleted,
 //! and a number given to a customer whose creation then failed costs only its entries.
 //! It owns the numbering and nothing else: which accounts a customer has is the
 //! directory's, what a customer is, its entity's.
 
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use dashmap::DashMap;
+use hashbrown::HashTable;
 
 use super::account::CustomerKey;
 
@@ -20,12 +27,41 @@ type Hashing = foldhash::fast::RandomState;
 /// The numbered customers of a partition (see the module's documentation).
 #[derive(Default)]
 pub struct Customers {
-    /// Key → number, with [`Customers::CREATED`] set once the customer exists.
-    by_key: DashMap<CustomerKey, u32, Hashing>,
-    /// Number → key.
-    keys: RwLock<Vec<CustomerKey>>,
+    numbering: RwLock<Numbering>,
     /// How many have [`Customers::CREATED`] set.
     created: AtomicUsize,
+    hashing: Hashing,
+}
+
+#[derive(Default)]
+struct Numbering {
+    /// Number → key.
+    keys: Vec<CustomerKey>,
+    /// Each key's number, with [`Customers::CREATED`] set once the customer exists,
+    /// found by the hash of the key.
+    index: HashTable<u32>,
+}
+
+impl Numbering {
+    /// The entry (number and flag) of `key`, whose hash is `hash`.
+    fn find(&self, hash: u64, key: &str) -> Option<u32> {
+        self.index
+            .find(hash, |&n| {
+                self.keys[(n & !Customers::CREATED) as usize].as_str() == key
+            })
+            .copied()
+    }
+}
+
+/// The keys by number, read-locked: derefs to the list (see [`Customers::keys`]).
+pub struct Keys<'a>(RwLockReadGuard<'a, Numbering>);
+
+impl std::ops::Deref for Keys<'_> {
+    type Target = [CustomerKey];
+
+    fn deref(&self) -> &[CustomerKey] {
+        &self.0.keys
+    }
 }
 
 impl Customers {
@@ -33,33 +69,57 @@ impl Customers {
     /// the bits below it.
     const CREATED: u32 = 1 << 31;
 
+    fn read(&self) -> RwLockReadGuard<'_, Numbering> {
+        self.numbering.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Numbering> {
+        self.numbering.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn hash(&self, key: &str) -> u64 {
+        self.hashing.hash_one(key)
+    }
+
     /// The number of `key`, given now if it has none.
     pub fn number(&self, key: &CustomerKey) -> u32 {
-        if let Some(n) = self.by_key.get(key) {
-            return *n & !Self::CREATED;
+        let hash = self.hash(key.as_str());
+        if let Some(n) = self.read().find(hash, key.as_str()) {
+            return n & !Self::CREATED;
         }
-        // The shard's lock is held from the check to the insert, so a key is numbered
-        // once; the list's lock is only ever taken inside it, never the other way round.
-        *self.by_key.entry(key.clone()).or_insert_with(|| {
-            let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
-            let n = u32::try_from(keys.len())
-                .ok()
-                .filter(|&n| n < Self::CREATED)
-                .expect("a partition has fewer than 2^31 customers");
-            keys.push(key.clone());
-            n
-        }) & !Self::CREATED
+        // Checked again under the write lock, so a key is numbered once.
+        let mut numbering = self.write();
+        if let Some(n) = numbering.find(hash, key.as_str()) {
+            return n & !Self::CREATED;
+        }
+        let Numbering { keys, index } = &mut *numbering;
+        let n = u32::try_from(keys.len())
+            .ok()
+            .filter(|&n| n < Self::CREATED)
+            .expect("a partition has fewer than 2^31 customers");
+        if keys.len() == keys.capacity() {
+            keys.reserve_exact((keys.len() / 8).max(64));
+        }
+        keys.push(key.clone());
+        index.insert_unique(hash, n, |&m| {
+            self.hashing
+                .hash_one(keys[(m & !Self::CREATED) as usize].as_str())
+        });
+        n
     }
 
     /// The number of `key`, if it has one (created or not).
     pub fn find(&self, key: &str) -> Option<u32> {
-        self.by_key.get(key).map(|n| *n & !Self::CREATED)
+        self.read().find(self.hash(key), key).map(|n| n & !Self::CREATED)
     }
 
     /// Records that `key` exists (numbering it if need be).
     pub fn mark_created(&self, key: &CustomerKey) {
         self.number(key);
-        if let Some(mut n) = self.by_key.get_mut(key) {
+        let hash = self.hash(key.as_str());
+        let mut numbering = self.write();
+        let Numbering { keys, index } = &mut *numbering;
+        if let Some(n) = index.find_mut(hash, |&n| keys[(n & !Self::CREATED) as usize] == *key) {
             if *n & Self::CREATED == 0 {
                 *n |= Self::CREATED;
                 self.created.fetch_add(1, Ordering::Relaxed);
@@ -69,15 +129,18 @@ impl Customers {
 
     /// The key of the existing customer `customer`.
     pub fn existing(&self, customer: &str) -> Option<CustomerKey> {
-        self.by_key
-            .get(customer)
-            .filter(|n| **n & Self::CREATED != 0)
-            .map(|r| r.key().clone())
+        let numbering = self.read();
+        numbering
+            .find(self.hash(customer), customer)
+            .filter(|n| n & Self::CREATED != 0)
+            .map(|n| numbering.keys[(n & !Self::CREATED) as usize].clone())
     }
 
     /// Whether `customer` exists.
     pub fn exists(&self, customer: &str) -> bool {
-        self.by_key.get(customer).is_some_and(|n| *n & Self::CREATED != 0)
+        self.read()
+            .find(self.hash(customer), customer)
+            .is_some_and(|n| n & Self::CREATED != 0)
     }
 
     /// How many customers exist.
@@ -92,22 +155,24 @@ impl Customers {
 
     /// Every existing customer's key, in no particular order.
     pub fn all(&self) -> Vec<CustomerKey> {
-        self.by_key
+        let numbering = self.read();
+        numbering
+            .index
             .iter()
-            .filter(|r| *r.value() & Self::CREATED != 0)
-            .map(|r| r.key().clone())
+            .filter(|&&n| n & Self::CREATED != 0)
+            .map(|&n| numbering.keys[(n & !Self::CREATED) as usize].clone())
             .collect()
     }
 
     /// The keys by number: `keys()[n]` is the key of number `n`. Held briefly: a new
     /// customer's numbering waits for it.
-    pub fn keys(&self) -> RwLockReadGuard<'_, Vec<CustomerKey>> {
-        self.keys.read().unwrap_or_else(|p| p.into_inner())
+    pub fn keys(&self) -> Keys<'_> {
+        Keys(self.read())
     }
 
     /// The key of number `n` (given by [`Self::number`]).
     pub fn key(&self, n: u32) -> CustomerKey {
-        self.keys()[n as usize].clone()
+        self.read().keys[n as usize].clone()
     }
 }
 
@@ -154,5 +219,21 @@ mod tests {
         all.sort_unstable();
         assert_eq!(all, (0..500).collect::<Vec<u32>>());
         assert!(keys.iter().all(|k| c.key(c.number(k)) == *k));
+    }
+
+    /// The list of keys grows by an eighth, not by doubling.
+    #[test]
+    fn the_list_of_keys_grows_by_an_eighth() {
+        let c = Customers::default();
+        for i in 0..100_000 {
+            c.number(&format!("c{i}").as_str().into());
+        }
+        let numbering = c.read();
+        assert_eq!((numbering.keys.len(), numbering.index.len()), (100_000, 100_000));
+        assert!(
+            numbering.keys.capacity() <= 100_000 + 100_000 / 8,
+            "{}",
+            numbering.keys.capacity()
+        );
     }
 }
