@@ -25,7 +25,9 @@
 //! order and writes the new ones in order.
 //!
 //! Removal moves a bucket's last id into the hole; marks stay (a lookup then reads one
-//! bucket more than it needs, never fewer), until the next growth drops them.
+//! bucket more than it needs, never fewer), until the next growth drops them, or until
+//! removals since the last rebuild reach a quarter of what the table holds: then it is
+//! rebuilt at its size, so that marks left behind never pile up into long probes.
 
 /// An event id's fingerprint as it is kept: the low 96 bits of its 128-bit xxh3, in
 /// 12 bytes (three 32-bit words, so an array of them has no padding).
@@ -113,7 +115,9 @@ impl Bucket {
 #[derive(Clone, Debug)]
 pub struct IdTable {
     buckets: Box<[Bucket]>,
-    len: usize,
+    len: u32,
+    /// Removals since the table was last built (see the module's documentation).
+    removed: u32,
 }
 
 impl Default for IdTable {
@@ -135,6 +139,7 @@ impl IdTable {
         IdTable {
             buckets: vec![Bucket::default(); buckets].into_boxed_slice(),
             len: 0,
+            removed: 0,
         }
     }
 
@@ -220,8 +225,8 @@ impl IdTable {
         if self.find(id).is_some() {
             return false;
         }
-        if self.len + 1 > Self::holds(self.buckets.len()) {
-            self.grow();
+        if self.len as usize + 1 > Self::holds(self.buckets.len()) {
+            self.rebuild(Self::next_size(self.buckets.len()));
         }
         self.place(id);
         self.len += 1;
@@ -239,13 +244,17 @@ impl IdTable {
         bucket.ids[last] = Fp96::default();
         bucket.meta -= 1;
         self.len -= 1;
+        self.removed += 1;
+        if self.removed as usize >= Self::holds(self.buckets.len()) / 4 {
+            self.rebuild(self.buckets.len());
+        }
         true
     }
 
-    /// Moves every id into the next size up, in the order of their homes (so both
-    /// tables are walked in order).
-    fn grow(&mut self) {
-        let size = Self::next_size(self.buckets.len());
+    /// Moves every id into a table of `size` buckets, in the order of their homes (so
+    /// both tables are walked in order); its only marks are the new ones.
+    fn rebuild(&mut self, size: usize) {
+        self.removed = 0;
         let old = std::mem::replace(
             &mut self.buckets,
             vec![Bucket::default(); size].into_boxed_slice(),
@@ -258,7 +267,7 @@ impl IdTable {
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.len as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -369,7 +378,9 @@ mod tests {
     fn a_full_bucket_sends_ids_on_and_its_mark_finds_them() {
         // Ids whose low 64 bits are 0 all have bucket 0 as their home: the sixth goes to
         // bucket 1 and marks bucket 0; the eleventh, bucket 2.
-        let mut t = IdTable::with_capacity(17);
+        // (32 buckets: the five removals below stay under a quarter of what they hold,
+        // so the table is not rebuilt.)
+        let mut t = IdTable::with_capacity(100);
         let ids: Vec<u128> = (1..=11u128).map(|k| k << 64).collect();
         for &id in &ids {
             assert!(t.insert(id));
@@ -388,6 +399,64 @@ mod tests {
             assert!(t.contains(id) && !t.insert(id));
         }
         assert_eq!(t.len(), 6);
+    }
+
+    /// Ids going in and out of a table that never grows: the marks removals leave are
+    /// dropped by a rebuild, so probes stay short.
+    #[test]
+    fn marks_left_by_removals_do_not_pile_up() {
+        let mut t = IdTable::with_capacity(1000);
+        let size = t.buckets.len();
+        let id = |i: u128| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        for i in 0..800 {
+            t.insert(id(i));
+        }
+        for i in 800..50_000 {
+            assert!(t.remove(id(i - 800)));
+            assert!(t.insert(id(i)));
+        }
+        assert_eq!((t.len(), t.buckets.len()), (800, size));
+        // Buckets a lookup of an absent id reads, on average over every home: no more
+        // than in the same ids freshly placed, plus a little for the marks since.
+        let reads = |t: &IdTable| {
+            let total: usize = (0..t.buckets.len())
+                .map(|home| {
+                    1 + (home..home + t.buckets.len())
+                        .take_while(|&b| t.buckets[b % t.buckets.len()].passed())
+                        .count()
+                })
+                .sum();
+            total as f64 / t.buckets.len() as f64
+        };
+        let mut fresh = IdTable::with_capacity(1000);
+        t.iter().for_each(|i| {
+            fresh.insert(i);
+        });
+        assert!(
+            reads(&t) < reads(&fresh) + 0.5,
+            "{} against {}",
+            reads(&t),
+            reads(&fresh)
+        );
+        // Without the rebuilds, marks pile up: every bucket ends marked, and a lookup
+        // reads them all (measured: 257 buckets, against 1.75 with them, 1.67 fresh).
+        let mut kept = IdTable::with_capacity(1000);
+        for i in 0..800 {
+            kept.insert(id(i));
+        }
+        for i in 800..50_000 {
+            kept.removed = 0;
+            kept.remove(id(i - 800));
+            kept.insert(id(i));
+        }
+        assert!(
+            reads(&kept) > reads(&t) + 1.0,
+            "{} against {}",
+            reads(&kept),
+            reads(&t)
+        );
+        assert!((49_200..50_000).all(|i| t.contains(id(i))));
+        assert!(!t.contains(id(0)));
     }
 
     #[test]
