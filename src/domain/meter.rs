@@ -493,8 +493,8 @@ impl MeterAggregate {
     /// The aggregate of `meter` from a single reading.
     pub fn new(meter: MeterId, reading: &Reading) -> MeterAggregate {
         MeterAggregate(match reading.fold {
-            Fold::Sum => Self::additive(meter, thin_vec::thin_vec![(reading.version, reading.quantity)]),
-            Fold::Count => Self::additive(meter, thin_vec::thin_vec![(reading.version, Decimal::ONE)]),
+            Fold::Sum => Self::one_span(meter, reading.version, reading.quantity),
+            Fold::Count => Self::one_span(meter, reading.version, Decimal::ONE),
             Fold::Max | Fold::Latest => Repr::Extreme {
                 meter,
                 extreme: Box::new(KeptExtreme::new(
@@ -518,18 +518,27 @@ impl MeterAggregate {
         })
     }
 
+    /// A sum or count of one span in its form: in place if it fits (no allocation, the
+    /// common case of a new aggregate), else a `Decimal` span.
+    fn one_span(meter: MeterId, version: VersionIdx, quantity: Decimal) -> Repr {
+        match small(quantity) {
+            Some((scale, mantissa)) => Repr::Small {
+                meter,
+                version,
+                scale,
+                mantissa,
+            },
+            None => Repr::Spans {
+                meter,
+                spans: thin_vec::thin_vec![(version, quantity)],
+            },
+        }
+    }
+
     /// A sum or count of `spans` (versions ascending, one or more) in its form.
     fn additive(meter: MeterId, spans: ThinVec<(VersionIdx, Decimal)>) -> Repr {
         match spans[..] {
-            [(version, quantity)] => match small(quantity) {
-                Some((scale, mantissa)) => Repr::Small {
-                    meter,
-                    version,
-                    scale,
-                    mantissa,
-                },
-                None => Repr::Spans { meter, spans },
-            },
+            [(version, quantity)] => Self::one_span(meter, version, quantity),
             _ => Repr::Spans { meter, spans },
         }
     }
@@ -537,7 +546,7 @@ impl MeterAggregate {
     /// The aggregate of `meter` as it was written.
     pub fn from_written(meter: MeterId, written: Written) -> MeterAggregate {
         MeterAggregate(match written {
-            Written::Additive(Spans::One(span)) => Self::additive(meter, thin_vec::thin_vec![span]),
+            Written::Additive(Spans::One((version, quantity))) => Self::one_span(meter, version, quantity),
             Written::Additive(Spans::Many(spans)) => Self::additive(meter, spans),
             Written::Extreme(extreme) => Repr::Extreme {
                 meter,

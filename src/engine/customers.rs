@@ -51,6 +51,14 @@ impl Numbering {
             })
             .copied()
     }
+
+    /// The entry of `key`, to set its flag.
+    fn find_mut(&mut self, hash: u64, key: &str) -> Option<&mut u32> {
+        let keys = &self.keys;
+        self.index.find_mut(hash, |&n| {
+            keys[(n & !Customers::CREATED) as usize].as_str() == key
+        })
+    }
 }
 
 /// The keys by number, read-locked: derefs to the list (see [`Customers::keys`]).
@@ -117,9 +125,7 @@ impl Customers {
     pub fn mark_created(&self, key: &CustomerKey) {
         self.number(key);
         let hash = self.hash(key.as_str());
-        let mut numbering = self.write();
-        let Numbering { keys, index } = &mut *numbering;
-        if let Some(n) = index.find_mut(hash, |&n| keys[(n & !Self::CREATED) as usize] == *key) {
+        if let Some(n) = self.write().find_mut(hash, key.as_str()) {
             if *n & Self::CREATED == 0 {
                 *n |= Self::CREATED;
                 self.created.fetch_add(1, Ordering::Relaxed);
