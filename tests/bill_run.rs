@@ -476,3 +476,87 @@ fn a_new_client_partition_is_onboarded_through_the_api_without_a_restart() {
         .collect();
     assert_eq!(ids, ["aws", "eu"]);
 }
+
+/// A partition whose months are Tokyo's (UTC+9, no daylight saving), open in December
+/// 2026: its year ends nine hours before UTC's.
+const TOKYO: &str = r#"
+[[partitions]]
+id = "apac"
+currency = "USD"
+catalog = "cloud-usd"
+time_zone = "Asia/Tokyo"
+open_period = "2026-12"
+"#;
+
+#[test]
+fn a_year_end_bill_run_in_a_time_zone_ahead_of_utc() {
+    let dir = TempDir::new("year-end");
+    // 2 January 2027, 12:00 in Tokyo: December has ended there and its late usage is
+    // accepted until the end of 4 January (late_grace_days = 3).
+    let now = [("TALLYD_TEST_NOW", "2027-01-02T03:00:00Z")];
+    let d = Daemon::start_at_with_env(&dir.0, Some(TOKYO), &now);
+    post(
+        &d,
+        "/v1/partitions/apac/customers",
+        json!({"id": "acme", "payer": "111111111111"}),
+    );
+    let hours = |id: &str, quantity: &str, time: &str| {
+        json!([usage(id, "111111111111", "ec2.instance_hours", quantity, time)])
+    };
+    // 19:00 on 31 December in Tokyo: December's.
+    post(
+        &d,
+        "/v1/partitions/apac/usage",
+        hours("dec-1", "100", "2026-12-31T10:00:00Z"),
+    );
+    // 01:00 on 1 January 2027 in Tokyo, still 31 December in UTC: January's, not open yet.
+    let january = hours("jan-1", "50", "2026-12-31T16:00:00Z");
+    let r = d.post("/v1/partitions/apac/usage", &january.to_string());
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("falls in period 2027-01, which is not open yet"),
+        "{}",
+        r.body
+    );
+
+    // Closing December opens January of the next year. 100 h × 0.0400 = 4.00.
+    post(&d, "/v1/partitions/apac/bill-runs", json!({"period": "2026-12"}));
+    let run = d.wait_for_bill_run("apac-2026-12");
+    assert_eq!(run["total_billed"], "4.00");
+    let invoice = get(&d, "/v1/partitions/apac/invoices/apac-2026-12-000001");
+    assert_eq!(invoice["total"], "4.00");
+    assert_eq!(get(&d, "/v1/partitions")[0]["open_period"], "2027-01");
+
+    // January's event is taken now; 23:00 on 31 December in Tokyo is late December usage.
+    // January: 50 h × 0.0400 = 2.00; the adjustment: December re-rated, 125 h × 0.0400 =
+    // 5.00, less the 4.00 invoiced = 1.00; the running bill: 3.00.
+    post(&d, "/v1/partitions/apac/usage", january);
+    post(
+        &d,
+        "/v1/partitions/apac/usage",
+        hours("dec-late", "25", "2026-12-31T14:00:00Z"),
+    );
+    let bill = get(&d, "/v1/partitions/apac/customers/acme/bill");
+    assert_eq!(bill["period"], "2027-01");
+    assert_eq!(bill["adjustments"][0]["amount"], "1.00", "{bill}");
+    assert_eq!(bill["total"], "3.00", "{bill}");
+    d.stop();
+
+    // 5 January 00:00 in Tokyo (still 4 January in UTC): December's grace is over there.
+    let now = [("TALLYD_TEST_NOW", "2027-01-04T15:00:00Z")];
+    let d = Daemon::start_at_with_env(&dir.0, Some(TOKYO), &now);
+    let r = d.post(
+        "/v1/partitions/apac/usage",
+        &hours("dec-later", "1", "2026-12-31T14:00:00Z").to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("its late usage was accepted until 2027-01-04"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        get(&d, "/v1/partitions/apac/customers/acme/bill")["total"],
+        "3.00"
+    );
+}

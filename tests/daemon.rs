@@ -15,6 +15,33 @@ fn serves_health_and_ready() {
 }
 
 #[test]
+fn the_embedded_default_opens_the_month_of_the_real_clock() {
+    // The one test whose tallyd reads the real clock ("" unsets the tests' fixed one): with
+    // no `open_period` configured, the open period is the current month (UTC). Read before
+    // and after, in case the month turns meanwhile.
+    let month = || tallyman::domain::Period::containing(chrono::Utc::now().date_naive()).to_string();
+    let before = month();
+    let dir = TempDir::new("real-clock");
+    let d = Daemon::start_at_with_env(&dir.0, None, &[("TALLYD_TEST_NOW", "")]);
+    let (status, body) = d.get("/v1/partitions");
+    let after = month();
+    assert_eq!(status, 200, "{body}");
+    let partitions: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let open = partitions[0]["open_period"].as_str().unwrap();
+    assert!(open == before || open == after, "{open}: {before}..{after}");
+}
+
+#[test]
+fn the_embedded_default_opens_the_month_of_its_clock() {
+    // The tests' fixed clock (common::TEST_NOW, 2 December 2026) decides the open period.
+    let d = Daemon::start("fixed-clock");
+    let (_, body) = d.get("/v1/partitions");
+    let partitions: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(partitions[0]["open_period"], "2026-12");
+    assert_eq!(partitions[1]["open_period"], "2026-12");
+}
+
+#[test]
 fn admin_lists_segments_with_arbiter_and_load() {
     let d = Daemon::start("segments");
     let (status, body) = d.get("/v1/admin/segments");

@@ -79,6 +79,19 @@ async fn get_json(client: &awc::Client, url: &str) -> Result<serde_json::Value, 
     serde_json::from_slice(&body).map_err(|e| format!("GET {url}: {e}"))
 }
 
+/// The open period of `partition` at `target`: the period a run's events must fall in.
+pub async fn open_period(client: &awc::Client, target: &str, partition: &str) -> Result<Period, String> {
+    let base = target.trim_end_matches('/');
+    let partitions = get_json(client, &format!("{base}/v1/partitions")).await?;
+    partitions
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["id"] == partition))
+        .ok_or_else(|| format!("tallyd at {base} has no partition {partition:?}"))?["open_period"]
+        .as_str()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("tallyd at {base} names no open period for {partition:?}"))
+}
+
 /// Reads the partition and its price list; refuses what the oracle does not model (a
 /// period that is not the open one, a price change inside the period).
 pub async fn prepare(

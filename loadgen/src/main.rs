@@ -60,9 +60,11 @@ struct RunArgs {
     no_seed: bool,
     #[arg(long, default_value = "aws")]
     partition: String,
-    /// The billing period the events fall in (YYYY-MM); tallyd's open period.
-    #[arg(long, default_value = "2026-11")]
-    period: Period,
+    /// The billing period the events fall in (YYYY-MM), which tallyd must have open.
+    /// Default: with --target, the target's open period (asked); with --spawn or
+    /// --in-process, 2026-11 (the engine loadgen starts opens the period it is given).
+    #[arg(long)]
+    period: Option<Period>,
     /// tallyd configuration to take the catalog from (default: the embedded one).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -106,9 +108,10 @@ struct Generate {
     events: u64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// The billing period the events fall in (YYYY-MM).
-    #[arg(long, default_value = "2026-11")]
-    period: Period,
+    /// The billing period the events fall in (YYYY-MM). Default: the current month in
+    /// UTC, the one a tallyd on its embedded default has open.
+    #[arg(long)]
+    period: Option<Period>,
     /// Zipf exponent of family sizes.
     #[arg(long, default_value_t = 1.1)]
     family_skew: f64,
@@ -129,47 +132,27 @@ struct Generate {
     out: PathBuf,
 }
 
+/// The period a run's events fall in: `--period`, else the target's open period, else the
+/// one the engine loadgen starts is given.
+fn run_period(run: &RunArgs) -> Result<Period, String> {
+    const SPAWNED: &str = "2026-11";
+    match (run.period, &run.target) {
+        (Some(period), _) => Ok(period),
+        (None, Some(target)) => {
+            let client = awc::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .finish();
+            actix_rt::System::new().block_on(loadgen::check::open_period(&client, target, &run.partition))
+        }
+        (None, None) => Ok(SPAWNED.parse().expect("a period")),
+    }
+}
+
 fn main() -> ExitCode {
     let Cli { command, run } = Cli::parse();
     let result = match command {
         Some(Command::Generate(g)) => generate(g),
-        None => loadgen::cli::load(loadgen::cli::Load {
-            target: run.target,
-            spawn: run.spawn,
-            accounts: run.accounts,
-            customers: run.customers,
-            rate: run.rate,
-            duration: run.duration,
-            warmup: run.warmup,
-            batch: run.batch,
-            connections: run.connections,
-            seed: run.seed,
-            out: run.out,
-            no_seed: run.no_seed,
-            partition: run.partition.clone(),
-            period: run.period,
-            family_skew: run.family_skew,
-            traffic_skew: run.traffic_skew,
-            profile: run.profile,
-            meters: match meters(run.config.as_deref(), &run.partition, run.period) {
-                Ok(m) => m,
-                Err(e) => {
-                    eprintln!("loadgen: {e}");
-                    return ExitCode::from(2);
-                }
-            },
-            verify: run.verify,
-            chaos: run.chaos,
-            in_process: run.in_process,
-            config: run.config.clone(),
-        })
-        .map(|clean| {
-            if clean {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }),
+        None => run_load(run),
     };
     match result {
         Ok(code) => code,
@@ -178,6 +161,41 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A load run: exit 0 when it ran clean, 1 on errors or a mismatch.
+fn run_load(run: RunArgs) -> Result<ExitCode, String> {
+    let period = run_period(&run)?;
+    let meters = meters(run.config.as_deref(), &run.partition, period)?;
+    let clean = loadgen::cli::load(loadgen::cli::Load {
+        target: run.target,
+        spawn: run.spawn,
+        accounts: run.accounts,
+        customers: run.customers,
+        rate: run.rate,
+        duration: run.duration,
+        warmup: run.warmup,
+        batch: run.batch,
+        connections: run.connections,
+        seed: run.seed,
+        out: run.out,
+        no_seed: run.no_seed,
+        partition: run.partition.clone(),
+        period,
+        family_skew: run.family_skew,
+        traffic_skew: run.traffic_skew,
+        profile: run.profile,
+        meters,
+        verify: run.verify,
+        chaos: run.chaos,
+        in_process: run.in_process,
+        config: run.config.clone(),
+    })?;
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn meters(
@@ -217,6 +235,9 @@ fn meters(
 }
 
 fn generate(g: Generate) -> Result<ExitCode, String> {
+    let period = g
+        .period
+        .unwrap_or_else(|| Period::containing(Utc::now().date_naive()));
     let midnight =
         |d: chrono::NaiveDate| Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight exists"));
     let spec = WorkloadSpec {
@@ -225,11 +246,11 @@ fn generate(g: Generate) -> Result<ExitCode, String> {
         seed: g.seed,
         family_skew: g.family_skew,
         traffic_skew: g.traffic_skew,
-        period_start: midnight(g.period.first_day()),
-        period_end: midnight(g.period.end()),
+        period_start: midnight(period.first_day()),
+        period_end: midnight(period.end()),
         profile: g.profile.clone(),
     };
-    let mut workload = Workload::new(spec, meters(g.config.as_deref(), &g.partition, g.period)?)?;
+    let mut workload = Workload::new(spec, meters(g.config.as_deref(), &g.partition, period)?)?;
     std::fs::create_dir_all(&g.out).map_err(|e| format!("cannot create {}: {e}", g.out.display()))?;
     let open = |name: &str| {
         let path = g.out.join(name);

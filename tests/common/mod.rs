@@ -10,6 +10,14 @@ use std::time::Duration;
 
 pub const TALLYD: &str = env!("CARGO_BIN_EXE_tallyd");
 
+/// The clock every tallyd of the tests reads (`TALLYD_TEST_NOW`), unless a test sets its
+/// own: two days into December 2026, so November (the period the tests pin open) has
+/// ended and its late usage is still within the grace window (3 days), as on the day of a
+/// month's bill run. A test never depends on the day it runs; `.ci/run` proves it by
+/// running them all again with the machine's clock 400 days ahead. A test that means to
+/// read the real clock sets `TALLYD_TEST_NOW` to "" (see tests/daemon.rs).
+pub const TEST_NOW: &str = "2026-12-02T12:00:00Z";
+
 /// A folder removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -77,6 +85,9 @@ impl Daemon {
     /// Same, with extra environment variables (test hooks).
     pub fn start_at_with_env(at: &std::path::Path, config: Option<&str>, env: &[(&str, &str)]) -> Daemon {
         let mut command = Command::new(TALLYD);
+        if !env.iter().any(|(name, _)| *name == "TALLYD_TEST_NOW") {
+            command.env("TALLYD_TEST_NOW", TEST_NOW);
+        }
         command.envs(env.iter().copied());
         command
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
@@ -198,10 +209,12 @@ impl Daemon {
         assert!(exit.success(), "tallyd exits 0 after SIGTERM: {exit}");
     }
 
-    /// Polls bill run `id` of partition `aws` until it is done; answers its final view.
+    /// Polls bill run `id` (`<partition>-<YYYY-MM>`) until it is done; answers its final
+    /// view.
     pub fn wait_for_bill_run(&self, id: &str) -> serde_json::Value {
+        let partition = &id[..id.len() - "-YYYY-MM".len()];
         for _ in 0..2000 {
-            let (status, body) = self.get(&format!("/v1/partitions/aws/bill-runs/{id}"));
+            let (status, body) = self.get(&format!("/v1/partitions/{partition}/bill-runs/{id}"));
             assert_eq!(status, 200, "{body}\n{}", self.log.lock().unwrap().join("\n"));
             let run: serde_json::Value = serde_json::from_str(&body).unwrap();
             match run["state"].as_str().unwrap() {
