@@ -333,21 +333,33 @@ pub fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
 #[serde(deny_unknown_fields)]
 pub struct PartitionSpec {
     /// 1 to 64 of `A–Z a–z 0–9 _ -` (it names the partition's data folder).
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub id: String,
     /// ISO 4217 code, e.g. `EUR`.
+    #[schemars(with = "crate::domain::Currency")]
     pub currency: String,
     #[serde(default)]
     pub rounding: RoundingMode,
     /// The partition's catalog: its versions, oldest first.
+    #[schemars(length(min = 1))]
     pub catalog: Vec<CatalogVersionSpec>,
     /// The first open period (YYYY-MM); absent: the current month.
     #[serde(default)]
+    #[schemars(with = "Option<Period>")]
     pub open_period: Option<String>,
     #[serde(default = "default_late_grace_days")]
+    #[schemars(range(max = 28))]
     pub late_grace_days: u32,
     /// The IANA time zone of the partition's calendar months (default `UTC`).
     #[serde(default = "default_time_zone")]
+    #[schemars(schema_with = "time_zone_schema")]
     pub time_zone: String,
+}
+
+/// The schema of a time zone: one of the IANA names this build knows.
+fn time_zone_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let names: Vec<&str> = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()).collect();
+    schemars::json_schema!({"type": "string", "enum": names, "description": "an IANA time zone name"})
 }
 
 impl PartitionSpec {

@@ -281,6 +281,34 @@ fn every_bad_request_gets_a_problem_and_changes_nothing() {
     );
     assert_problem(&d.request("GET", "/v1/nothing-here", "application/json", ""), 404);
 
+    // An empty body is not an empty batch: it is refused, with no per-item `errors`.
+    for path in ["/v1/partitions/aws/usage", "/v1/partitions/aws/customers/bulk"] {
+        let p = assert_problem(&d.request("POST", path, "application/x-ndjson", " \n"), 400);
+        assert_eq!(p["type"], "https://tallyman.dev/problems/empty-body", "{p}");
+        assert!(p.get("errors").is_none(), "{p}");
+    }
+
+    // A path answers a method it does not have with 405 and the methods it has.
+    let r = d.request("DELETE", "/v1/partitions", "application/json", "");
+    assert_problem(&r, 405);
+    assert!(
+        r.headers.to_ascii_lowercase().contains("allow: get, post"),
+        "{}",
+        r.headers
+    );
+    let r = d.request(
+        "PUT",
+        "/v1/partitions/aws/customers/acme/bill",
+        "application/json",
+        "",
+    );
+    assert_problem(&r, 405);
+    assert!(
+        r.headers.to_ascii_lowercase().contains("allow: get\r\n"),
+        "{}",
+        r.headers
+    );
+
     assert_eq!(customer_total(&d), before, "no rejected request changed anything");
 }
 
@@ -469,8 +497,14 @@ fn openapi_lists_every_route_and_every_route_answers() {
             }
             let r = d.request(&method.to_uppercase(), &concrete, "application/json", "{}");
             assert!(!r.body.contains("no route for"), "{method} {path}: {}", r.body);
+            assert_ne!(r.status, 405, "{method} {path}: {}", r.body);
         }
     }
+    // A problem has `errors` only when items were refused; the dead-letter id is a number.
+    let problem = &doc["components"]["schemas"]["Problem"];
+    assert_eq!(problem["required"], json!(["type", "title", "status", "detail"]));
+    let replay = &paths["/v1/admin/dead-letters/{partition}/{id}/replay"]["post"]["parameters"];
+    assert_eq!(replay[1]["schema"]["type"], "integer", "{replay}");
     // Bodies are described by their types: a usage event's quantity takes numbers and strings.
     let quantity = &doc["components"]["schemas"]["UsageEvent"]["properties"]["quantity"];
     assert_eq!(quantity["type"], json!(["string", "number"]));

@@ -25,10 +25,12 @@ use problem::Problem;
 macro_rules! api {
     ($( $method:ident $path:literal => $handler:path {
         $summary:literal, scope: $scope:expr, request: $req:expr, ok: $status:literal, response: $resp:expr
+        $(, params: $params:expr)?
     } )*) => {
         /// Registers the routes on an actix-web app.
         pub fn routes(cfg: &mut web::ServiceConfig) {
             $( cfg.route($path, web::$method().to($handler)); )*
+            methods_not_allowed(cfg);
         }
 
         /// Every route, documented.
@@ -38,6 +40,7 @@ macro_rules! api {
                 path: $path,
                 summary: $summary,
                 scope: $scope,
+                params: &[$($params)?],
                 request: $req,
                 status: $status,
                 response: $resp,
@@ -84,7 +87,7 @@ api! {
     post "/v1/admin/snapshot" => snapshot { "Snapshots every segment now; the journal forgets what the snapshots cover.", scope: Some("admin"), request: None, ok: 200, response: None }
     post "/v1/admin/rebalance" => rebalance { "Runs one rebalancing round now.", scope: Some("admin"), request: None, ok: 202, response: None }
     get "/v1/admin/dead-letters" => dead_letters { "Commands that kept failing.", scope: Some("admin"), request: None, ok: 200, response: Some(schema::<Vec<DeadLetterView>>) }
-    post "/v1/admin/dead-letters/{partition}/{id}/replay" => replay_dead_letter { "Applies a dead letter again.", scope: Some("admin"), request: None, ok: 200, response: None }
+    post "/v1/admin/dead-letters/{partition}/{id}/replay" => replay_dead_letter { "Applies a dead letter again.", scope: Some("admin"), request: None, ok: 200, response: None, params: ("id", openapi::uint64) }
 }
 
 /// The bound on responses streaming at once.
@@ -213,9 +216,48 @@ async fn replay_dead_letter(engine: Ready, path: web::Path<(String, u64)>) -> Re
     Ok(HttpResponse::Ok().json(json!({"replayed": id, "outcome": outcome})))
 }
 
+/// After every route: each path answers a method it does not have with 405 and the
+/// methods it has in `Allow` (registered last, so a path's own routes match first).
+fn methods_not_allowed(cfg: &mut web::ServiceConfig) {
+    let mut allowed: Vec<(&'static str, Vec<String>)> = Vec::new();
+    for op in operations() {
+        let method = op.method.to_ascii_uppercase();
+        match allowed.iter_mut().find(|(path, _)| *path == op.path) {
+            Some((_, methods)) => methods.push(method),
+            None => allowed.push((op.path, vec![method])),
+        }
+    }
+    for (path, methods) in allowed {
+        let allow = methods.join(", ");
+        cfg.service(web::resource(path).to(move |req: actix_web::HttpRequest| {
+            let allow = allow.clone();
+            async move { method_not_allowed(&req, allow) }
+        }));
+    }
+}
+
+fn method_not_allowed(req: &actix_web::HttpRequest, allow: String) -> HttpResponse {
+    let problem = Problem::new(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!(
+            "{} {} is not a route; this path takes {allow}",
+            req.method(),
+            req.path()
+        ),
+    );
+    let mut response = actix_web::ResponseError::error_response(&problem);
+    response.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_str(&allow).expect("method names are ASCII"),
+    );
+    response
+}
+
 async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, Problem> {
     Err(Problem::not_found(format!(
-        "no route for {} {}; the routes are listed in API.md",
+        "no route for {} {}; the routes are listed in docs/api.md and GET /v1/openapi.json",
         req.method(),
         req.path()
     )))

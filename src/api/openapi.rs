@@ -14,6 +14,23 @@ pub fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
     g.subschema_for::<T>()
 }
 
+/// An unsigned 64-bit integer, its bounds stated (schemars names only the format).
+pub fn uint64(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({"type": "integer", "minimum": 0, "maximum": u64::MAX})
+}
+
+/// An example of a path parameter, from the embedded default's sample partition and
+/// customers (so that a client, or a fuzzer, reaches real resources).
+fn path_example(name: &str) -> Option<&'static str> {
+    match name {
+        "p" | "partition" => Some("aws"),
+        "c" => Some("acme"),
+        "a" => Some("222222222222"),
+        "number" => Some("aws-2026-11-000001"),
+        _ => None,
+    }
+}
+
 /// One documented route.
 pub struct Operation {
     pub method: &'static str,
@@ -21,6 +38,8 @@ pub struct Operation {
     pub summary: &'static str,
     /// The scope a token needs (`None`: open route).
     pub scope: Option<&'static str>,
+    /// Path parameters that are not plain strings, with their schemas.
+    pub params: &'static [(&'static str, SchemaFn)],
     /// `application/json` request body, if any.
     pub request: Option<SchemaFn>,
     /// Status and body of the success answer.
@@ -43,7 +62,17 @@ pub fn document(operations: &[Operation]) -> Value {
             .path
             .split('/')
             .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|name| {
+                let schema = match op.params.iter().find(|(n, _)| *n == name) {
+                    Some((_, schema)) => serde_json::to_value(schema(&mut g)).expect("a schema is JSON"),
+                    None => json!({"type": "string"}),
+                };
+                let mut parameter = json!({"name": name, "in": "path", "required": true, "schema": schema});
+                if let Some(example) = path_example(name) {
+                    parameter["example"] = json!(example);
+                }
+                parameter
+            })
             .collect();
         if !parameters.is_empty() {
             operation.insert("parameters".into(), json!(parameters));

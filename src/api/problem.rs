@@ -27,7 +27,9 @@ pub struct Problem {
     pub title: String,
     pub status: u16,
     pub detail: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Of a batch or body refused item by item: each bad item's index, field and what
+    /// is wrong with it. Absent from other problems.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<ItemError>,
     /// Of a batch partly applied: the events applied and the duplicates.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]

@@ -171,7 +171,7 @@ pub(super) struct CustomerView {
     commitment: Option<Decimal>,
     #[serde(skip_serializing_if = "Option::is_none")]
     budget: Option<crate::domain::customer::Budget>,
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     account_budgets: std::collections::BTreeMap<String, crate::domain::customer::Budget>,
     discounts: Vec<Discount>,
     credits: Vec<Credit>,
@@ -323,7 +323,7 @@ pub(super) struct CustomerBillView {
     currency: Currency,
     accounts: Vec<AccountBill>,
     lines: Vec<MeterLine>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     adjustments: Vec<AdjustmentLine>,
     discounts: Vec<DiscountLine>,
     credits: Vec<CreditLine>,

@@ -55,6 +55,13 @@ pub fn items(body: &[u8], ndjson: bool, max_items: usize) -> Result<Vec<&RawValu
             format!("the body is not UTF-8: {e}"),
         )
     })?;
+    if text.trim().is_empty() {
+        return Err(Problem::bad_request(
+            "empty-body",
+            "Empty body",
+            "the body is empty: send a JSON array, or NDJSON with one item a line",
+        ));
+    }
     let items: Vec<&RawValue> = if ndjson {
         let mut items = Vec::new();
         for (line_no, line) in text.lines().enumerate() {
@@ -213,7 +220,8 @@ fn plain_usage(body: &str, ndjson: bool, max_items: usize) -> Option<Vec<UsageEv
     } else {
         serde_json::from_str(body).ok()?
     };
-    if plain.len() > max_items {
+    if plain.len() > max_items || plain.is_empty() {
+        // Past the bound, or nothing (an empty body is refused): the slow path says so.
         return None;
     }
     plain.into_iter().map(PlainEvent::check).collect()
@@ -400,5 +408,16 @@ mod tests {
         let bad = items(b"{\"a\":1}\n{oops\n", true, 10).unwrap_err();
         assert!(bad.detail.contains("line 2"), "{}", bad.detail);
         assert_eq!(items(b"[{", false, 10).unwrap_err().status, 400);
+        for empty in [&b""[..], b" \n\n"] {
+            let refused = items(empty, true, 10).unwrap_err();
+            assert_eq!(
+                (refused.status, refused.kind.as_str()),
+                (400, "https://tallyman.dev/problems/empty-body")
+            );
+        }
+        assert!(
+            items(b"[]", false, 10).unwrap().is_empty(),
+            "an empty array is an empty batch"
+        );
     }
 }

@@ -54,6 +54,7 @@ pub struct MeterDefinition {
 #[serde(deny_unknown_fields)]
 pub struct CatalogVersionSpec {
     pub effective_from: NaiveDate,
+    #[schemars(length(min = 1))]
     pub meters: Vec<MeterDefinition>,
 }
 

@@ -128,7 +128,8 @@ impl schemars::JsonSchema for Currency {
         "Currency".into()
     }
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({"type": "string", "pattern": "^[A-Z]{3}$", "examples": ["USD"]})
+        let codes: Vec<&str> = KNOWN.iter().map(|(c, _)| *c).collect();
+        schemars::json_schema!({"type": "string", "enum": codes, "description": "an ISO 4217 code this build knows"})
     }
 }
 

@@ -144,7 +144,7 @@ impl schemars::JsonSchema for Period {
         "Period".into()
     }
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$", "examples": ["2026-11"]})
+        schemars::json_schema!({"type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$", "examples": ["2026-11"]})
     }
 }
 
