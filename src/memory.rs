@@ -51,9 +51,9 @@ pub fn release_free_memory() {
 pub fn use_transparent_huge_pages(enabled: bool) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
+        let none: libc::c_ulong = 0;
         // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes nothing
         // but the kernel's choice of page size for this process.
-        let none: libc::c_ulong = 0;
         let r = unsafe {
             libc::prctl(
                 libc::PR_SET_THP_DISABLE,
@@ -77,8 +77,8 @@ pub fn use_transparent_huge_pages(enabled: bool) -> std::io::Result<()> {
 pub fn transparent_huge_pages_disabled() -> Option<bool> {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: PR_GET_THP_DISABLE takes no pointers and only reads a flag.
         let none: libc::c_ulong = 0;
+        // SAFETY: PR_GET_THP_DISABLE takes no pointers and only reads a flag.
         let r = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, none, none, none, none) };
         if r >= 0 {
             return Some(r == 1);

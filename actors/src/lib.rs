@@ -13,6 +13,8 @@
 //! - [`journal::Journal`] and [`snapshot::SnapshotStore`] are the persistence interfaces.
 //! - [`latency`] keeps per-stage latency histograms, per thread, merged when read.
 
+#![forbid(unsafe_code)]
+
 pub mod crc;
 pub mod entity;
 pub mod file_journal;

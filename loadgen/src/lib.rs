@@ -4,6 +4,8 @@
 //! from the catalog) and, being seeded, replays it exactly. Its checks of tallyd's answers
 //! are its own simple re-computation, never the engine's pricing code.
 
+#![forbid(unsafe_code)]
+
 pub mod chaos;
 pub mod check;
 pub mod cli;

@@ -1,5 +1,7 @@
 //! The `loadgen` command line.
 
+#![forbid(unsafe_code)]
+
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;

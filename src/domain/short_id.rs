@@ -41,6 +41,7 @@ struct HeapText(std::ptr::NonNull<String>);
 // SAFETY: a `HeapText` is an `Arc<String>` (see `new`, `clone` and `drop`), which may be
 // sent and shared between threads.
 unsafe impl Send for HeapText {}
+// SAFETY: as for `Send`: shared `&HeapText`s only read the `String` through the `Arc`.
 unsafe impl Sync for HeapText {}
 
 impl HeapText {

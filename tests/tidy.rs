@@ -1,0 +1,185 @@
+//! The house rules, read off the source: the layer rule (which module may name which),
+//! where `unsafe` may be, and the crates that forbid it. A broken rule fails with the
+//! file, the line and the rule it breaks. (That each `unsafe` says why it is sound, in a
+//! `// SAFETY:` comment, is clippy's `undocumented_unsafe_blocks`, denied workspace-wide.)
+//!
+//! The layers, arrows pointing one way: `api → engine → {domain, actors}`.
+//! - `src/domain` is the billing rules, pure: it names nothing above it (engine, api,
+//!   config), nor the actor runtime, nor I/O, threads, clocks or randomness.
+//! - `src/engine` never names the HTTP face (`src/api`).
+//! - `src/config.rs` reads settings and builds domain objects; it starts nothing.
+//! - `actors/` knows nothing of billing: it does not depend on `tallyman`.
+//!
+//! Test code (`#[cfg(test)]` modules, `*_tests.rs`) may use threads and seeded randomness.
+
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// What a module's production code must never name.
+const DOMAIN_NEVER: &[&str] = &[
+    "crate::engine",
+    "crate::api",
+    "crate::config",
+    "tallyman_actors",
+    "actix",
+    "tokio",
+    "std::fs",
+    "std::net",
+    "std::thread",
+    "std::process",
+    "Instant::now",
+    "SystemTime",
+    "Utc::now",
+    "Local::now",
+    "rand::",
+];
+const ENGINE_NEVER: &[&str] = &["crate::api"];
+const CONFIG_NEVER: &[&str] = &["crate::engine", "crate::api", "actix", "tokio", "tallyman_actors"];
+const ACTORS_NEVER: &[&str] = &["tallyman::"];
+
+/// The files that may hold `unsafe`, and what they own. Every other file has none.
+const UNSAFE_FILES: &[&str] = &[
+    "src/domain/thin_block.rs", // an account's usage in one allocation behind one word
+    "src/domain/short_id.rs",   // ids in 16 bytes, inline or one shared allocation
+    "src/domain/mod.rs",        // the x86 prefetch hint
+    "src/memory.rs",            // the allocator's release call, the huge-page prctl
+];
+
+/// Each production line of `file` (1-based number and text), comments and test modules
+/// left out.
+fn production_lines(file: &Path) -> Vec<(usize, String)> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let next = lines.get(i + 1).map_or("", |l| l.trim_start());
+        if trimmed.starts_with("#[cfg(test)]") && next.starts_with("mod ") {
+            break;
+        }
+        if trimmed.starts_with("//") {
+            continue;
+        }
+        out.push((i + 1, line.to_string()));
+    }
+    out
+}
+
+fn rust_files(dir: &str) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![Path::new(ROOT).join(dir)];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn relative(path: &Path) -> String {
+    path.strip_prefix(ROOT).unwrap().to_string_lossy().into_owned()
+}
+
+/// Every line of the production code of `files` that names one of `never`.
+fn offences(files: &[PathBuf], never: &[&str], rule: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for file in files {
+        if file.to_string_lossy().ends_with("_tests.rs") {
+            continue;
+        }
+        for (n, line) in production_lines(file) {
+            let code = line.split("//").next().unwrap_or_default();
+            for name in never {
+                if code.contains(name) {
+                    found.push(format!(
+                        "{}:{n}: `{}` names {name}: {rule}",
+                        relative(file),
+                        line.trim()
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
+fn assert_none(found: Vec<String>) {
+    assert!(found.is_empty(), "\n{}\n", found.join("\n"));
+}
+
+#[test]
+fn the_domain_names_nothing_above_it_and_does_no_io() {
+    let rule = "src/domain is pure billing rules (no engine, api, config, runtime, I/O, clock or randomness)";
+    assert_none(offences(&rust_files("src/domain"), DOMAIN_NEVER, rule));
+}
+
+#[test]
+fn the_engine_never_names_the_http_face() {
+    let rule = "src/engine sits below src/api";
+    assert_none(offences(&rust_files("src/engine"), ENGINE_NEVER, rule));
+}
+
+#[test]
+fn configuration_starts_nothing() {
+    let files = [Path::new(ROOT).join("src/config.rs")];
+    let rule = "src/config.rs reads settings and builds domain objects only";
+    assert_none(offences(&files, CONFIG_NEVER, rule));
+}
+
+#[test]
+fn the_actor_runtime_knows_nothing_of_billing() {
+    let manifest = std::fs::read_to_string(Path::new(ROOT).join("actors/Cargo.toml")).unwrap();
+    let deps = manifest
+        .lines()
+        .filter(|l| l.trim_start().starts_with("tallyman ") || l.trim_start().starts_with("tallyman."))
+        .collect::<Vec<_>>();
+    assert!(deps.is_empty(), "actors/Cargo.toml depends on tallyman: {deps:?}");
+    let rule = "actors/ hosts entities of any kind and never sees billing";
+    assert_none(offences(&rust_files("actors/src"), ACTORS_NEVER, rule));
+}
+
+#[test]
+fn unsafe_lives_in_the_listed_files_only() {
+    let mut found = Vec::new();
+    for dir in ["src", "actors/src", "loadgen/src", "benches"] {
+        for file in rust_files(dir) {
+            let name = relative(&file);
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                let is_unsafe = ["unsafe {", "unsafe impl", "unsafe fn", "unsafe extern"]
+                    .iter()
+                    .any(|u| code.contains(u));
+                if !is_unsafe {
+                    continue;
+                }
+                if !UNSAFE_FILES.contains(&name.as_str()) {
+                    found.push(format!(
+                        "{name}:{}: `{}`: unsafe outside {UNSAFE_FILES:?}",
+                        i + 1,
+                        line.trim()
+                    ));
+                }
+            }
+        }
+    }
+    assert_none(found);
+}
+
+#[test]
+fn the_runtime_and_loadgen_forbid_unsafe() {
+    for root in ["actors/src/lib.rs", "loadgen/src/lib.rs", "loadgen/src/main.rs"] {
+        let text = std::fs::read_to_string(Path::new(ROOT).join(root)).unwrap();
+        assert!(
+            text.contains("#![forbid(unsafe_code)]"),
+            "{root} does not forbid unsafe code"
+        );
+    }
+}
