@@ -402,7 +402,7 @@ async fn run() {
     // What the load freed (grown tables, applied batches), given back as the daemon's
     // timer would within `memory_release_interval_secs`.
     let released = Instant::now();
-    tallyman::memory::release_free_memory();
+    tallyman::compact::memory::release_free_memory();
     let release_time = released.elapsed();
     let rss3 = rss_bytes();
     println!(

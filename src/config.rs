@@ -10,6 +10,8 @@
 //! domain objects or refuses them with an error that names the key and what is wrong.
 //! This module reads files and the environment but starts nothing.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -364,8 +366,8 @@ fn time_zone_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 
 impl PartitionSpec {
     /// Checks the spec; the error names the field.
-    pub fn to_config(&self) -> Result<PartitionConfig, crate::domain::usage::FieldError> {
-        use crate::domain::usage::FieldError;
+    pub fn to_config(&self) -> Result<PartitionConfig, crate::domain::FieldError> {
+        use crate::domain::FieldError;
         let id_ok = (1..=64).contains(&self.id.len())
             && self
                 .id

@@ -12,6 +12,8 @@
 //! stalled server shows up as the latency its clients would have seen (coordinated
 //! omission corrected); the service time (from the actual send) is kept beside it.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::path::Path;
 

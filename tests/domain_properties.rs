@@ -318,9 +318,9 @@ proptest! {
     /// customer's account list is sorted by `str`'s order and searched with it).
     #[test]
     fn account_ids_order_as_strings(a in "[0-9a-z\\x00-]{0,20}", b in "[0-9a-z\\x00-]{0,20}") {
-        use tallyman::domain::customer::cmp_account_ids;
-        prop_assert_eq!(cmp_account_ids(&a, &b), a.as_str().cmp(b.as_str()));
-        prop_assert_eq!(cmp_account_ids(&a, &a), std::cmp::Ordering::Equal);
+        use tallyman::compact::short_id::cmp_as_str;
+        prop_assert_eq!(cmp_as_str(&a, &b), a.as_str().cmp(b.as_str()));
+        prop_assert_eq!(cmp_as_str(&a, &a), std::cmp::Ordering::Equal);
     }
 
     #[test]

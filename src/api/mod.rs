@@ -2,6 +2,8 @@
 //!
 //! It talks to the [`crate::engine`] only; it never touches the domain's state itself.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

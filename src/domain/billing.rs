@@ -25,8 +25,9 @@ use std::sync::Arc;
 
 use rust_decimal::Decimal;
 
-use super::catalog::{Catalog, MeterId};
+use super::catalog::Catalog;
 use super::customer::{AccountId, Customer};
+use super::ids::MeterId;
 use super::invoice::{
     AccountBill, AccountLine, AdjustmentLine, Bill, CommitmentLine, CreditLine, DiscountLine, MeterLine,
     TaxLine,

@@ -13,13 +13,11 @@ use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::error::FieldError;
+use super::ids::{fingerprint64, MeterId, MAX_ID_LEN};
 use super::meter::{Aggregation, Reading, VersionIdx};
 use super::price::{PriceModel, PricePlan};
-use super::usage::{fingerprint64, FieldError, UsageEvent, MAX_ID_LEN};
-
-/// Index of a meter within its catalog. Stable for the catalog's lifetime.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct MeterId(pub u16);
+use super::usage::UsageEvent;
 
 /// The aggregation names of the API (`"aggregation": "unique_count"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -5,8 +5,10 @@ use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::error::FieldError;
+use super::ids::MAX_ID_LEN;
 use super::money::Currency;
-use super::usage::{FieldError, MAX_ID_LEN};
+use crate::compact::short_id::cmp_as_str;
 
 /// An account id: a [`super::ShortId`], 16 bytes in place. Ids of up to 15 bytes (every
 /// AWS-style 12-digit id) are kept inline, so a lookup compares bytes in place instead
@@ -499,24 +501,6 @@ mod budgets_by_account {
     }
 }
 
-/// Orders account ids exactly as `str` does, without a call to `memcmp` for ids of up
-/// to 16 bytes (every AWS-style id): each is read as one big-endian 128-bit number,
-/// zero-padded, and a tie goes to the shorter (a prefix comes first, as in `str`).
-/// It is the comparison of the hot path's search for an account in its customer.
-pub fn cmp_account_ids(a: &str, b: &str) -> std::cmp::Ordering {
-    fn word(s: &[u8]) -> u128 {
-        let mut bytes = [0u8; 16];
-        bytes[..s.len()].copy_from_slice(s);
-        u128::from_be_bytes(bytes)
-    }
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() <= 16 && b.len() <= 16 {
-        word(a).cmp(&word(b)).then(a.len().cmp(&b.len()))
-    } else {
-        a.cmp(b)
-    }
-}
-
 impl Customer {
     /// Its commitment, budgets, discounts and credits (empty ones when it has none).
     pub fn terms(&self) -> &Terms {
@@ -553,8 +537,8 @@ impl Customer {
 
     /// Starts fetching the customer's record: its list of accounts and their index.
     pub fn prefetch_terms(&self) {
-        super::prefetch(&self.accounts);
-        super::prefetch(&self.index);
+        crate::compact::prefetch(&self.accounts);
+        crate::compact::prefetch(&self.index);
     }
 
     /// Starts fetching what [`Self::position`] will read for `account`, going at most
@@ -566,13 +550,13 @@ impl Customer {
     pub fn prefetch_position(&self, account: &str, depth: usize) -> Option<std::ops::Range<usize>> {
         let n = self.accounts.len();
         let fetch = |i: usize| {
-            super::prefetch(self.accounts.as_ptr().wrapping_add(i));
+            crate::compact::prefetch(self.accounts.as_ptr().wrapping_add(i));
             Some(i..i + 1)
         };
         if n <= AccountIndex::FROM {
             // A binary search over a few ids reads them all.
-            super::prefetch(self.accounts.as_ptr());
-            super::prefetch(self.accounts.as_ptr().wrapping_add(n.saturating_sub(1)));
+            crate::compact::prefetch(self.accounts.as_ptr());
+            crate::compact::prefetch(self.accounts.as_ptr().wrapping_add(n.saturating_sub(1)));
             return Some(0..n);
         }
         match &self.index.0 {
@@ -587,8 +571,8 @@ impl Customer {
                 let size = (2 * n).next_power_of_two();
                 let slot = AccountIndex::hash(account) as usize & (size - 1);
                 if depth == 0 {
-                    super::prefetch(table.as_ptr());
-                    super::prefetch(table.as_ptr().wrapping_add(slot));
+                    crate::compact::prefetch(table.as_ptr());
+                    crate::compact::prefetch(table.as_ptr().wrapping_add(slot));
                     return None;
                 }
                 fetch((*table.get(slot)? as usize).checked_sub(1)?)
@@ -616,7 +600,7 @@ impl Customer {
 
     /// The binary search of the sorted accounts: where `account` is, or would sort.
     fn search(&self, account: &str) -> Result<usize, usize> {
-        self.accounts.binary_search_by(|a| cmp_account_ids(a, account))
+        self.accounts.binary_search_by(|a| cmp_as_str(a, account))
     }
 
     /// Adds `account` to the accounts (where it sorts): its position, and whether it
@@ -877,7 +861,7 @@ mod tests {
         ];
         for a in ids {
             for b in ids {
-                assert_eq!(cmp_account_ids(a, b), a.cmp(b), "{a:?} vs {b:?}");
+                assert_eq!(cmp_as_str(a, b), a.cmp(b), "{a:?} vs {b:?}");
             }
         }
     }

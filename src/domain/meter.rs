@@ -16,8 +16,8 @@ use std::collections::HashMap;
 
 use thin_vec::ThinVec;
 
-use super::catalog::MeterId;
-use super::usage::Prehashed;
+use super::ids::MeterId;
+use crate::compact::prehashed::Prehashed;
 
 /// Index of a catalog version within its catalog (0 = the oldest).
 pub type VersionIdx = u16;

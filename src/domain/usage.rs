@@ -5,19 +5,17 @@
 //! events into per-meter aggregates, applying each event id at most once.
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::catalog::MeterId;
-use super::id_table::{Fp96, IdTable};
+use super::error::FieldError;
+use super::ids::{MeterId, MAX_ID_LEN};
 use super::meter::{MeterAggregate, Overflow, Reading};
-use super::thin_block::{Tail, TailMut, ThinBlock};
+use crate::compact::id_table::{Fp96, IdTable};
+use crate::compact::thin_block::{Tail, TailMut, ThinBlock};
 
-/// Longest accepted event id, account id or meter name, in bytes.
-pub const MAX_ID_LEN: usize = 128;
 /// Most dimensions on one event.
 pub const MAX_DIMENSIONS: usize = 16;
 /// Longest dimension name or value, in bytes.
@@ -58,23 +56,6 @@ pub struct RawUsageEvent {
     pub quantity: Option<RawQuantity>,
     pub time: Option<String>,
     pub dimensions: Option<BTreeMap<String, String>>,
-}
-
-/// One problem with one field of one event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
 }
 
 /// Parses a quantity exactly (`0.1` is one tenth) and checks it is finite, non-negative,
@@ -191,45 +172,6 @@ impl UsageEvent {
 /// its 128-bit xxh3, the bits an account keeps ([`Fp96`]; the top 32 are zero).
 pub fn event_fingerprint(id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(id.as_bytes()) & Fp96::MASK
-}
-
-/// A stable 64-bit fingerprint of a string (xxh3): dimension values and tie-breaks.
-pub fn fingerprint64(s: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(s.as_bytes())
-}
-
-/// Hashing for keys that are already uniform hashes (fingerprints): the key's low
-/// 64 bits are the hash. Deterministic, and far cheaper than hashing them again.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Prehashed;
-
-/// The [`Hasher`] of [`Prehashed`].
-#[derive(Default)]
-pub struct PrehashedHasher(u64);
-
-impl BuildHasher for Prehashed {
-    type Hasher = PrehashedHasher;
-    fn build_hasher(&self) -> PrehashedHasher {
-        PrehashedHasher(0)
-    }
-}
-
-impl Hasher for PrehashedHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Not used by fingerprint keys; fold anything else in FNV-1a style.
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 ^= n;
-    }
-    fn write_u128(&mut self, n: u128) {
-        self.0 ^= n as u64;
-    }
 }
 
 /// What applying an event did.
@@ -587,8 +529,8 @@ impl AccountUsage {
     pub fn prefetch(&self) {
         let block = self.block.as_ptr();
         if !block.is_null() {
-            super::prefetch(block);
-            super::prefetch(block.wrapping_add(64));
+            crate::compact::prefetch(block);
+            crate::compact::prefetch(block.wrapping_add(64));
         }
     }
 
@@ -597,7 +539,7 @@ impl AccountUsage {
     pub fn prefetch_ids(&self, event: u128) {
         match self.block.tail() {
             Tail::Items([]) => {}
-            Tail::Items(ids) => super::prefetch(
+            Tail::Items(ids) => crate::compact::prefetch(
                 ids.as_ptr()
                     .wrapping_add(guess_sorted(ids.len(), Fp96::new(event))),
             ),
@@ -860,7 +802,7 @@ mod tests {
         #[derive(Serialize, Deserialize)]
         struct AccountUsage0 {
             meters: Vec<(MeterId, crate::domain::meter::Written)>,
-            seen: std::collections::HashSet<u128, Prehashed>,
+            seen: std::collections::HashSet<u128, crate::compact::prehashed::Prehashed>,
         }
         let mut usage = AccountUsage::default();
         usage.apply(9, MeterId(2), &sum_reading(Decimal::TWO)).unwrap();

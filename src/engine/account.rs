@@ -926,7 +926,7 @@ impl Entity for CustomerEntity {
         let (CustomerCommand::Usage(event), Some(customer)) = (command, self.customer.as_deref()) else {
             return;
         };
-        let usage_at = |i: usize| crate::domain::prefetch(self.usage.as_ptr().wrapping_add(i));
+        let usage_at = |i: usize| crate::compact::prefetch(self.usage.as_ptr().wrapping_add(i));
         if round == 0 {
             customer.prefetch_terms();
             usage_at(0);

@@ -7,6 +7,8 @@
 //! actor, and prices running bills with the domain's functions. The HTTP API talks to it
 //! and never to the domain's state directly.
 
+#![forbid(unsafe_code)]
+
 pub mod account;
 pub mod alerts;
 pub mod bill_run;
@@ -38,7 +40,8 @@ use tallyman_actors::{
 use crate::config::{PartitionConfig, PartitionSpec, RuntimeSettings, Validated};
 use crate::domain::customer::{Credit, Discount};
 use crate::domain::invoice::AccountBill;
-use crate::domain::usage::{event_fingerprint, FieldError};
+use crate::domain::usage::event_fingerprint;
+use crate::domain::FieldError;
 use crate::domain::{
     AccountId, Bill, BillingProfile, Catalog, CatalogVersionSpec, Customer, Period, Rounding, UsageEvent,
 };
@@ -382,7 +385,7 @@ impl Engine {
     pub async fn start(settings: &Validated, options: EngineOptions) -> Result<Engine, EngineError> {
         stats::register_all();
         let huge = settings.runtime.transparent_huge_pages;
-        if let Err(e) = crate::memory::use_transparent_huge_pages(huge) {
+        if let Err(e) = crate::compact::memory::use_transparent_huge_pages(huge) {
             tracing::warn!(enabled = huge, error = %e, "cannot choose whether to use transparent huge pages; the system's setting applies");
         }
         let pool = Arc::new(ArbiterPool::new(settings.runtime.arbiters));
@@ -434,7 +437,7 @@ impl Engine {
         let alive = Arc::new(());
         // Recovery and loading freed what replay and rebuilding took: give it back now,
         // then every `memory_release_interval_secs`.
-        crate::memory::release_free_memory();
+        crate::compact::memory::release_free_memory();
         if r.memory_release_interval_secs > 0 {
             let every = std::time::Duration::from_secs(r.memory_release_interval_secs);
             actix_rt::spawn(memory_release_loop(Arc::downgrade(&alive), every));
@@ -894,7 +897,7 @@ async fn budget_loop(partition: std::sync::Weak<PartitionEngine>, every: std::ti
 }
 
 /// Hands the memory the allocator holds free back to the system every `every`, for as
-/// long as the engine lives (see [`crate::memory::release_free_memory`]).
+/// long as the engine lives (see [`crate::compact::memory::release_free_memory`]).
 async fn memory_release_loop(alive: std::sync::Weak<()>, every: std::time::Duration) {
     let mut tick = actix_rt::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -905,7 +908,7 @@ async fn memory_release_loop(alive: std::sync::Weak<()>, every: std::time::Durat
             return;
         }
         let started = std::time::Instant::now();
-        crate::memory::release_free_memory();
+        crate::compact::memory::release_free_memory();
         tracing::trace!(
             elapsed_us = started.elapsed().as_micros() as u64,
             "free memory released"
@@ -1306,8 +1309,8 @@ impl PartitionEngine {
             let (ctrl, mask) = (table.data_end().as_ptr(), table.buckets() - 1);
             let fetch_ahead = |i: u32| {
                 let pos = wanted[i as usize].1 as usize & mask;
-                crate::domain::prefetch(ctrl.cast::<u8>().wrapping_add(pos));
-                crate::domain::prefetch(ctrl.wrapping_sub(pos + 1));
+                crate::compact::prefetch(ctrl.cast::<u8>().wrapping_add(pos));
+                crate::compact::prefetch(ctrl.wrapping_sub(pos + 1));
             };
             group.iter().take(Self::ROUTE_AHEAD).for_each(|&i| fetch_ahead(i));
             for (n, &i) in group.iter().enumerate() {
@@ -1325,7 +1328,7 @@ impl PartitionEngine {
         let keys = self.customers.keys();
         let fetch_key = |route: &Option<(AccountId, u32)>| {
             if let Some((_, n)) = route {
-                crate::domain::prefetch(keys.as_ptr().wrapping_add(*n as usize));
+                crate::compact::prefetch(keys.as_ptr().wrapping_add(*n as usize));
             }
         };
         found.iter().take(Self::ROUTE_AHEAD).for_each(fetch_key);
@@ -1617,7 +1620,7 @@ impl PartitionEngine {
             Some((id, from)) => (id, Some(self.customers.key(from))),
             None => {
                 let name = account.trim();
-                if name.is_empty() || name.len() > crate::domain::usage::MAX_ID_LEN {
+                if name.is_empty() || name.len() > crate::domain::ids::MAX_ID_LEN {
                     return Err(EngineError::Invalid(FieldError::new(
                         "account",
                         "must be 1 to 128 bytes",
