@@ -243,3 +243,7 @@ mod tests {
         );
     }
 }
+
+mod directory;
+mod moves;
+mod upserts;
