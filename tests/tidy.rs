@@ -205,3 +205,115 @@ fn every_module_but_compact_forbids_unsafe() {
         );
     }
 }
+
+/// The longest a file (test modules aside) or a function may be.
+const MAX_FILE_LINES: usize = 800;
+const MAX_FN_LINES: usize = 80;
+
+/// What is longer today, with its length: the rest of issue 22's split. An entry may
+/// shrink or go, never grow; nothing new may join it. A function that is long for a
+/// reason says so in a `// Long:` comment above it instead.
+const STILL_LONG: &[(&str, usize)] = &[
+    ("actors/src/partition.rs", 861),
+    ("src/config.rs", 809),
+    ("src/engine/account.rs", 1051),
+    ("loadgen/src/run.rs run", 179),
+    ("src/domain/billing.rs bill_customer_with", 160),
+    ("src/engine/open.rs open_partition", 153),
+    ("src/main.rs run", 134),
+    ("src/domain/catalog.rs publish", 131),
+    ("loadgen/src/inprocess.rs drive", 130),
+    ("src/engine/bill_run.rs run_bill_run", 129),
+    ("loadgen/src/cli.rs report", 126),
+    ("src/engine/customers/upserts.rs upsert_customers", 124),
+    ("src/api/metrics.rs render", 118),
+    ("src/config.rs validate", 116),
+    ("src/engine/customers/moves.rs move_account", 109),
+    ("src/engine/ingest.rs resolve", 97),
+    ("src/domain/price.rs charge_range", 90),
+    ("src/api/openapi.rs document", 83),
+    ("actors/src/partition.rs submit", 83),
+    ("src/domain/invoice.rs check", 82),
+];
+
+/// The name of the function `line` opens, if it opens one with a body.
+fn opens_fn(line: &str) -> Option<(usize, String)> {
+    let indent = line.len() - line.trim_start().len();
+    let mut words = line.trim_start().split_whitespace().peekable();
+    while let Some(w) = words.peek() {
+        if w.starts_with("pub") || ["async", "const", "unsafe", "extern"].contains(w) {
+            words.next();
+        } else {
+            break;
+        }
+    }
+    if words.next() != Some("fn") || line.trim_end().ends_with(';') {
+        return None;
+    }
+    let name = words.next()?.split(['(', '<']).next()?.to_string();
+    Some((indent, name))
+}
+
+/// Every file and function of production code over its bound, with its length.
+fn long_ones() -> Vec<(String, usize, bool)> {
+    let mut found = Vec::new();
+    for dir in ["src", "actors/src", "loadgen/src"] {
+        for file in rust_files(dir) {
+            let name = relative(&file);
+            if name.ends_with("_tests.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            let end = lines
+                .iter()
+                .enumerate()
+                .position(|(i, l)| {
+                    l.trim_start().starts_with("#[cfg(test)]")
+                        && lines
+                            .get(i + 1)
+                            .is_some_and(|n| n.trim_start().starts_with("mod "))
+                })
+                .unwrap_or(lines.len());
+            if end > MAX_FILE_LINES {
+                found.push((name.clone(), end, false));
+            }
+            for i in 0..end {
+                let Some((indent, function)) = opens_fn(lines[i]) else {
+                    continue;
+                };
+                let close = format!("{}}}", " ".repeat(indent));
+                let Some(len) = lines[i..end].iter().position(|l| *l == close) else {
+                    continue;
+                };
+                if len + 1 > MAX_FN_LINES {
+                    let explained = lines[i.saturating_sub(12)..i]
+                        .iter()
+                        .any(|l| l.contains("// Long:"));
+                    found.push((format!("{name} {function}"), len + 1, explained));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn files_and_functions_stay_small() {
+    let mut found = Vec::new();
+    for (what, len, explained) in long_ones() {
+        let known = STILL_LONG.iter().find(|(w, _)| *w == what);
+        match known {
+            _ if explained => {}
+            Some((_, was)) if len <= *was => {}
+            Some((_, was)) => found.push(format!(
+                "{what}: {len} lines, longer than the {was} it was; split it"
+            )),
+            None => found.push(format!(
+                "{what}: {len} lines, over {MAX_FN_LINES} a function, {MAX_FILE_LINES} a file; \
+                 split it along what it owns, or say why in a `// Long:` comment above it"
+            )),
+        }
+    }
+    assert_none(found);
+}
