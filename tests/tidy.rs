@@ -239,7 +239,7 @@ const STILL_LONG: &[(&str, usize)] = &[
 /// The name of the function `line` opens, if it opens one with a body.
 fn opens_fn(line: &str) -> Option<(usize, String)> {
     let indent = line.len() - line.trim_start().len();
-    let mut words = line.trim_start().split_whitespace().peekable();
+    let mut words = line.split_whitespace().peekable();
     while let Some(w) = words.peek() {
         if w.starts_with("pub") || ["async", "const", "unsafe", "extern"].contains(w) {
             words.next();
