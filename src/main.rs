@@ -1,5 +1,7 @@
 //! `tallyd`: the Tallyman daemon and its command-line tools.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -9,7 +9,8 @@
 //!   config), nor the actor runtime, nor I/O, threads, clocks or randomness.
 //! - `src/compact` packs state in memory and holds every `unsafe`; it knows no billing
 //!   (it names nothing of the domain or above).
-//! - `src/engine` never names the HTTP face (`src/api`).
+//! - `src/engine` never names the HTTP face (`src/api`), and opens no file: what it keeps
+//!   goes through `src/store`, which names nothing of the engine, the API or the runtime.
 //! - `src/config.rs` reads settings and builds domain objects; it starts nothing.
 //! - `actors/` knows nothing of billing: it does not depend on `tallyman`.
 //!
@@ -42,6 +43,8 @@ const IMPURE: &[&str] = &[
     "rand::",
 ];
 const ENGINE_NEVER: &[&str] = &["crate::api"];
+/// The HTTP face reaches below the engine only for the domain's value types.
+const API_NEVER: &[&str] = &["crate::store", "crate::compact", "tallyman_actors"];
 const CONFIG_NEVER: &[&str] = &["crate::engine", "crate::api", "actix", "tokio", "tallyman_actors"];
 const ACTORS_NEVER: &[&str] = &["tallyman::"];
 
@@ -139,6 +142,24 @@ fn the_engine_never_names_the_http_face() {
 }
 
 #[test]
+fn the_engine_does_no_file_io_and_the_store_knows_no_engine() {
+    let rule = "src/engine keeps what it keeps through src/store, which sits below it";
+    let mut found = offences(
+        &rust_files("src/engine"),
+        &[&["std::fs", "OpenOptions", "File::"]],
+        rule,
+    );
+    found.extend(offences(&rust_files("src/store"), &[ABOVE_DOMAIN], rule));
+    assert_none(found);
+}
+
+#[test]
+fn the_http_face_goes_through_the_engine() {
+    let rule = "src/api calls src/engine (and names the domain's value types), nothing below";
+    assert_none(offences(&rust_files("src/api"), &[API_NEVER], rule));
+}
+
+#[test]
 fn configuration_starts_nothing() {
     let files = [Path::new(ROOT).join("src/config.rs")];
     let rule = "src/config.rs reads settings and builds domain objects only";
@@ -196,6 +217,8 @@ fn every_module_but_compact_forbids_unsafe() {
         "src/api/mod.rs",
         "src/config.rs",
         "src/report.rs",
+        "src/store/mod.rs",
+        "src/main.rs",
     ];
     for root in roots {
         let text = std::fs::read_to_string(Path::new(ROOT).join(root)).unwrap();

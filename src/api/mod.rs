@@ -55,7 +55,7 @@ use crate::domain::customer::{Credit, CustomerSpec, Discount};
 use crate::domain::{CatalogVersionSpec, UsageEvent};
 use crate::engine::alerts::Alert;
 use crate::engine::bill_run::BillRunView;
-use crate::engine::invoices::InvoiceDocument;
+use crate::engine::InvoiceDocument;
 use crate::engine::{AccountStatement, DeadLetterView, IngestSummary, SegmentView};
 use openapi::schema;
 

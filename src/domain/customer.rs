@@ -297,7 +297,7 @@ impl<'de> Deserialize<'de> for Customer {
 /// compared nor written.
 ///
 /// Built with the list, not at its first use: a lazy cell would take 8 bytes more, and
-/// the record would no longer fit its allocator size class of 128 bytes.
+/// the record would no longer fit its allocator size class of 96 bytes.
 #[derive(Clone, Default)]
 pub struct AccountIndex(Positions);
 

@@ -12,8 +12,6 @@
 //! crash in between) are appended, and every budgeted customer is checked once.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +20,11 @@ use serde::{Deserialize, Serialize};
 
 use super::account::AlertMark;
 use crate::domain::Period;
+use crate::store::line_log::LineLog;
+use crate::store::Documents;
+
+/// The document of the webhook's position: the `seq` of the last alert delivered.
+const CURSOR: &str = "webhook.cursor";
 
 /// An alert as listed, streamed and POSTed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -57,15 +60,14 @@ impl Alert {
 struct Log {
     alerts: Vec<Arc<Alert>>,
     ids: HashSet<String>,
-    file: Option<File>,
-    /// Bytes of whole alerts in the file.
-    size: u64,
+    file: LineLog,
 }
 
 /// A partition's alerts: the durable log, its subscribers and its webhook.
 pub struct AlertBook {
     partition: String,
-    dir: Option<PathBuf>,
+    /// Where the webhook's position is kept (`webhook.cursor`).
+    documents: Documents,
     log: Mutex<Log>,
     /// The number of alerts, for subscribers to wait on.
     count: tokio::sync::watch::Sender<u64>,
@@ -76,50 +78,29 @@ impl AlertBook {
     /// dropped (its alert is journaled and is appended again at start).
     pub fn open(partition: &str, dir: Option<PathBuf>) -> Result<AlertBook, String> {
         let mut alerts = Vec::new();
-        let mut file = None;
-        let mut good = 0usize;
-        if let Some(dir) = &dir {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let path = dir.join("alerts.ndjson");
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => return Err(format!("{}: {e}", path.display())),
-            };
-            for line in bytes.split_inclusive(|&b| b == b'\n') {
-                if !line.ends_with(b"\n") {
-                    tracing::warn!(file = %path.display(), offset = good, "torn last alert truncated");
-                    break;
+        let (file, documents) = match &dir {
+            Some(dir) => {
+                let (file, lines) = LineLog::open(dir, "alerts.ndjson")?;
+                for line in lines {
+                    let alert: Alert = serde_json::from_slice(&line.bytes).map_err(|e| {
+                        format!(
+                            "{} at offset {}: a damaged alert ({e}); restore the file from a backup",
+                            dir.join("alerts.ndjson").display(),
+                            line.offset
+                        )
+                    })?;
+                    alerts.push(Arc::new(alert));
                 }
-                let alert: Alert = serde_json::from_slice(line).map_err(|e| {
-                    format!(
-                        "{} at offset {good}: a damaged alert ({e}); restore the file from a backup",
-                        path.display()
-                    )
-                })?;
-                alerts.push(Arc::new(alert));
-                good += line.len();
+                (file, Documents::in_folder(dir.clone()))
             }
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            f.set_len(good as u64)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            file = Some(f);
-        }
+            None => (LineLog::in_memory(), Documents::in_memory()),
+        };
         let ids = alerts.iter().map(|a| a.id.clone()).collect();
         let (count, _) = tokio::sync::watch::channel(alerts.len() as u64);
         Ok(AlertBook {
             partition: partition.to_owned(),
-            dir,
-            log: Mutex::new(Log {
-                alerts,
-                ids,
-                file,
-                size: good as u64,
-            }),
+            documents,
+            log: Mutex::new(Log { alerts, ids, file }),
             count,
         })
     }
@@ -143,17 +124,11 @@ impl AlertBook {
             spent: mark.spent,
             at: mark.at,
         });
-        let size = log.size;
-        if let Some(file) = log.file.as_mut() {
-            let mut line = serde_json::to_vec(&*alert).expect("plain data");
-            line.push(b'\n');
-            if let Err(e) = file.write_all(&line).and_then(|()| file.sync_data()) {
-                // Cut a partial line back, so the log stays whole; the alert is tried again.
-                let _ = file.set_len(size);
-                return Err(format!("writing the alert log: {e}"));
-            }
-            log.size += line.len() as u64;
-        }
+        let line = serde_json::to_vec(&*alert).expect("plain data");
+        // On failure the log stays whole and the alert is tried again.
+        log.file
+            .append(&line)
+            .map_err(|e| format!("the alert log: {e}"))?;
         log.ids.insert(id);
         log.alerts.push(alert.clone());
         let n = log.alerts.len() as u64;
@@ -187,8 +162,15 @@ impl AlertBook {
         self.count.subscribe()
     }
 
-    fn cursor_file(&self) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join("webhook.cursor"))
+    /// The webhook's position: the last alert delivered (0: none yet).
+    fn cursor(&self) -> u64 {
+        match self.documents.read_text(CURSOR) {
+            Ok(text) => text.and_then(|s| s.trim().parse().ok()).unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the webhook position; delivering from the first alert");
+                0
+            }
+        }
     }
 
     /// Delivers every alert to `url`, in order, for as long as the book exists: each is
@@ -200,12 +182,7 @@ impl AlertBook {
         timeout: std::time::Duration,
         max_backoff: std::time::Duration,
     ) {
-        let cursor_file = self.cursor_file();
-        let mut cursor: u64 = cursor_file
-            .as_ref()
-            .and_then(|f| std::fs::read_to_string(f).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
+        let mut cursor = self.cursor();
         let mut watch = self.watch();
         let client = awc::Client::builder().timeout(timeout).finish();
         let mut backoff = std::time::Duration::from_millis(50);
@@ -220,10 +197,8 @@ impl AlertBook {
             match client.post(url.as_str()).send_json(&**alert).await {
                 Ok(response) if response.status().is_success() => {
                     cursor = alert.seq;
-                    if let Some(f) = &cursor_file {
-                        if let Err(e) = super::write_atomically(f, cursor.to_string().as_bytes()) {
-                            tracing::warn!(error = %e, "cannot keep the webhook position; an alert may be sent twice");
-                        }
+                    if let Err(e) = self.documents.write(CURSOR, cursor.to_string().as_bytes()) {
+                        tracing::warn!(error = %e, "cannot keep the webhook position; an alert may be sent twice");
                     }
                     backoff = std::time::Duration::from_millis(50);
                 }

@@ -21,9 +21,9 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::account::{CustomerCommand, CustomerKey, PeriodClose, PricingView};
-use super::invoices::InvoiceStore;
 use super::{EngineError, PartitionEngine};
 use crate::domain::{Bill, Period};
+use crate::store::invoices::InvoiceStore;
 
 /// The open period, and the one being closed (until its bill run finishes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -71,3 +71,9 @@ impl From<SubmitError> for EngineError {
         }
     }
 }
+
+impl From<crate::store::StoreError> for EngineError {
+    fn from(e: crate::store::StoreError) -> Self {
+        EngineError::Unavailable(e.to_string())
+    }
+}

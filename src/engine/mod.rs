@@ -14,13 +14,11 @@ pub mod alerts;
 pub mod bill_run;
 pub mod codec;
 pub mod customers;
-pub mod invoices;
 pub mod stats;
 
 mod bills;
 mod budgets;
 mod errors;
-mod files;
 mod ingest;
 mod loops;
 mod open;
@@ -32,16 +30,17 @@ mod views;
 /// A segment's arbiter, state and counters, as the runtime reports them.
 pub use tallyman_actors::partition::SegmentInfo;
 
+/// An invoice as stored and served.
+pub use crate::store::invoices::InvoiceDocument;
+use crate::store::invoices::InvoiceStore;
 use account::{AlertMark, MeteredEvent, PricingView};
 pub use account::{
     CustomerAnswer, CustomerCommand, CustomerEntity, CustomerKey, CustomerQuery, CustomerReply,
 };
 use alerts::AlertBook;
 use bill_run::{BillRun, PeriodState};
-use invoices::InvoiceStore;
 
 pub use errors::{EngineError, EventError};
-use files::write_atomically;
 use loops::budget_loop;
 use loops::memory_release_loop;
 use loops::snapshot_loop;

@@ -17,49 +17,13 @@ use tallyman_actors::{
 use crate::config::{PartitionConfig, PartitionSpec, RuntimeSettings};
 use crate::domain::{BillingProfile, CatalogVersionSpec, Customer, Period};
 
+use crate::engine::partition::{CATALOG, PERIODS};
 use crate::engine::{
     budget_loop, runtime_config, snapshot_loop, AlertBook, CustomerEntity, EngineError, EngineOptions,
     Hashing, InvoiceStore, JournalMode, PartitionEngine, PeriodState, SnapshotCadence,
 };
 use crate::engine::{codec, customers};
-
-/// The catalog versions published through the API and kept in `file` (none if absent).
-pub(in crate::engine) fn published_versions(
-    file: &std::path::Path,
-) -> Result<Vec<CatalogVersionSpec>, EngineError> {
-    match std::fs::read(file) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            EngineError::Unavailable(format!(
-                "{} is not a list of catalog versions: {e}",
-                file.display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(EngineError::Unavailable(format!(
-            "cannot read {}: {e}",
-            file.display()
-        ))),
-    }
-}
-
-/// The period state kept in `file`, if any.
-pub(in crate::engine) fn load_period_state(
-    file: &std::path::Path,
-) -> Result<Option<PeriodState>, EngineError> {
-    match std::fs::read(file) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            EngineError::Unavailable(format!(
-                "{} is damaged ({e}); restore it from a backup",
-                file.display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(EngineError::Unavailable(format!(
-            "cannot read {}: {e}",
-            file.display()
-        ))),
-    }
-}
+use crate::store::Documents;
 
 /// What opening a partition needs from the engine.
 pub(in crate::engine) struct Opening {
@@ -73,39 +37,41 @@ pub(in crate::engine) struct Opening {
     pub(in crate::engine) router: Addr<Router>,
 }
 
+/// The catalog versions published through the API (none yet: empty).
+pub(in crate::engine) fn published_versions(
+    docs: &Documents,
+) -> Result<Vec<CatalogVersionSpec>, EngineError> {
+    Ok(docs.read_json(CATALOG)?.unwrap_or_default())
+}
+
+/// The period state kept, if any.
+pub(in crate::engine) fn load_period_state(docs: &Documents) -> Result<Option<PeriodState>, EngineError> {
+    Ok(docs.read_json(PERIODS)?)
+}
+
 /// Records the partition's time zone with its data the first time, and refuses to open
 /// it in another one later: the journal's events were given their periods in the first,
 /// and a resent event would fall in another period (and escape deduplication).
 pub(in crate::engine) fn keep_time_zone(
     partition: &str,
-    dir: &std::path::Path,
+    docs: &Documents,
     zone: chrono_tz::Tz,
 ) -> Result<(), EngineError> {
-    let file = dir.join("time_zone");
-    let unavailable = |e: std::io::Error| {
-        EngineError::Unavailable(format!("partition {partition:?}: {}: {e}", file.display()))
-    };
-    match std::fs::read_to_string(&file) {
-        Ok(kept) if kept.trim() == zone.name() => Ok(()),
-        Ok(kept) => Err(EngineError::Unavailable(format!(
+    match docs.read_text(TIME_ZONE)? {
+        Some(kept) if kept.trim() == zone.name() => Ok(()),
+        Some(kept) => Err(EngineError::Unavailable(format!(
             "partition {partition:?} keeps its periods in {}, but its configured time_zone is {}; \
              a partition's time zone cannot change once it has data (configure {} again)",
             kept.trim(),
             zone.name(),
             kept.trim()
         ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(unavailable)?;
-            let tmp = dir.join("time_zone.tmp");
-            std::fs::write(&tmp, zone.name())
-                .and_then(|()| std::fs::File::open(&tmp).and_then(|f| f.sync_all()))
-                .and_then(|()| std::fs::rename(&tmp, &file))
-                .and_then(|()| std::fs::File::open(dir).and_then(|d| d.sync_all()))
-                .map_err(unavailable)
-        }
-        Err(e) => Err(unavailable(e)),
+        None => Ok(docs.write(TIME_ZONE, zone.name().as_bytes())?),
     }
 }
+
+/// The document of the time zone a partition's periods were opened in.
+const TIME_ZONE: &str = "time_zone";
 
 /// Opens one partition: its journal, snapshots, runtime (recovered), invoices, alerts
 /// and directory; creates its configured customers the first time.
@@ -138,20 +104,22 @@ pub(in crate::engine) async fn open_partition(
             .map_err(|e| EngineError::Unavailable(format!("partition {:?}: {e}", p.id)))?,
         ),
     };
-    let catalog_file = match &ctx.options.journal {
-        JournalMode::File { dir, .. } => Some(dir.join(&p.id).join("catalog.json")),
+    let data = match &ctx.options.journal {
+        JournalMode::File { dir, .. } => Some(dir.join(&p.id)),
         _ => None,
     };
+    let documents = match &data {
+        Some(dir) => Documents::in_folder(dir.clone()),
+        None => Documents::in_memory(),
+    };
     let mut catalog = p.catalog.clone();
-    if let Some(file) = &catalog_file {
-        for spec in published_versions(file)? {
-            catalog.publish(&spec).map_err(|e| {
-                EngineError::Unavailable(format!(
-                    "{}: a published version no longer follows the configured catalog: {e}",
-                    file.display()
-                ))
-            })?;
-        }
+    for spec in published_versions(&documents)? {
+        catalog.publish(&spec).map_err(|e| {
+            EngineError::Unavailable(format!(
+                "partition {:?}: {CATALOG}: a published version no longer follows the configured catalog: {e}",
+                p.id
+            ))
+        })?;
     }
     let snapshots: Arc<dyn SnapshotStore<CustomerEntity>> = match &ctx.options.journal {
         JournalMode::File { dir, fsync, .. } => Arc::new(
@@ -176,14 +144,7 @@ pub(in crate::engine) async fn open_partition(
     )
     .await;
     let _ = ctx.router.send(Register(Box::new(runtime.clone()))).await;
-    let data = match &ctx.options.journal {
-        JournalMode::File { dir, .. } => Some(dir.join(&p.id)),
-        _ => None,
-    };
-    if let Some(dir) = &data {
-        keep_time_zone(&p.id, dir, p.time_zone)?;
-    }
-    let periods_file = data.as_ref().map(|d| d.join("periods.json"));
+    keep_time_zone(&p.id, &documents, p.time_zone)?;
     let configured = PeriodState {
         open: p.open_period.unwrap_or_else(|| {
             Period::containing(
@@ -196,10 +157,7 @@ pub(in crate::engine) async fn open_partition(
         }),
         closing: None,
     };
-    let periods = match &periods_file {
-        Some(file) => load_period_state(file)?.unwrap_or(configured),
-        None => configured,
-    };
+    let periods = load_period_state(&documents)?.unwrap_or(configured);
     if periods.open != configured.open && p.open_period.is_some() {
         tracing::info!(partition = %p.id, configured = %configured.open, open = %periods.open,
                 "the open period moved on with bill runs; the configured one is only the first");
@@ -210,7 +168,6 @@ pub(in crate::engine) async fn open_partition(
         id: p.id.clone(),
         rounding: p.rounding,
         periods: RwLock::new(periods),
-        periods_file,
         invoices,
         runs: Default::default(),
         closing: tokio::sync::Mutex::new(()),
@@ -227,7 +184,7 @@ pub(in crate::engine) async fn open_partition(
         to_check: Default::default(),
         catalog_name: p.catalog_name.clone(),
         catalog: RwLock::new(Arc::new(catalog)),
-        catalog_file,
+        documents,
         latest_usage_day: std::sync::atomic::AtomicI64::new(i64::MIN),
         accepted: Default::default(),
         duplicates: Default::default(),
@@ -294,21 +251,7 @@ pub(in crate::engine) async fn start_partition_tasks(
     Ok(())
 }
 
-/// The partitions created through the API, kept in `file`.
-pub(in crate::engine) fn created_partitions(
-    file: &std::path::Path,
-) -> Result<Vec<PartitionSpec>, EngineError> {
-    match std::fs::read(file) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            EngineError::Unavailable(format!(
-                "{} is damaged ({e}); restore it from a backup",
-                file.display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(EngineError::Unavailable(format!(
-            "cannot read {}: {e}",
-            file.display()
-        ))),
-    }
+/// The partitions created through the API, kept in the engine's documents.
+pub(in crate::engine) fn created_partitions(docs: &Documents) -> Result<Vec<PartitionSpec>, EngineError> {
+    Ok(docs.read_json("partitions.json")?.unwrap_or_default())
 }

@@ -14,8 +14,8 @@ use crate::domain::{AccountId, BillingProfile, Catalog, Customer, Period, Roundi
 
 use crate::engine::customers;
 use crate::engine::{
-    write_atomically, AlertBook, BillRun, Counters, CustomerAnswer, CustomerCommand, CustomerEntity,
-    CustomerKey, CustomerQuery, CustomerReply, EngineError, InvoiceStore, PartitionSummary, PeriodState,
+    AlertBook, BillRun, Counters, CustomerAnswer, CustomerCommand, CustomerEntity, CustomerKey,
+    CustomerQuery, CustomerReply, EngineError, InvoiceStore, PartitionSummary, PeriodState,
 };
 
 /// Days since 1970-01-01.
@@ -33,7 +33,8 @@ pub struct PartitionEngine {
     /// The open period and the one being closed.
     pub(in crate::engine) periods: RwLock<PeriodState>,
     /// Where `periods` is kept, when the journal is durable.
-    pub(in crate::engine) periods_file: Option<std::path::PathBuf>,
+    /// Its small documents: `periods.json`, `catalog.json`, `time_zone`.
+    pub(in crate::engine) documents: crate::store::Documents,
     pub(in crate::engine) invoices: InvoiceStore,
     /// Bill runs started (or looked up) in this process, by period.
     pub(in crate::engine) runs: std::sync::Mutex<BTreeMap<Period, Arc<BillRun>>>,
@@ -56,8 +57,6 @@ pub struct PartitionEngine {
     pub(in crate::engine) now: Option<chrono::DateTime<chrono::Utc>>,
     pub(in crate::engine) catalog_name: String,
     pub(in crate::engine) catalog: RwLock<Arc<Catalog>>,
-    /// Where versions published through the API are kept, when the journal is durable.
-    pub(in crate::engine) catalog_file: Option<std::path::PathBuf>,
     /// The latest event date accepted so far (days since 1970-01-01), so that a new
     /// catalog version never takes effect under usage already priced by an older one.
     pub(in crate::engine) latest_usage_day: std::sync::atomic::AtomicI64,
@@ -79,6 +78,11 @@ pub struct PartitionEngine {
     /// `accepted` when the last snapshot round started.
     pub(in crate::engine) events_at_snapshot: std::sync::atomic::AtomicU64,
 }
+
+/// The document of a partition's period state: the open period and the one closing.
+pub(in crate::engine) const PERIODS: &str = "periods.json";
+/// The document of the catalog versions published through the API.
+pub(in crate::engine) const CATALOG: &str = "catalog.json";
 
 impl PartitionEngine {
     pub fn summary(&self) -> PartitionSummary {
@@ -107,12 +111,7 @@ impl PartitionEngine {
     }
 
     pub(in crate::engine) fn save_period_state(&self, state: PeriodState) -> Result<(), EngineError> {
-        if let Some(file) = &self.periods_file {
-            let bytes = serde_json::to_vec(&state).expect("plain data");
-            write_atomically(file, &bytes)
-                .map_err(|e| EngineError::Unavailable(format!("cannot write {}: {e}", file.display())))?;
-        }
-        Ok(())
+        Ok(self.documents.write_json(PERIODS, &state)?)
     }
 
     /// The first day late usage of `period` is refused.

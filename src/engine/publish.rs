@@ -5,7 +5,8 @@ use std::sync::Arc;
 use crate::domain::CatalogVersionSpec;
 use crate::domain::FieldError;
 
-use crate::engine::{days, published_versions, write_atomically, EngineError, PartitionEngine};
+use crate::engine::partition::CATALOG;
+use crate::engine::{days, published_versions, EngineError, PartitionEngine};
 
 impl PartitionEngine {
     /// Publishes a catalog version. It must take effect after the latest one and after
@@ -25,15 +26,11 @@ impl PartitionEngine {
         }
         let mut next = (**guard).clone();
         let version = next.publish(spec).map_err(EngineError::Invalid)?;
-        if let Some(file) = &self.catalog_file {
-            let mut published = published_versions(file)?;
-            published.push(spec.clone());
-            write_atomically(
-                file,
-                &serde_json::to_vec_pretty(&published).expect("specs serialize"),
-            )
+        let mut published = published_versions(&self.documents)?;
+        published.push(spec.clone());
+        self.documents
+            .write_json(CATALOG, &published)
             .map_err(|e| EngineError::Unavailable(format!("cannot keep the new catalog version: {e}")))?;
-        }
         *guard = Arc::new(next);
         tracing::info!(partition = %self.id, version, effective_from = %spec.effective_from, "catalog version published");
         Ok(version)

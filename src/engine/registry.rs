@@ -16,8 +16,8 @@ use crate::domain::BillingProfile;
 
 use crate::engine::stats;
 use crate::engine::{
-    created_partitions, memory_release_loop, open_partition, start_partition_tasks, write_atomically,
-    CustomerKey, DeadLetterView, EngineError, Opening, PartitionEngine, PartitionSummary, SegmentView,
+    created_partitions, memory_release_loop, open_partition, start_partition_tasks, CustomerKey,
+    DeadLetterView, EngineError, Opening, PartitionEngine, PartitionSummary, SegmentView,
 };
 
 /// Whether the in-memory journal keeps records for replay.
@@ -81,6 +81,9 @@ pub(in crate::engine) fn runtime_config(name: &str, r: &RuntimeSettings) -> Runt
     }
 }
 
+/// The engine's document of the partitions created through the API.
+const CREATED: &str = "partitions.json";
+
 impl Engine {
     /// Starts the runtime and every partition, and loads the configured customers.
     /// Must run inside an actix system.
@@ -114,7 +117,9 @@ impl Engine {
         };
         let mut configs: Vec<PartitionConfig> = settings.partitions.clone();
         let created = match &ctx.options.journal {
-            JournalMode::File { dir, .. } => created_partitions(&dir.join("partitions.json"))?,
+            JournalMode::File { dir, .. } => {
+                created_partitions(&crate::store::Documents::in_folder(dir.clone()))?
+            }
             _ => Vec::new(),
         };
         for spec in &created {
@@ -201,9 +206,7 @@ impl Engine {
         if let JournalMode::File { dir, .. } = &self.ctx.options.journal {
             let mut all = created.clone();
             all.push(spec.clone());
-            let file = dir.join("partitions.json");
-            write_atomically(&file, &serde_json::to_vec_pretty(&all).expect("plain data"))
-                .map_err(|e| EngineError::Unavailable(format!("cannot write {}: {e}", file.display())))?;
+            crate::store::Documents::in_folder(dir.clone()).write_json(CREATED, &all)?;
         }
         let partition = open_partition(&self.ctx, &config).await?;
         start_partition_tasks(&self.ctx, &partition).await?;

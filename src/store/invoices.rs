@@ -21,11 +21,10 @@ use std::sync::Mutex;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::account::CustomerKey;
 use crate::domain::invoice::{
     AccountBill, AdjustmentLine, CommitmentLine, CreditLine, DiscountLine, MeterLine,
 };
-use crate::domain::{Bill, Currency, Period};
+use crate::domain::{Bill, Currency, Period, ShortId as CustomerKey};
 
 /// An invoice as stored and served: a customer's bill of a closed period, numbered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -282,7 +281,7 @@ impl InvoiceStore {
     pub fn finish(&self, period: Period, summary: serde_json::Value) -> Result<(), String> {
         if let Some(path) = self.path(period) {
             let done = path.with_extension("done.json");
-            super::write_atomically(&done, summary.to_string().as_bytes())
+            super::files::write_atomically(&done, summary.to_string().as_bytes())
                 .map_err(|e| format!("{}: {e}", done.display()))?;
         }
         let mut periods = self.periods.lock().unwrap_or_else(|p| p.into_inner());
