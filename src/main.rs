@@ -209,6 +209,43 @@ fn check_config(settings: &Validated) -> ExitCode {
     }
 }
 
+/// What the engine is started with besides its settings: the journal, the webhook's
+/// transport, and the test hooks read from the environment.
+fn engine_options(settings: &Validated) -> EngineOptions {
+    let journal = match settings.journal.mode {
+        tallyman::config::JournalKind::File => JournalMode::File {
+            dir: settings.data_dir.clone(),
+            fsync: settings.journal.fsync,
+            file_bytes: settings.journal.file_bytes,
+        },
+        tallyman::config::JournalKind::Memory => JournalMode::Retained,
+    };
+    EngineOptions {
+        journal,
+        // A crash test's hook (see tests/bill_run.rs); never set in production.
+        fault_abort_after_invoice_batches: std::env::var("TALLYD_TEST_ABORT_BILL_RUN_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+        // A test's fixed clock for grace windows (RFC 3339); never set in production.
+        now: std::env::var("TALLYD_TEST_NOW").ok().and_then(|v| v.parse().ok()),
+        webhook: webhook(&settings.alerts),
+        ..EngineOptions::default()
+    }
+}
+
+/// The webhook's transport, when `alerts.webhook_url` is set.
+fn webhook(
+    alerts: &tallyman::config::AlertSettings,
+) -> Option<Arc<dyn tallyman::engine::alerts::AlertTransport>> {
+    (!alerts.webhook_url.is_empty()).then(|| {
+        let timeout = std::time::Duration::from_millis(alerts.webhook_timeout_ms);
+        Arc::new(tallyman::webhook::HttpWebhook::new(
+            alerts.webhook_url.clone(),
+            timeout,
+        )) as _
+    })
+}
+
 fn run(settings: Validated) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -265,24 +302,7 @@ fn run(settings: Validated) -> ExitCode {
     }
     let system = actix_rt::System::new();
     let result = system.block_on(async {
-        let journal = match settings.journal.mode {
-            tallyman::config::JournalKind::File => JournalMode::File {
-                dir: settings.data_dir.clone(),
-                fsync: settings.journal.fsync,
-                file_bytes: settings.journal.file_bytes,
-            },
-            tallyman::config::JournalKind::Memory => JournalMode::Retained,
-        };
-        let options = EngineOptions {
-            journal,
-            // A crash test's hook (see tests/bill_run.rs); never set in production.
-            fault_abort_after_invoice_batches: std::env::var("TALLYD_TEST_ABORT_BILL_RUN_AFTER")
-                .ok()
-                .and_then(|v| v.parse().ok()),
-            // A test's fixed clock for grace windows (RFC 3339); never set in production.
-            now: std::env::var("TALLYD_TEST_NOW").ok().and_then(|v| v.parse().ok()),
-            ..EngineOptions::default()
-        };
+        let options = engine_options(&settings);
         // The HTTP server listens at once (/health answers, /ready says 503); the engine
         // recovers meanwhile and takes traffic when it is done.
         let recovery_settings = settings.clone();

@@ -228,12 +228,9 @@ pub(in crate::engine) async fn start_partition_tasks(
 ) -> Result<(), EngineError> {
     let every = std::time::Duration::from_millis(ctx.alerts.check_interval_ms);
     actix_rt::spawn(budget_loop(Arc::downgrade(p), every));
-    if !ctx.alerts.webhook_url.is_empty() {
-        actix_rt::spawn(p.alerts.clone().deliver(
-            ctx.alerts.webhook_url.clone(),
-            std::time::Duration::from_millis(ctx.alerts.webhook_timeout_ms),
-            std::time::Duration::from_millis(ctx.alerts.webhook_max_backoff_ms),
-        ));
+    if let Some(webhook) = &ctx.options.webhook {
+        let max_backoff = std::time::Duration::from_millis(ctx.alerts.webhook_max_backoff_ms);
+        actix_rt::spawn(p.alerts.clone().deliver(webhook.clone(), max_backoff));
     }
     if ctx.options.journal != JournalMode::Discarded {
         let r = &ctx.runtime;

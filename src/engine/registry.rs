@@ -14,6 +14,7 @@ use tallyman_actors::{ArbiterPool, FaultHook, SupervisionConfig};
 use crate::config::{PartitionConfig, PartitionSpec, RuntimeSettings, Validated};
 use crate::domain::BillingProfile;
 
+use crate::engine::alerts::AlertTransport;
 use crate::engine::stats;
 use crate::engine::{
     created_partitions, memory_release_loop, open_partition, start_partition_tasks, CustomerKey,
@@ -51,6 +52,9 @@ pub struct EngineOptions {
     pub now: Option<chrono::DateTime<chrono::Utc>>,
     /// Test-only: makes the command for a customer at an LSN panic on its first try.
     pub fault_hook: Option<FaultHook<CustomerKey>>,
+    /// What alerts are delivered with (none: no webhook). `tallyd` gives the HTTP one
+    /// ([`crate::webhook::HttpWebhook`]) when `alerts.webhook_url` is set.
+    pub webhook: Option<Arc<dyn AlertTransport>>,
 }
 
 /// What the engine serves.

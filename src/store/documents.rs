@@ -1,5 +1,6 @@
 //! Small documents kept whole, by name: each written atomically (a crash leaves the old
-//! one or the new one) and read back in full. In a folder, or in memory.
+//! one or the new one) and read back in full. Behind [`DocumentBackend`]: a folder or
+//! memory today, a replicated bucket for cluster mode.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,72 +24,57 @@ pub enum StoreError {
     Damaged { path: String, reason: String },
 }
 
-/// A set of named documents: the files of a folder, or a map in memory.
+/// Where documents are kept: a folder, memory, or (in cluster mode) a replicated
+/// key-value bucket. Each write replaces the whole document atomically.
+pub trait DocumentBackend: Send + Sync {
+    /// The document `name`, if it exists.
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes the document `name` whole, replacing what it was.
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Whether documents outlive the process.
+    fn is_durable(&self) -> bool;
+    /// The document's name as an operator finds it (a path, for a folder).
+    fn where_(&self, name: &str) -> String;
+}
+
+/// A set of named documents, with typed reads and writes over its backend.
 pub struct Documents {
-    dir: Option<PathBuf>,
-    memory: Mutex<HashMap<String, Vec<u8>>>,
+    backend: Box<dyn DocumentBackend>,
 }
 
 impl Documents {
+    /// Documents kept by `backend`.
+    pub fn on(backend: Box<dyn DocumentBackend>) -> Documents {
+        Documents { backend }
+    }
+
     /// Documents kept as files in `dir` (made at the first write).
     pub fn in_folder(dir: PathBuf) -> Documents {
-        Documents {
-            dir: Some(dir),
-            memory: Mutex::default(),
-        }
+        Documents::on(Box::new(Folder { dir }))
     }
 
     /// Documents kept in memory, gone with the process.
     pub fn in_memory() -> Documents {
-        Documents {
-            dir: None,
-            memory: Mutex::default(),
-        }
+        Documents::on(Box::new(Memory::default()))
     }
 
     /// Whether they outlive the process.
     pub fn is_durable(&self) -> bool {
-        self.dir.is_some()
+        self.backend.is_durable()
     }
 
     fn where_(&self, name: &str) -> String {
-        match &self.dir {
-            Some(dir) => dir.join(name).display().to_string(),
-            None => format!("(memory) {name}"),
-        }
+        self.backend.where_(name)
     }
 
     /// The document `name`, if it exists.
     pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        match &self.dir {
-            Some(dir) => read_if_exists(&dir.join(name)).map_err(|error| StoreError::Io {
-                doing: "read",
-                path: self.where_(name),
-                error,
-            }),
-            None => Ok(self
-                .memory
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(name)
-                .cloned()),
-        }
+        self.backend.read(name)
     }
 
     /// Writes the document `name` whole, replacing what it was.
     pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        match &self.dir {
-            Some(dir) => write_atomically(&dir.join(name), bytes).map_err(|error| StoreError::Io {
-                doing: "write",
-                path: self.where_(name),
-                error,
-            }),
-            None => {
-                let mut memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
-                memory.insert(name.to_owned(), bytes.to_vec());
-                Ok(())
-            }
-        }
+        self.backend.write(name, bytes)
     }
 
     /// The document `name` read as JSON, if it exists; damaged if it does not parse.
@@ -121,6 +107,64 @@ impl Documents {
                 path: self.where_(name),
                 reason: e.to_string(),
             })
+    }
+}
+
+/// Documents as the files of a folder, each written to a temporary file and renamed.
+struct Folder {
+    dir: PathBuf,
+}
+
+impl DocumentBackend for Folder {
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        read_if_exists(&self.dir.join(name)).map_err(|error| StoreError::Io {
+            doing: "read",
+            path: self.where_(name),
+            error,
+        })
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        write_atomically(&self.dir.join(name), bytes).map_err(|error| StoreError::Io {
+            doing: "write",
+            path: self.where_(name),
+            error,
+        })
+    }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn where_(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+/// Documents in a map, gone with the process.
+#[derive(Default)]
+struct Memory {
+    documents: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl DocumentBackend for Memory {
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let documents = self.documents.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(documents.get(name).cloned())
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut documents = self.documents.lock().unwrap_or_else(|p| p.into_inner());
+        documents.insert(name.to_owned(), bytes.to_vec());
+        Ok(())
+    }
+
+    fn is_durable(&self) -> bool {
+        false
+    }
+
+    fn where_(&self, name: &str) -> String {
+        format!("(memory) {name}")
     }
 }
 

@@ -14,4 +14,4 @@ pub mod files;
 pub mod invoices;
 pub mod line_log;
 
-pub use documents::{Documents, StoreError};
+pub use documents::{DocumentBackend, Documents, StoreError};

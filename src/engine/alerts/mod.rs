@@ -10,6 +10,13 @@
 //! in order (its position is kept in `webhook.cursor`; a webhook that is down delays
 //! alerts and loses none). At start, alerts journaled but missing from the file (a
 //! crash in between) are appended, and every budgeted customer is checked once.
+//!
+//! The delivery loop is in [`delivery`]; how an alert travels (HTTP, in `tallyd`) is
+//! the caller's, behind [`AlertTransport`].
+
+pub mod delivery;
+
+pub use delivery::{AlertPoster, AlertTransport};
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -22,9 +29,6 @@ use super::account::AlertMark;
 use crate::domain::Period;
 use crate::store::line_log::LineLog;
 use crate::store::Documents;
-
-/// The document of the webhook's position: the `seq` of the last alert delivered.
-const CURSOR: &str = "webhook.cursor";
 
 /// An alert as listed, streamed and POSTed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -66,7 +70,7 @@ struct Log {
 /// A partition's alerts: the durable log, its subscribers and its webhook.
 pub struct AlertBook {
     partition: String,
-    /// Where the webhook's position is kept (`webhook.cursor`).
+    /// Where the webhook's position is kept ([`delivery`]).
     documents: Documents,
     log: Mutex<Log>,
     /// The number of alerts, for subscribers to wait on.
@@ -160,59 +164,5 @@ impl AlertBook {
     /// Changes whenever an alert is appended.
     pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.count.subscribe()
-    }
-
-    /// The webhook's position: the last alert delivered (0: none yet).
-    fn cursor(&self) -> u64 {
-        match self.documents.read_text(CURSOR) {
-            Ok(text) => text.and_then(|s| s.trim().parse().ok()).unwrap_or(0),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the webhook position; delivering from the first alert");
-                0
-            }
-        }
-    }
-
-    /// Delivers every alert to `url`, in order, for as long as the book exists: each is
-    /// retried (backing off up to `max_backoff`) until answered 2xx, and the position
-    /// is kept on disk so that a restart goes on from it.
-    pub async fn deliver(
-        self: Arc<Self>,
-        url: String,
-        timeout: std::time::Duration,
-        max_backoff: std::time::Duration,
-    ) {
-        let mut cursor = self.cursor();
-        let mut watch = self.watch();
-        let client = awc::Client::builder().timeout(timeout).finish();
-        let mut backoff = std::time::Duration::from_millis(50);
-        loop {
-            let pending = self.after(cursor);
-            let Some(alert) = pending.first() else {
-                if watch.changed().await.is_err() {
-                    return;
-                }
-                continue;
-            };
-            match client.post(url.as_str()).send_json(&**alert).await {
-                Ok(response) if response.status().is_success() => {
-                    cursor = alert.seq;
-                    if let Err(e) = self.documents.write(CURSOR, cursor.to_string().as_bytes()) {
-                        tracing::warn!(error = %e, "cannot keep the webhook position; an alert may be sent twice");
-                    }
-                    backoff = std::time::Duration::from_millis(50);
-                }
-                outcome => {
-                    let why = match outcome {
-                        Ok(r) => format!("answered {}", r.status()),
-                        Err(e) => e.to_string(),
-                    };
-                    tracing::warn!(partition = %self.partition, alert = %alert.id, %url, %why,
-                        retry_in_ms = backoff.as_millis() as u64, "webhook failed; will retry");
-                    actix_rt::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(max_backoff);
-                }
-            }
-        }
     }
 }
