@@ -26,7 +26,7 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 
 use super::catalog::Catalog;
-use super::customer::{AccountId, Customer};
+use super::customer::{AccountId, Credit, Customer, Discount};
 use super::ids::MeterId;
 use super::invoice::{
     AccountBill, AccountLine, AdjustmentLine, Bill, CommitmentLine, CreditLine, DiscountLine, MeterLine,
@@ -85,15 +85,60 @@ pub fn bill_customer_with<'u>(
     adjustments: Vec<AdjustmentLine>,
 ) -> Bill {
     let rounding = ctx.rounding;
-    let zero = rounding.round(Decimal::ZERO);
     let mut accounts: Vec<(&AccountId, &AccountUsage)> =
         usage.into_iter().filter(|(_, u)| !u.is_empty()).collect();
     accounts.sort_unstable_by(|a, b| a.0.cmp(b.0));
 
-    let mut bill = Bill {
+    let mut bill = empty_bill(ctx, customer);
+    let mut pools: Vec<Pool> = Vec::new();
+    let mut charges: Vec<Charge> = Vec::new();
+    let terms = customer.terms();
+    for step in &profile.steps {
+        match step {
+            BillingStep::Price => {
+                pools = pool(&accounts);
+                bill.lines = pools.iter().map(|p| price_pool(ctx, p)).collect();
+            }
+            BillingStep::Round => {
+                bill.accounts = allocate(rounding, &accounts, &pools, &mut bill.lines);
+                charges = charges_of(&bill.lines, &adjustments);
+                bill.adjustments = adjustments.clone();
+            }
+            BillingStep::Discounts => {
+                bill.discounts = apply_discounts(rounding, &terms.discounts, &mut charges)
+            }
+            BillingStep::Credits => {
+                let first_day = ctx.period.first_day();
+                bill.credits = apply_credits(rounding, first_day, &terms.credits, &mut charges);
+            }
+            BillingStep::Commitment => {
+                let minimum = terms
+                    .commitment
+                    .or(profile.minimum_commitment)
+                    .unwrap_or_default();
+                bill.commitment = apply_commitment(rounding, minimum, &mut charges);
+            }
+            BillingStep::Tax => {
+                let base = rounding.round(charges.iter().map(|c| c.net).sum());
+                bill.tax = TaxLine {
+                    rate: customer.tax_rate,
+                    base,
+                    amount: rounding.round(base * customer.tax_rate),
+                };
+            }
+        }
+    }
+    total(rounding, &mut bill, &charges);
+    bill
+}
+
+/// A customer's bill before any step: no lines, every amount zero.
+fn empty_bill(ctx: &BillingContext<'_>, customer: &Customer) -> Bill {
+    let zero = ctx.rounding.round(Decimal::ZERO);
+    Bill {
         customer: customer.id.to_string(),
         period: ctx.period,
-        currency: rounding.currency,
+        currency: ctx.rounding.currency,
         accounts: Vec::new(),
         lines: Vec::new(),
         adjustments: Vec::new(),
@@ -107,121 +152,115 @@ pub fn bill_customer_with<'u>(
         },
         subtotal: zero,
         total: zero,
-    };
-    let mut pools: Vec<Pool> = Vec::new();
-    let mut charges: Vec<Charge> = Vec::new();
+    }
+}
 
-    for step in &profile.steps {
-        match step {
-            BillingStep::Price => {
-                pools = pool(&accounts);
-                bill.lines = pools.iter().map(|p| price_pool(ctx, p)).collect();
-            }
-            BillingStep::Round => {
-                bill.accounts = allocate(rounding, &accounts, &pools, &mut bill.lines);
-                charges = bill
-                    .lines
-                    .iter()
-                    .map(|l| Charge {
-                        meter: Some(l.meter.clone()),
-                        net: l.amount,
-                    })
-                    .collect();
-                charges.extend(adjustments.iter().map(|a| Charge {
-                    meter: Some(a.meter.clone()),
-                    net: a.amount,
-                }));
-                bill.adjustments = adjustments.clone();
-            }
-            BillingStep::Discounts => {
-                for d in &customer.terms().discounts {
-                    let fraction = d.percent / Decimal::ONE_HUNDRED;
-                    let mut amount = zero;
-                    for c in charges
-                        .iter_mut()
-                        .filter(|c| c.net > zero && in_scope(&d.meters, &c.meter))
-                    {
-                        let part = rounding.round(c.net * fraction);
-                        c.net -= part;
-                        amount += part;
-                    }
-                    bill.discounts.push(DiscountLine {
-                        id: d.id.clone(),
-                        percent: d.percent,
-                        meters: d.meters.clone(),
-                        amount,
-                    });
-                }
-            }
-            BillingStep::Credits => {
-                let first_day = ctx.period.first_day();
-                let mut usable: Vec<_> = customer
-                    .terms()
-                    .credits
-                    .iter()
-                    .filter(|c| c.usable_from(first_day))
-                    .collect();
-                usable.sort_by(|a, b| {
-                    (a.expires.is_none(), a.expires, a.scope_width(), a.granted, &a.id).cmp(&(
-                        b.expires.is_none(),
-                        b.expires,
-                        b.scope_width(),
-                        b.granted,
-                        &b.id,
-                    ))
-                });
-                for credit in usable {
-                    let mut balance = credit.amount;
-                    let mut amount = zero;
-                    for c in charges
-                        .iter_mut()
-                        .filter(|c| c.net > zero && in_scope(&credit.meters, &c.meter))
-                    {
-                        let take = balance.min(c.net);
-                        c.net -= take;
-                        balance -= take;
-                        amount += take;
-                    }
-                    if !amount.is_zero() {
-                        bill.credits.push(CreditLine {
-                            id: credit.id.clone(),
-                            amount: rounding.round(amount),
-                            remaining: rounding.round(balance),
-                        });
-                    }
-                }
-            }
-            BillingStep::Commitment => {
-                let minimum = customer
-                    .terms()
-                    .commitment
-                    .or(profile.minimum_commitment)
-                    .unwrap_or_default();
-                let spend: Decimal = charges.iter().filter(|c| c.meter.is_some()).map(|c| c.net).sum();
-                if spend < minimum {
-                    let amount = rounding.round(minimum - spend);
-                    charges.push(Charge {
-                        meter: None,
-                        net: amount,
-                    });
-                    bill.commitment = Some(CommitmentLine {
-                        minimum: rounding.round(minimum),
-                        spend: rounding.round(spend),
-                        amount,
-                    });
-                }
-            }
-            BillingStep::Tax => {
-                let base = rounding.round(charges.iter().map(|c| c.net).sum());
-                bill.tax = TaxLine {
-                    rate: customer.tax_rate,
-                    base,
-                    amount: rounding.round(base * customer.tax_rate),
-                };
-            }
+/// What the later steps net down: a charge per priced line and per adjustment.
+fn charges_of(lines: &[MeterLine], adjustments: &[AdjustmentLine]) -> Vec<Charge> {
+    let lines = lines.iter().map(|l| Charge {
+        meter: Some(l.meter.clone()),
+        net: l.amount,
+    });
+    let adjustments = adjustments.iter().map(|a| Charge {
+        meter: Some(a.meter.clone()),
+        net: a.amount,
+    });
+    lines.chain(adjustments).collect()
+}
+
+/// Each discount takes its percent of every positive charge in its scope, rounded per
+/// charge, one after the other.
+fn apply_discounts(rounding: Rounding, discounts: &[Discount], charges: &mut [Charge]) -> Vec<DiscountLine> {
+    let zero = rounding.round(Decimal::ZERO);
+    let mut lines = Vec::with_capacity(discounts.len());
+    for d in discounts {
+        let fraction = d.percent / Decimal::ONE_HUNDRED;
+        let mut amount = zero;
+        for c in charges
+            .iter_mut()
+            .filter(|c| c.net > zero && in_scope(&d.meters, &c.meter))
+        {
+            let part = rounding.round(c.net * fraction);
+            c.net -= part;
+            amount += part;
+        }
+        lines.push(DiscountLine {
+            id: d.id.clone(),
+            percent: d.percent,
+            meters: d.meters.clone(),
+            amount,
+        });
+    }
+    lines
+}
+
+/// Credits usable in the period (from `first_day`) are drawn down against positive
+/// charges in their scope: the soonest to expire first, then the narrowest, the oldest
+/// and by id. A credit that takes nothing gets no line.
+fn apply_credits(
+    rounding: Rounding,
+    first_day: chrono::NaiveDate,
+    credits: &[Credit],
+    charges: &mut [Charge],
+) -> Vec<CreditLine> {
+    let zero = rounding.round(Decimal::ZERO);
+    let mut usable: Vec<&Credit> = credits.iter().filter(|c| c.usable_from(first_day)).collect();
+    usable.sort_by(|a, b| credit_order(a).cmp(&credit_order(b)));
+    let mut lines = Vec::new();
+    for credit in usable {
+        let mut balance = credit.amount;
+        let mut amount = zero;
+        for c in charges
+            .iter_mut()
+            .filter(|c| c.net > zero && in_scope(&credit.meters, &c.meter))
+        {
+            let take = balance.min(c.net);
+            c.net -= take;
+            balance -= take;
+            amount += take;
+        }
+        if !amount.is_zero() {
+            lines.push(CreditLine {
+                id: credit.id.clone(),
+                amount: rounding.round(amount),
+                remaining: rounding.round(balance),
+            });
         }
     }
+    lines
+}
 
+/// The order credits are drawn in: those that expire first (none: last), then the
+/// narrowest scope, the earliest granted, and by id.
+fn credit_order(c: &Credit) -> (bool, Option<chrono::NaiveDate>, usize, u64, &str) {
+    (c.expires.is_none(), c.expires, c.scope_width(), c.granted, &c.id)
+}
+
+/// Tops the metered spend (after discounts and credits) up to `minimum`, as a charge
+/// of no meter, when it falls short.
+fn apply_commitment(
+    rounding: Rounding,
+    minimum: Decimal,
+    charges: &mut Vec<Charge>,
+) -> Option<CommitmentLine> {
+    let spend: Decimal = charges.iter().filter(|c| c.meter.is_some()).map(|c| c.net).sum();
+    if spend >= minimum {
+        return None;
+    }
+    let amount = rounding.round(minimum - spend);
+    charges.push(Charge {
+        meter: None,
+        net: amount,
+    });
+    Some(CommitmentLine {
+        minimum: rounding.round(minimum),
+        spend: rounding.round(spend),
+        amount,
+    })
+}
+
+/// The subtotal and total, checked against the charges the steps left.
+fn total(rounding: Rounding, bill: &mut Bill, charges: &[Charge]) {
     bill.subtotal = rounding.round(
         bill.lines.iter().map(|l| l.amount).sum::<Decimal>()
             + bill.adjustments.iter().map(|a| a.amount).sum::<Decimal>(),
@@ -235,7 +274,6 @@ pub fn bill_customer_with<'u>(
         "the total is the net of the charges plus tax"
     );
     debug_assert_eq!(bill.check(), Ok(()));
-    bill
 }
 
 /// Prices late usage of the closed period `ctx.period`: for each meter it touches, the

@@ -92,71 +92,14 @@ impl Catalog {
     /// aggregation of every meter it shares with them, and be valid in every field.
     /// On error the catalog is unchanged.
     pub fn publish(&mut self, spec: &CatalogVersionSpec) -> Result<VersionIdx, CatalogError> {
-        if let Some(last) = self.versions.last() {
-            if spec.effective_from <= last.effective_from {
-                return Err(FieldError::new(
-                    "effective_from",
-                    format!(
-                        "must be after {}, the date of the latest version; versions are only appended",
-                        last.effective_from
-                    ),
-                ));
-            }
-        }
-        if self.versions.len() >= usize::from(VersionIdx::MAX) {
-            return Err(FieldError::new(
-                "effective_from",
-                "the catalog has too many versions",
-            ));
-        }
-        if spec.meters.is_empty() {
-            return Err(FieldError::new(
-                "meters",
-                "a catalog version needs at least one meter",
-            ));
-        }
+        self.check_appendable(spec)?;
         // Check everything before changing anything.
         let mut new_meters: Vec<Meter> = Vec::new();
         let mut ids = Vec::with_capacity(spec.meters.len());
         for (i, def) in spec.meters.iter().enumerate() {
             let at = |f: &str| format!("meters[{i}].{f}");
-            if def.name.is_empty() || def.name.len() > MAX_ID_LEN || def.name.chars().any(char::is_whitespace)
-            {
-                return Err(FieldError::new(
-                    at("name"),
-                    format!(
-                        "must be 1 to {MAX_ID_LEN} bytes without spaces (got {:?})",
-                        def.name
-                    ),
-                ));
-            }
-            if spec.meters[..i].iter().any(|m| m.name == def.name) {
-                return Err(FieldError::new(
-                    at("name"),
-                    format!("{:?} is defined twice", def.name),
-                ));
-            }
-            let aggregation = match (def.aggregation, &def.dimension) {
-                (AggregationKind::UniqueCount, Some(d)) if !d.is_empty() => {
-                    Aggregation::UniqueCount { dimension: d.clone() }
-                }
-                (AggregationKind::UniqueCount, _) => {
-                    return Err(FieldError::new(
-                        at("dimension"),
-                        "unique_count needs the dimension whose values it counts",
-                    ))
-                }
-                (_, Some(_)) => {
-                    return Err(FieldError::new(
-                        at("dimension"),
-                        "only unique_count takes a dimension",
-                    ))
-                }
-                (AggregationKind::Sum, None) => Aggregation::Sum,
-                (AggregationKind::Count, None) => Aggregation::Count,
-                (AggregationKind::Max, None) => Aggregation::Max,
-                (AggregationKind::Latest, None) => Aggregation::Latest,
-            };
+            check_meter_name(&spec.meters[..i], def).map_err(|why| FieldError::new(at("name"), why))?;
+            let aggregation = aggregation_of(def).map_err(|why| FieldError::new(at("dimension"), why))?;
             let plan = PricePlan {
                 free_allowance: def.free_allowance,
                 model: def.price.clone(),
@@ -165,33 +108,8 @@ impl Catalog {
                 .map_err(|e| FieldError::new(at(&e.field), e.message))?;
             match self.by_name.get(&def.name) {
                 Some(&id) => {
-                    if let Some(previous) = self
-                        .versions
-                        .last()
-                        .and_then(|v| v.plans[usize::from(id.0)].as_ref())
-                    {
-                        if let Some(why) = structure_change(previous, &plan) {
-                            return Err(FieldError::new(
-                                at("price"),
-                                format!(
-                                    "meter {:?}: {why}; a new version may change prices and fees, not the shape \
-                                     of the plan, because units already used keep their positions (publish a new meter instead)",
-                                    def.name
-                                ),
-                            ));
-                        }
-                    }
-                    let existing = &self.meters[usize::from(id.0)].aggregation;
-                    if *existing != aggregation {
-                        return Err(FieldError::new(
-                            at("aggregation"),
-                            format!(
-                                "meter {:?} aggregates by {}; a meter's aggregation cannot change (publish a new meter instead)",
-                                def.name,
-                                existing.name()
-                            ),
-                        ));
-                    }
+                    self.check_same_shape(id, def, &plan, &aggregation)
+                        .map_err(|(field, why)| FieldError::new(at(field), why))?;
                     ids.push((id, plan));
                 }
                 None => {
@@ -221,6 +139,72 @@ impl Catalog {
             plans,
         });
         Ok((self.versions.len() - 1) as VersionIdx)
+    }
+
+    /// Whether `spec` may be appended at all: dated after the latest version, within
+    /// the bound on versions, with a meter.
+    fn check_appendable(&self, spec: &CatalogVersionSpec) -> Result<(), FieldError> {
+        if let Some(last) = self.versions.last() {
+            if spec.effective_from <= last.effective_from {
+                return Err(FieldError::new(
+                    "effective_from",
+                    format!(
+                        "must be after {}, the date of the latest version; versions are only appended",
+                        last.effective_from
+                    ),
+                ));
+            }
+        }
+        if self.versions.len() >= usize::from(VersionIdx::MAX) {
+            return Err(FieldError::new(
+                "effective_from",
+                "the catalog has too many versions",
+            ));
+        }
+        if spec.meters.is_empty() {
+            return Err(FieldError::new(
+                "meters",
+                "a catalog version needs at least one meter",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A meter published before keeps its aggregation and the shape of its plan (the
+    /// field at fault and why, if not).
+    fn check_same_shape(
+        &self,
+        id: MeterId,
+        def: &MeterDefinition,
+        plan: &PricePlan,
+        aggregation: &Aggregation,
+    ) -> Result<(), (&'static str, String)> {
+        let previous = self
+            .versions
+            .last()
+            .and_then(|v| v.plans[usize::from(id.0)].as_ref());
+        if let Some(why) = previous.and_then(|previous| structure_change(previous, plan)) {
+            return Err((
+                "price",
+                format!(
+                    "meter {:?}: {why}; a new version may change prices and fees, not the shape \
+                     of the plan, because units already used keep their positions (publish a new meter instead)",
+                    def.name
+                ),
+            ));
+        }
+        let existing = &self.meters[usize::from(id.0)].aggregation;
+        if existing != aggregation {
+            return Err((
+                "aggregation",
+                format!(
+                    "meter {:?} aggregates by {}; a meter's aggregation cannot change (publish a new meter instead)",
+                    def.name,
+                    existing.name()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The version in force on `date`, if any version is.
@@ -360,6 +344,38 @@ fn structure_change(previous: &PricePlan, next: &PricePlan) -> Option<String> {
         }
         _ => Some("the price model changes".to_owned()),
     }
+}
+
+/// A meter's name: 1 to MAX_ID_LEN bytes without spaces, not defined `before` in the
+/// same version.
+fn check_meter_name(before: &[MeterDefinition], def: &MeterDefinition) -> Result<(), String> {
+    if def.name.is_empty() || def.name.len() > MAX_ID_LEN || def.name.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "must be 1 to {MAX_ID_LEN} bytes without spaces (got {:?})",
+            def.name
+        ));
+    }
+    if before.iter().any(|m| m.name == def.name) {
+        return Err(format!("{:?} is defined twice", def.name));
+    }
+    Ok(())
+}
+
+/// A meter's aggregation: a dimension for `unique_count`, and for it only.
+fn aggregation_of(def: &MeterDefinition) -> Result<Aggregation, &'static str> {
+    Ok(match (def.aggregation, &def.dimension) {
+        (AggregationKind::UniqueCount, Some(d)) if !d.is_empty() => {
+            Aggregation::UniqueCount { dimension: d.clone() }
+        }
+        (AggregationKind::UniqueCount, _) => {
+            return Err("unique_count needs the dimension whose values it counts")
+        }
+        (_, Some(_)) => return Err("only unique_count takes a dimension"),
+        (AggregationKind::Sum, None) => Aggregation::Sum,
+        (AggregationKind::Count, None) => Aggregation::Count,
+        (AggregationKind::Max, None) => Aggregation::Max,
+        (AggregationKind::Latest, None) => Aggregation::Latest,
+    })
 }
 
 #[cfg(test)]

@@ -147,21 +147,56 @@ impl Bill {
 
     /// Verifies the bill's invariants; the error says which one fails.
     pub fn check(&self) -> Result<(), String> {
-        let minor = self.currency.minor_units();
-        let whole = |what: &str, a: Decimal| {
-            if a.scale() != minor {
-                Err(format!(
-                    "{what} {a} is not in whole minor units of {}",
-                    self.currency
-                ))
-            } else if a.is_sign_negative() && !a.is_zero() {
-                Err(format!("{what} {a} is negative"))
-            } else {
-                Ok(())
-            }
-        };
+        self.check_lines()?;
+        self.check_accounts()?;
+        self.check_adjustments()?;
+        let subtotal: Decimal = self.lines.iter().map(|l| l.amount).sum::<Decimal>()
+            + self.adjustments.iter().map(|a| a.amount).sum::<Decimal>();
+        if subtotal != self.subtotal {
+            return Err(format!(
+                "subtotal {} but the lines and adjustments add up to {subtotal}",
+                self.subtotal
+            ));
+        }
+        for d in &self.discounts {
+            self.whole(|| format!("discount {}", d.id), d.amount)?;
+        }
+        for c in &self.credits {
+            self.whole(|| format!("credit {}", c.id), c.amount)?;
+        }
+        self.whole(|| "tax".into(), self.tax.amount)?;
+        let commitment = self.commitment.as_ref().map_or(Decimal::ZERO, |c| c.amount);
+        let expected =
+            self.subtotal - self.discounts_total() - self.credits_total() + commitment + self.tax.amount;
+        if expected != self.total {
+            return Err(format!(
+                "total {} but subtotal − discounts − credits + commitment + tax = {expected}",
+                self.total
+            ));
+        }
+        self.whole(|| "total".into(), self.total)
+    }
+
+    /// `a` (named by `what`) is in whole minor units of the bill's currency and not
+    /// negative.
+    fn whole(&self, what: impl FnOnce() -> String, a: Decimal) -> Result<(), String> {
+        if a.scale() != self.currency.minor_units() {
+            Err(format!(
+                "{} {a} is not in whole minor units of {}",
+                what(),
+                self.currency
+            ))
+        } else if a.is_sign_negative() && !a.is_zero() {
+            Err(format!("{} {a} is negative", what()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Every line is whole, and its accounts' shares add up to it.
+    fn check_lines(&self) -> Result<(), String> {
         for l in &self.lines {
-            whole(&format!("line {}", l.meter), l.amount)?;
+            self.whole(|| format!("line {}", l.meter), l.amount)?;
             let allocated: Decimal = self
                 .accounts
                 .iter()
@@ -176,6 +211,11 @@ impl Bill {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Every account's lines are whole and add up to its total.
+    fn check_accounts(&self) -> Result<(), String> {
         for a in &self.accounts {
             let sum: Decimal = a.lines.iter().map(|l| l.amount).sum();
             if sum != a.total {
@@ -185,11 +225,16 @@ impl Bill {
                 ));
             }
             for l in &a.lines {
-                whole(&format!("account {} line {}", a.account, l.meter), l.amount)?;
+                self.whole(|| format!("account {} line {}", a.account, l.meter), l.amount)?;
             }
         }
+        Ok(())
+    }
+
+    /// Every adjustment is whole and is what was re-rated less what was invoiced.
+    fn check_adjustments(&self) -> Result<(), String> {
         for a in &self.adjustments {
-            whole(&format!("adjustment {} {}", a.period, a.meter), a.amount)?;
+            self.whole(|| format!("adjustment {} {}", a.period, a.meter), a.amount)?;
             if a.amount != a.rerated - a.invoiced {
                 return Err(format!(
                     "adjustment {} {} is {} but re-rated {} − invoiced {} = {}",
@@ -202,30 +247,6 @@ impl Bill {
                 ));
             }
         }
-        let subtotal: Decimal = self.lines.iter().map(|l| l.amount).sum::<Decimal>()
-            + self.adjustments.iter().map(|a| a.amount).sum::<Decimal>();
-        if subtotal != self.subtotal {
-            return Err(format!(
-                "subtotal {} but the lines and adjustments add up to {subtotal}",
-                self.subtotal
-            ));
-        }
-        for d in &self.discounts {
-            whole(&format!("discount {}", d.id), d.amount)?;
-        }
-        for c in &self.credits {
-            whole(&format!("credit {}", c.id), c.amount)?;
-        }
-        whole("tax", self.tax.amount)?;
-        let commitment = self.commitment.as_ref().map_or(Decimal::ZERO, |c| c.amount);
-        let expected =
-            self.subtotal - self.discounts_total() - self.credits_total() + commitment + self.tax.amount;
-        if expected != self.total {
-            return Err(format!(
-                "total {} but subtotal − discounts − credits + commitment + tax = {expected}",
-                self.total
-            ));
-        }
-        whole("total", self.total)
+        Ok(())
     }
 }

@@ -219,7 +219,24 @@ impl PricePlan {
                 amount,
             });
         };
-        match &self.model {
+        self.model.charge_past_allowance(from, to, total, &mut push);
+        sum
+    }
+}
+
+impl PriceModel {
+    /// Charges the positions `from..to` (past the free allowance) of a period whose
+    /// usage ends at `total`, one `push(kind, quantity, unit_price, flat_fee)` a tier
+    /// or part the range touches.
+    #[inline]
+    fn charge_past_allowance(
+        &self,
+        from: Decimal,
+        to: Decimal,
+        total: Decimal,
+        push: &mut impl FnMut(ChargeKind, Decimal, Decimal, Decimal),
+    ) {
+        match self {
             PriceModel::PerUnit { unit_price } => {
                 push(ChargeKind::Unit, to - from, *unit_price, Decimal::ZERO)
             }
@@ -266,7 +283,6 @@ impl PricePlan {
                 }
             }
         }
-        sum
     }
 }
 
