@@ -341,28 +341,63 @@ impl PartitionEngine {
         self.wait_until_delivered(std::time::Duration::from_secs(60))
             .await
             .map_err(|e| format!("{e}: the run resumes when started again"))?;
+        let done = self.count_invoiced_before(&run)?;
+        let mut priced = self.price_every_segment(period, done);
+        let late_until = self.late_until(period);
+        let mut batches = 0u32;
+        let mut closing = Vec::new();
+        while let Some(result) = priced.recv().await {
+            let bills = result?;
+            if let Some(first) = bills.failures.first() {
+                return Err(format!(
+                    "{} customer(s) could not be priced, e.g. {first}",
+                    bills.failures.len()
+                ));
+            }
+            if !bills.invoices.is_empty() {
+                batches += 1;
+            }
+            closing.push(self.invoice_and_close(&run, bills, late_until, batches).await?);
+        }
+        for task in closing {
+            task.await.map_err(|e| e.to_string())??;
+        }
+        self.finish_bill_run(&run).await
+    }
+
+    /// The customers invoiced before a crash cut the run short (with their number of
+    /// invoices), counted in the run's totals.
+    fn count_invoiced_before(&self, run: &BillRun) -> Result<Arc<HashMap<CustomerKey, u32>>, String> {
         run.customers_total
             .store(self.customers.len() as u64, Ordering::Relaxed);
-        let done: Arc<HashMap<CustomerKey, u32>> = Arc::new(self.invoices.customers(period));
-        // Resuming: the invoices written before count in this run's totals.
+        let done: Arc<HashMap<CustomerKey, u32>> = Arc::new(self.invoices.customers(run.period));
         let mut billed = self.rounding.round(Decimal::ZERO);
         for customer in done.keys() {
             billed += self
                 .invoices
-                .of_customer(period, customer)?
+                .of_customer(run.period, customer)?
                 .map_or(Decimal::ZERO, |d| d.total);
         }
         run.invoices.store(done.len() as u64, Ordering::Relaxed);
         *run.total_billed.lock().unwrap_or_else(|p| p.into_inner()) = billed;
+        Ok(done)
+    }
+
+    /// Has every segment price its customers on its own thread; their bills arrive on
+    /// the channel answered, a segment at a time.
+    fn price_every_segment(
+        self: &Arc<Self>,
+        period: Period,
+        done: Arc<HashMap<CustomerKey, u32>>,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<Result<SegmentBills, String>> {
         let view = Arc::new(PricingView {
             catalog: self.catalog(),
             rounding: self.rounding,
             period,
             profiles: self.profiles.clone(),
         });
-        let segments = self.runtime.segment_count();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<SegmentBills, String>>();
-        for segment in 0..segments {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<SegmentBills, String>>();
+        for segment in 0..self.runtime.segment_count() {
             let me = self.clone();
             let (tx, view, done) = (tx.clone(), view.clone(), done.clone());
             actix_rt::spawn(async move {
@@ -370,72 +405,75 @@ impl PartitionEngine {
                 let _ = tx.send(result);
             });
         }
-        drop(tx);
-        let late_until = self.late_until(period);
-        let mut batches = 0u32;
-        let mut closing = Vec::new();
-        while let Some(result) = rx.recv().await {
-            let mut bills = result?;
-            if let Some(first) = bills.failures.first() {
-                return Err(format!(
-                    "{} customer(s) could not be priced, e.g. {first}",
-                    bills.failures.len()
-                ));
-            }
-            bills.invoices.sort_by(|a, b| a.customer.cmp(&b.customer));
-            let mut closes: Vec<(CustomerKey, CustomerCommand)> = Vec::with_capacity(bills.invoices.len());
-            let mut to_write = Vec::with_capacity(bills.invoices.len());
-            let mut billed = Decimal::ZERO;
-            for priced in bills.invoices {
-                billed += priced.total;
-                closes.push((
-                    priced.customer.clone(),
-                    close_command(period, late_until, priced.credits.into_iter()),
-                ));
-                to_write.push((priced.customer, priced.encoded));
-            }
+        rx
+    }
+
+    /// Writes and syncs one segment's invoices (the run's `batch`-th write), then
+    /// closes its customers in the background: the task answered, to be awaited before
+    /// the run ends. The next segment's invoices are written meanwhile.
+    async fn invoice_and_close(
+        self: &Arc<Self>,
+        run: &BillRun,
+        mut bills: SegmentBills,
+        late_until: chrono::NaiveDate,
+        batch: u32,
+    ) -> Result<actix_rt::task::JoinHandle<Result<(), String>>, String> {
+        let period = run.period;
+        bills.invoices.sort_by(|a, b| a.customer.cmp(&b.customer));
+        let mut closes: Vec<(CustomerKey, CustomerCommand)> = Vec::with_capacity(bills.invoices.len());
+        let mut to_write = Vec::with_capacity(bills.invoices.len());
+        let mut billed = Decimal::ZERO;
+        for priced in bills.invoices {
+            billed += priced.total;
+            closes.push((
+                priced.customer.clone(),
+                close_command(period, late_until, priced.credits.into_iter()),
+            ));
+            to_write.push((priced.customer, priced.encoded));
+        }
+        let written = if to_write.is_empty() {
+            Vec::new()
+        } else {
             let store = self.clone();
-            let written = if to_write.is_empty() {
-                Vec::new()
-            } else {
-                batches += 1;
-                tokio::task::spawn_blocking(move || store.invoices.append(period, to_write))
-                    .await
-                    .map_err(|e| e.to_string())??
-            };
-            if !written.is_empty() && self.fault_abort_after_invoice_batches == Some(batches) {
-                tracing::error!(partition = %self.id, batches, "test fault: aborting after writing invoices");
-                std::process::abort();
-            }
-            for key in bills.nothing {
-                closes.push((key, close_command(period, late_until, std::iter::empty())));
-            }
-            for key in bills.reclose {
-                let stored = self.invoices.of_customer(period, &key)?;
-                let credits = stored
-                    .into_iter()
-                    .flat_map(|d| d.credits)
-                    .map(|c| (c.id, c.remaining));
-                closes.push((key, close_command(period, late_until, credits)));
-            }
-            // The next segment's invoices are written while these customers are closed.
-            let me = self.clone();
-            closing.push(actix_rt::spawn(async move {
-                for chunk in closes.chunks(1000) {
-                    me.submit_closes(chunk.to_vec()).await?;
-                }
-                Ok::<(), String>(())
-            }));
-            run.invoices.fetch_add(written.len() as u64, Ordering::Relaxed);
-            *run.total_billed.lock().unwrap_or_else(|p| p.into_inner()) += billed;
-            run.customers_done.fetch_add(bills.visited, Ordering::Relaxed);
-            if let Some(h) = bills.compute {
-                let _ = run.compute.lock().unwrap_or_else(|p| p.into_inner()).add(&h);
-            }
+            tokio::task::spawn_blocking(move || store.invoices.append(period, to_write))
+                .await
+                .map_err(|e| e.to_string())??
+        };
+        if !written.is_empty() && self.fault_abort_after_invoice_batches == Some(batch) {
+            tracing::error!(partition = %self.id, batches = batch, "test fault: aborting after writing invoices");
+            std::process::abort();
         }
-        for task in closing {
-            task.await.map_err(|e| e.to_string())??;
+        for key in bills.nothing {
+            closes.push((key, close_command(period, late_until, std::iter::empty())));
         }
+        for key in bills.reclose {
+            let stored = self.invoices.of_customer(period, &key)?;
+            let credits = stored
+                .into_iter()
+                .flat_map(|d| d.credits)
+                .map(|c| (c.id, c.remaining));
+            closes.push((key, close_command(period, late_until, credits)));
+        }
+        let me = self.clone();
+        let closing = actix_rt::spawn(async move {
+            for chunk in closes.chunks(1000) {
+                me.submit_closes(chunk.to_vec()).await?;
+            }
+            Ok::<(), String>(())
+        });
+        run.invoices.fetch_add(written.len() as u64, Ordering::Relaxed);
+        *run.total_billed.lock().unwrap_or_else(|p| p.into_inner()) += billed;
+        run.customers_done.fetch_add(bills.visited, Ordering::Relaxed);
+        if let Some(h) = bills.compute {
+            let _ = run.compute.lock().unwrap_or_else(|p| p.into_inner()).add(&h);
+        }
+        Ok(closing)
+    }
+
+    /// Every customer closed: the run's summary is written with the invoices, the
+    /// period is no longer closing, and the run is done.
+    async fn finish_bill_run(self: &Arc<Self>, run: &BillRun) -> Result<(), String> {
+        let period = run.period;
         let duration_ms = run.started.elapsed().as_millis() as u64;
         let compute = ComputeTimes::of(&run.compute.lock().unwrap_or_else(|p| p.into_inner()));
         let invoices = self.invoices.count(period) as u64;

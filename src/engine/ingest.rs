@@ -142,31 +142,9 @@ impl PartitionEngine {
                 continue;
             };
             let date = self.local_date(event.time);
-            let mut late = false;
-            if !open.contains(date) {
-                let period = Period::containing(date);
-                let state = self.period_state();
-                let closed = state.closing == Some(period) || self.invoices.summary(period).is_some();
-                let why = if period >= open {
-                    format!("falls in period {period}, which is not open yet")
-                } else if !closed {
-                    format!("falls in period {period}, before the first open one")
-                } else if period != open.previous() {
-                    format!(
-                        "falls in period {period}, which is closed; late usage is accepted for {} only",
-                        open.previous()
-                    )
-                } else if self.local_date(self.now()) >= self.late_until(period) {
-                    format!(
-                        "falls in period {period}, which is closed; its late usage was accepted until {} (late_grace_days = {})",
-                        self.late_until(period),
-                        self.late_grace_days
-                    )
-                } else {
-                    late = true;
-                    String::new()
-                };
-                if !late {
+            let late = !open.contains(date);
+            if late {
+                if let Err(why) = self.accepts_late(date, open) {
                     errors.push(EventError {
                         index,
                         field: "time".into(),
@@ -212,6 +190,33 @@ impl PartitionEngine {
         self.latest_usage_day
             .fetch_max(latest_day, std::sync::atomic::Ordering::AcqRel);
         Ok(batch)
+    }
+
+    /// Whether usage dated `date`, outside the `open` period, is taken as late usage
+    /// of the period before it (closed, within its grace days); why not, if not.
+    #[cold]
+    fn accepts_late(&self, date: chrono::NaiveDate, open: Period) -> Result<(), String> {
+        let period = Period::containing(date);
+        let state = self.period_state();
+        let closed = state.closing == Some(period) || self.invoices.summary(period).is_some();
+        if period >= open {
+            Err(format!("falls in period {period}, which is not open yet"))
+        } else if !closed {
+            Err(format!("falls in period {period}, before the first open one"))
+        } else if period != open.previous() {
+            Err(format!(
+                "falls in period {period}, which is closed; late usage is accepted for {} only",
+                open.previous()
+            ))
+        } else if self.local_date(self.now()) >= self.late_until(period) {
+            Err(format!(
+                "falls in period {period}, which is closed; its late usage was accepted until {} (late_grace_days = {})",
+                self.late_until(period),
+                self.late_grace_days
+            ))
+        } else {
+            Ok(())
+        }
     }
 
     /// Counts a batch's outcomes. Events that did not apply make the whole answer an

@@ -80,30 +80,7 @@ pub(in crate::engine) async fn open_partition(
     p: &PartitionConfig,
 ) -> Result<Arc<PartitionEngine>, EngineError> {
     let started = std::time::Instant::now();
-    let journal: Arc<dyn Journal<Batch<CustomerEntity>>> = match &ctx.options.journal {
-        JournalMode::Retained => Arc::new(MemoryJournal::new()),
-        JournalMode::Discarded => Arc::new(MemoryJournal::discarding()),
-        JournalMode::File {
-            dir,
-            fsync,
-            file_bytes,
-        } => Arc::new(
-            FileJournal::open(
-                FileJournalConfig {
-                    dir: dir.join(&p.id).join("journal"),
-                    segment_bytes: *file_bytes,
-                    fsync: if *fsync {
-                        FsyncPolicy::EveryBatch
-                    } else {
-                        FsyncPolicy::Never
-                    },
-                    fault: None,
-                },
-                Arc::new(codec::BatchCodec),
-            )
-            .map_err(|e| EngineError::Unavailable(format!("partition {:?}: {e}", p.id)))?,
-        ),
-    };
+    let journal = open_journal(ctx, p)?;
     let data = match &ctx.options.journal {
         JournalMode::File { dir, .. } => Some(dir.join(&p.id)),
         _ => None,
@@ -112,29 +89,8 @@ pub(in crate::engine) async fn open_partition(
         Some(dir) => Documents::in_folder(dir.clone()),
         None => Documents::in_memory(),
     };
-    let mut catalog = p.catalog.clone();
-    for spec in published_versions(&documents)? {
-        catalog.publish(&spec).map_err(|e| {
-            EngineError::Unavailable(format!(
-                "partition {:?}: {CATALOG}: a published version no longer follows the configured catalog: {e}",
-                p.id
-            ))
-        })?;
-    }
-    let snapshots: Arc<dyn SnapshotStore<CustomerEntity>> = match &ctx.options.journal {
-        JournalMode::File { dir, fsync, .. } => Arc::new(
-            FileSnapshots::open(
-                FileSnapshotsConfig {
-                    dir: dir.join(&p.id).join("snapshots"),
-                    keep: 2,
-                    fsync: *fsync,
-                },
-                Arc::new(codec::EntityCodec),
-            )
-            .map_err(|e| EngineError::Unavailable(format!("partition {:?}: snapshots: {e}", p.id)))?,
-        ),
-        _ => Arc::new(MemorySnapshots::default()),
-    };
+    let catalog = catalog_with_published(p, &documents)?;
+    let snapshots = open_snapshots(ctx, p)?;
     let runtime = Partition::start(
         runtime_config(&p.id, &ctx.runtime),
         journal.clone(),
@@ -145,23 +101,7 @@ pub(in crate::engine) async fn open_partition(
     .await;
     let _ = ctx.router.send(Register(Box::new(runtime.clone()))).await;
     keep_time_zone(&p.id, &documents, p.time_zone)?;
-    let configured = PeriodState {
-        open: p.open_period.unwrap_or_else(|| {
-            Period::containing(
-                ctx.options
-                    .now
-                    .unwrap_or_else(chrono::Utc::now)
-                    .with_timezone(&p.time_zone)
-                    .date_naive(),
-            )
-        }),
-        closing: None,
-    };
-    let periods = load_period_state(&documents)?.unwrap_or(configured);
-    if periods.open != configured.open && p.open_period.is_some() {
-        tracing::info!(partition = %p.id, configured = %configured.open, open = %periods.open,
-                "the open period moved on with bill runs; the configured one is only the first");
-    }
+    let periods = period_state_at_open(ctx, p, &documents)?;
     let invoices = InvoiceStore::open(&p.id, data.as_ref().map(|d| d.join("invoices")))
         .map_err(|e| EngineError::Unavailable(format!("partition {:?}: invoices: {e}", p.id)))?;
     let engine = PartitionEngine {
@@ -199,16 +139,7 @@ pub(in crate::engine) async fn open_partition(
         events_at_snapshot: Default::default(),
     };
     engine.rebuild_directory().await?;
-    // Configured customers are created once; later runs keep what the journal holds.
-    let missing: Vec<Customer> = p
-        .customers
-        .iter()
-        .filter(|c| !engine.customers.exists(c.id.as_str()))
-        .cloned()
-        .collect();
-    if !missing.is_empty() {
-        engine.upsert_customers(missing).await?;
-    }
+    create_configured_customers(&engine, p).await?;
     tracing::info!(
         partition = %p.id,
         journal_lsn = journal.last_lsn(),
@@ -218,6 +149,119 @@ pub(in crate::engine) async fn open_partition(
         "partition recovered"
     );
     Ok(Arc::new(engine))
+}
+
+/// The partition's journal: in memory (kept or discarded), or its files.
+fn open_journal(
+    ctx: &Opening,
+    p: &PartitionConfig,
+) -> Result<Arc<dyn Journal<Batch<CustomerEntity>>>, EngineError> {
+    Ok(match &ctx.options.journal {
+        JournalMode::Retained => Arc::new(MemoryJournal::new()),
+        JournalMode::Discarded => Arc::new(MemoryJournal::discarding()),
+        JournalMode::File {
+            dir,
+            fsync,
+            file_bytes,
+        } => Arc::new(
+            FileJournal::open(
+                FileJournalConfig {
+                    dir: dir.join(&p.id).join("journal"),
+                    segment_bytes: *file_bytes,
+                    fsync: if *fsync {
+                        FsyncPolicy::EveryBatch
+                    } else {
+                        FsyncPolicy::Never
+                    },
+                    fault: None,
+                },
+                Arc::new(codec::BatchCodec),
+            )
+            .map_err(|e| EngineError::Unavailable(format!("partition {:?}: {e}", p.id)))?,
+        ),
+    })
+}
+
+/// The partition's snapshots: its files with a file journal, else in memory.
+fn open_snapshots(
+    ctx: &Opening,
+    p: &PartitionConfig,
+) -> Result<Arc<dyn SnapshotStore<CustomerEntity>>, EngineError> {
+    Ok(match &ctx.options.journal {
+        JournalMode::File { dir, fsync, .. } => Arc::new(
+            FileSnapshots::open(
+                FileSnapshotsConfig {
+                    dir: dir.join(&p.id).join("snapshots"),
+                    keep: 2,
+                    fsync: *fsync,
+                },
+                Arc::new(codec::EntityCodec),
+            )
+            .map_err(|e| EngineError::Unavailable(format!("partition {:?}: snapshots: {e}", p.id)))?,
+        ),
+        _ => Arc::new(MemorySnapshots::default()),
+    })
+}
+
+/// The configured catalog with the versions published through the API appended.
+fn catalog_with_published(
+    p: &PartitionConfig,
+    documents: &Documents,
+) -> Result<crate::domain::Catalog, EngineError> {
+    let mut catalog = p.catalog.clone();
+    for spec in published_versions(documents)? {
+        catalog.publish(&spec).map_err(|e| {
+            EngineError::Unavailable(format!(
+                "partition {:?}: {CATALOG}: a published version no longer follows the configured catalog: {e}",
+                p.id
+            ))
+        })?;
+    }
+    Ok(catalog)
+}
+
+/// The period state kept, or at a first start the configured open period (the month
+/// of the partition's clock, if none is configured).
+fn period_state_at_open(
+    ctx: &Opening,
+    p: &PartitionConfig,
+    documents: &Documents,
+) -> Result<PeriodState, EngineError> {
+    let configured = PeriodState {
+        open: p.open_period.unwrap_or_else(|| {
+            Period::containing(
+                ctx.options
+                    .now
+                    .unwrap_or_else(chrono::Utc::now)
+                    .with_timezone(&p.time_zone)
+                    .date_naive(),
+            )
+        }),
+        closing: None,
+    };
+    let periods = load_period_state(documents)?.unwrap_or(configured);
+    if periods.open != configured.open && p.open_period.is_some() {
+        tracing::info!(partition = %p.id, configured = %configured.open, open = %periods.open,
+                "the open period moved on with bill runs; the configured one is only the first");
+    }
+    Ok(periods)
+}
+
+/// Configured customers are created once; later runs keep what the journal holds.
+async fn create_configured_customers(
+    engine: &PartitionEngine,
+    p: &PartitionConfig,
+) -> Result<(), EngineError> {
+    let missing: Vec<Customer> = p
+        .customers
+        .iter()
+        .filter(|c| !engine.customers.exists(c.id.as_str()))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        engine.upsert_customers(missing).await?;
+    }
+    Ok(())
 }
 
 /// Starts a partition's background work: budget checks, the webhook, snapshots, and

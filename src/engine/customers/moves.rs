@@ -1,13 +1,60 @@
 //! Moving an account to another customer, with its usage.
 
-use tallyman_actors::SubmitError;
+use tallyman_actors::{Failure, SubmitError};
 
-use crate::domain::AccountId;
 use crate::domain::FieldError;
+use crate::domain::{AccountId, AccountUsage, Period};
 
 use crate::engine::{
-    CustomerAnswer, CustomerCommand, CustomerQuery, CustomerReply, EngineError, PartitionEngine,
+    CustomerAnswer, CustomerCommand, CustomerKey, CustomerQuery, CustomerReply, EngineError, PartitionEngine,
 };
+
+/// Whether a half of a move took effect: it answered, or a restarted segment's
+/// recovery applied it first (`Replayed`); a refused half is marked never to apply.
+fn applied(outcome: Option<&Result<CustomerReply, Failure>>) -> bool {
+    matches!(
+        outcome,
+        None | Some(Ok(CustomerReply::Released(_) | CustomerReply::Adopted) | Err(Failure::Replayed))
+    )
+}
+
+/// The two halves of a move, to undo the one that took effect alone.
+struct Half<'a> {
+    from: Option<&'a CustomerKey>,
+    to: &'a CustomerKey,
+    account: &'a AccountId,
+    period: Period,
+}
+
+impl Half<'_> {
+    /// The command that undoes the half applied alone: the account given back to the
+    /// customer it left (with the usage it took), or released by the one it joined.
+    fn undo(
+        &self,
+        released: bool,
+        adopted: bool,
+        outcomes: &[Result<CustomerReply, Failure>],
+        usage: Option<Box<AccountUsage>>,
+    ) -> Option<(CustomerKey, CustomerCommand)> {
+        let (account, period) = (self.account.clone(), self.period);
+        match (self.from, released, adopted) {
+            (Some(from), true, false) => {
+                let handed = match outcomes.first() {
+                    Some(Ok(CustomerReply::Released(u))) => u.clone(),
+                    _ => usage,
+                };
+                let command = CustomerCommand::Adopt {
+                    account,
+                    usage: handed,
+                    period,
+                };
+                Some((from.clone(), command))
+            }
+            (Some(_), false, true) => Some((self.to.clone(), CustomerCommand::Release { account, period })),
+            _ => None,
+        }
+    }
+}
 
 impl PartitionEngine {
     /// Moves `account` to `customer` (or adds it, when no customer has it). The account's
@@ -17,39 +64,14 @@ impl PartitionEngine {
         let to = self.customer_key(customer)?;
         let _routing = self.routing.write().await;
         let to_number = self.customers.number(&to);
-        let owner = self.directory.get(account).map(|r| (r.key().clone(), *r.value()));
-        let (account_id, from) = match owner {
-            Some((_, from)) if from == to_number => return Ok(Some(customer.to_owned())),
-            Some((id, from)) => (id, Some(self.customers.key(from))),
-            None => {
-                let name = account.trim();
-                if name.is_empty() || name.len() > crate::domain::ids::MAX_ID_LEN {
-                    return Err(EngineError::Invalid(FieldError::new(
-                        "account",
-                        "must be 1 to 128 bytes",
-                    )));
-                }
-                (AccountId::from(name), None)
-            }
+        let Some((account_id, from)) = self.account_to_move(account, to_number)? else {
+            return Ok(Some(customer.to_owned()));
         };
         let period = self.period();
         let mut batch = Vec::with_capacity(2);
         let mut usage = None;
         if let Some(from) = &from {
-            // Everything journaled before reaches its segment first, so that the usage
-            // read next is all the account has (ingest is paused meanwhile).
-            self.wait_until_delivered(std::time::Duration::from_secs(5))
-                .await
-                .map_err(EngineError::Unavailable)?;
-            let query = CustomerQuery::Leaving {
-                account: account_id.clone(),
-                period,
-            };
-            usage = match self.runtime.ask(from.clone(), query)?.await? {
-                Some(CustomerAnswer::Leaving(Ok(u))) => u,
-                Some(CustomerAnswer::Leaving(Err(why))) => return Err(EngineError::Conflict(why)),
-                other => return Err(EngineError::Failed(format!("{other:?}"))),
-            };
+            usage = self.usage_leaving(from, &account_id, period).await?;
             batch.push((
                 from.clone(),
                 CustomerCommand::Release {
@@ -74,44 +96,17 @@ impl PartitionEngine {
             Err(SubmitError::Interrupted) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        // A half was applied when it answered, or when a restarted segment's recovery
-        // applied it first (`Replayed`); a refused half is marked never to be applied.
-        use tallyman_actors::Failure;
-        let applied = |o: Option<&Result<CustomerReply, Failure>>| {
-            matches!(
-                o,
-                None | Some(Ok(CustomerReply::Released(_) | CustomerReply::Adopted) | Err(Failure::Replayed))
-            )
-        };
         let adopted = applied(outcomes.last());
         let released = from.is_none() || applied(outcomes.first());
         if !(released && adopted) {
             // Undo the half that took effect, so that the account stays with one customer.
-            let undo = match (&from, released, adopted) {
-                (Some(from), true, false) => {
-                    let handed = match outcomes.first() {
-                        Some(Ok(CustomerReply::Released(u))) => u.clone(),
-                        _ => usage,
-                    };
-                    Some((
-                        from.clone(),
-                        CustomerCommand::Adopt {
-                            account: account_id.clone(),
-                            usage: handed,
-                            period,
-                        },
-                    ))
-                }
-                (Some(_), false, true) => Some((
-                    to.clone(),
-                    CustomerCommand::Release {
-                        account: account_id.clone(),
-                        period,
-                    },
-                )),
-                _ => None,
+            let half = Half {
+                from: from.as_ref(),
+                to: &to,
+                account: &account_id,
+                period,
             };
-            if let Some((key, command)) = undo {
+            if let Some((key, command)) = half.undo(released, adopted, &outcomes, usage) {
                 self.undo(key, command, account).await;
             }
             return Err(EngineError::Unavailable(format!(
@@ -121,5 +116,52 @@ impl PartitionEngine {
         self.directory.insert(account_id, to_number);
         tracing::info!(partition = %self.id, account, from = ?from, to = %to, "account moved");
         Ok(from.map(|f| f.to_string()))
+    }
+
+    /// The account and the customer it is with (none: no customer has it, and its id
+    /// is checked); `None` when it is with customer `to_number` already.
+    fn account_to_move(
+        &self,
+        account: &str,
+        to_number: u32,
+    ) -> Result<Option<(AccountId, Option<CustomerKey>)>, EngineError> {
+        let owner = self.directory.get(account).map(|r| (r.key().clone(), *r.value()));
+        Ok(match owner {
+            Some((_, from)) if from == to_number => None,
+            Some((id, from)) => Some((id, Some(self.customers.key(from)))),
+            None => {
+                let name = account.trim();
+                if name.is_empty() || name.len() > crate::domain::ids::MAX_ID_LEN {
+                    return Err(EngineError::Invalid(FieldError::new(
+                        "account",
+                        "must be 1 to 128 bytes",
+                    )));
+                }
+                Some((AccountId::from(name), None))
+            }
+        })
+    }
+
+    /// The usage of the open period `account` takes from customer `from`, once
+    /// everything journaled before reached its segment (ingest is paused meanwhile, so
+    /// it is all the account has).
+    async fn usage_leaving(
+        &self,
+        from: &CustomerKey,
+        account: &AccountId,
+        period: Period,
+    ) -> Result<Option<Box<AccountUsage>>, EngineError> {
+        self.wait_until_delivered(std::time::Duration::from_secs(5))
+            .await
+            .map_err(EngineError::Unavailable)?;
+        let query = CustomerQuery::Leaving {
+            account: account.clone(),
+            period,
+        };
+        match self.runtime.ask(from.clone(), query)?.await? {
+            Some(CustomerAnswer::Leaving(Ok(u))) => Ok(u),
+            Some(CustomerAnswer::Leaving(Err(why))) => Err(EngineError::Conflict(why)),
+            other => Err(EngineError::Failed(format!("{other:?}"))),
+        }
     }
 }
