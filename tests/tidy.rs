@@ -161,8 +161,9 @@ fn the_http_face_goes_through_the_engine() {
 
 #[test]
 fn configuration_starts_nothing() {
-    let files = [Path::new(ROOT).join("src/config.rs")];
-    let rule = "src/config.rs reads settings and builds domain objects only";
+    let mut files = vec![Path::new(ROOT).join("src/config.rs")];
+    files.extend(rust_files("src/config"));
+    let rule = "src/config.rs (and src/config/) reads settings and builds domain objects only";
     assert_none(offences(&files, &[CONFIG_NEVER], rule));
 }
 
@@ -237,7 +238,6 @@ const MAX_FN_LINES: usize = 80;
 /// shrink or go, never grow; nothing new may join it. A function that is long for a
 /// reason says so in a `// Long:` comment above it instead.
 const STILL_LONG: &[(&str, usize)] = &[
-    ("src/config.rs", 809),
     ("loadgen/src/run.rs run", 179),
     ("src/domain/billing.rs bill_customer_with", 160),
     ("src/engine/open.rs open_partition", 153),
@@ -248,7 +248,6 @@ const STILL_LONG: &[(&str, usize)] = &[
     ("loadgen/src/cli.rs report", 126),
     ("src/engine/customers/upserts.rs upsert_customers", 124),
     ("src/api/metrics.rs render", 118),
-    ("src/config.rs validate", 116),
     ("src/engine/customers/moves.rs move_account", 109),
     ("src/engine/ingest.rs resolve", 97),
     ("src/domain/price.rs charge_range", 90),
