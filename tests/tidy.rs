@@ -241,7 +241,6 @@ const STILL_LONG: &[(&str, usize)] = &[
     ("loadgen/src/run.rs run", 179),
     ("src/domain/billing.rs bill_customer_with", 160),
     ("src/engine/open.rs open_partition", 153),
-    ("src/main.rs run", 134),
     ("src/domain/catalog.rs publish", 131),
     ("loadgen/src/inprocess.rs drive", 130),
     ("src/engine/bill_run.rs run_bill_run", 129),
