@@ -212,14 +212,7 @@ fn check_config(settings: &Validated) -> ExitCode {
 /// What the engine is started with besides its settings: the journal, the webhook's
 /// transport, and the test hooks read from the environment.
 fn engine_options(settings: &Validated) -> EngineOptions {
-    let journal = match settings.journal.mode {
-        tallyman::config::JournalKind::File => JournalMode::File {
-            dir: settings.data_dir.clone(),
-            fsync: settings.journal.fsync,
-            file_bytes: settings.journal.file_bytes,
-        },
-        tallyman::config::JournalKind::Memory => JournalMode::Retained,
-    };
+    let journal = journal_mode(settings);
     EngineOptions {
         journal,
         // A crash test's hook (see tests/bill_run.rs); never set in production.
@@ -246,7 +239,8 @@ fn webhook(
     })
 }
 
-fn run(settings: Validated) -> ExitCode {
+/// Sets up logging: to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -255,34 +249,42 @@ fn run(settings: Validated) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let started = Instant::now();
+}
+
+/// Creates the data folder and takes its lock, held as long as the file is open; the
+/// exit code when it cannot.
+fn lock_data_folder(settings: &Validated) -> Result<std::fs::File, ExitCode> {
     if let Err(e) = std::fs::create_dir_all(&settings.data_dir) {
         tracing::error!(data_dir = %settings.data_dir.display(), error = %e, "cannot create the data folder");
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     }
     // One tallyd per data folder: two writers would interleave their journals.
     let lock_path = settings.data_dir.join("tallyd.lock");
-    let _lock = match std::fs::OpenOptions::new()
+    match std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
     {
         Ok(file) => match file.try_lock() {
-            Ok(()) => file,
+            Ok(()) => Ok(file),
             Err(_) => {
                 tracing::error!(
                     data_dir = %settings.data_dir.display(),
                     "another tallyd is using this data folder; stop it, or give this one its own --data-dir"
                 );
-                return ExitCode::from(2);
+                Err(ExitCode::from(2))
             }
         },
         Err(e) => {
             tracing::error!(file = %lock_path.display(), error = %e, "cannot open the lock file");
-            return ExitCode::from(2);
+            Err(ExitCode::from(2))
         }
-    };
+    }
+}
+
+/// Logs what the configuration says, and whether authentication is on.
+fn log_configuration(settings: &Validated) {
     tracing::info!(
         listen = %settings.listen,
         data_dir = %settings.data_dir.display(),
@@ -300,37 +302,85 @@ fn run(settings: Validated) -> ExitCode {
              (tallyd refuses a non-loopback address this way); set [auth] enabled = true and configure tokens"
         );
     }
+}
+
+/// Where the engine keeps its journal, per the configuration.
+fn journal_mode(settings: &Validated) -> JournalMode {
+    match settings.journal.mode {
+        tallyman::config::JournalKind::File => JournalMode::File {
+            dir: settings.data_dir.clone(),
+            fsync: settings.journal.fsync,
+            file_bytes: settings.journal.file_bytes,
+        },
+        tallyman::config::JournalKind::Memory => JournalMode::Retained,
+    }
+}
+
+/// Starts the engine (recovering every partition) and logs what it loaded.
+async fn start_engine(
+    settings: Validated,
+    options: EngineOptions,
+    started: Instant,
+) -> Result<Arc<Engine>, String> {
+    let engine = Engine::start(&settings, options)
+        .await
+        .map_err(|e| format!("cannot start the engine: {e}"))?;
+    for p in engine.partition_summaries() {
+        tracing::info!(
+            partition = %p.id,
+            currency = %p.currency,
+            rounding = %p.rounding,
+            catalog = %p.catalog,
+            catalog_versions = p.catalog_versions,
+            meters = p.meters.len(),
+            segments = p.segments,
+            customers = p.customers,
+            accounts = p.accounts,
+            "partition loaded"
+        );
+    }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        arbiters = engine.arbiters(),
+        "engine recovered"
+    );
+    Ok(Arc::new(engine))
+}
+
+/// What serving came to: once it stopped, the engine snapshotted and stopped; the exit
+/// code when it could not serve.
+async fn shut_down(served: std::io::Result<Option<Arc<Engine>>>, settings: &Validated) -> Result<(), u8> {
+    match served {
+        Ok(engine) => {
+            if let Some(engine) = engine {
+                // Requests have drained and every acknowledged batch is journaled;
+                // a snapshot now makes the next start replay little.
+                let _ = engine.snapshot_all().await;
+                engine.stop();
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(listen = %settings.listen, error = %e, "tallyd stops");
+            Err(2)
+        }
+    }
+}
+
+fn run(settings: Validated) -> ExitCode {
+    init_tracing();
+    let started = Instant::now();
+    let _lock = match lock_data_folder(&settings) {
+        Ok(lock) => lock,
+        Err(code) => return code,
+    };
+    log_configuration(&settings);
     let system = actix_rt::System::new();
     let result = system.block_on(async {
         let options = engine_options(&settings);
         // The HTTP server listens at once (/health answers, /ready says 503); the engine
         // recovers meanwhile and takes traffic when it is done.
-        let recovery_settings = settings.clone();
-        let startup = async move {
-            let engine = Engine::start(&recovery_settings, options)
-                .await
-                .map_err(|e| format!("cannot start the engine: {e}"))?;
-            for p in engine.partition_summaries() {
-                tracing::info!(
-                    partition = %p.id,
-                    currency = %p.currency,
-                    rounding = %p.rounding,
-                    catalog = %p.catalog,
-                    catalog_versions = p.catalog_versions,
-                    meters = p.meters.len(),
-                    segments = p.segments,
-                    customers = p.customers,
-                    accounts = p.accounts,
-                    "partition loaded"
-                );
-            }
-            tracing::info!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                arbiters = engine.arbiters(),
-                "engine recovered"
-            );
-            Ok(Arc::new(engine))
-        };
+        let startup = start_engine(settings.clone(), options, started);
         let served = tallyman::api::serve(
             startup,
             settings.auth.clone(),
@@ -339,21 +389,7 @@ fn run(settings: Validated) -> ExitCode {
             settings.http_workers,
         )
         .await;
-        match served {
-            Ok(engine) => {
-                if let Some(engine) = engine {
-                    // Requests have drained and every acknowledged batch is journaled;
-                    // a snapshot now makes the next start replay little.
-                    let _ = engine.snapshot_all().await;
-                    engine.stop();
-                }
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(listen = %settings.listen, error = %e, "tallyd stops");
-                Err(2)
-            }
-        }
+        shut_down(served, &settings).await
     });
     match result {
         Ok(()) => {

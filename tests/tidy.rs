@@ -167,8 +167,9 @@ fn the_http_face_goes_through_the_engine() {
 
 #[test]
 fn configuration_starts_nothing() {
-    let files = [Path::new(ROOT).join("src/config.rs")];
-    let rule = "src/config.rs reads settings and builds domain objects only";
+    let mut files = vec![Path::new(ROOT).join("src/config.rs")];
+    files.extend(rust_files("src/config"));
+    let rule = "src/config.rs (and src/config/) reads settings and builds domain objects only";
     assert_none(offences(&files, &[CONFIG_NEVER], rule));
 }
 
@@ -240,21 +241,10 @@ fn every_module_but_compact_forbids_unsafe() {
 const MAX_FILE_LINES: usize = 800;
 const MAX_FN_LINES: usize = 80;
 
-/// What is longer today, with its length: the rest of issue 22's split. An entry may
-/// shrink or go, never grow; nothing new may join it. A function that is long for a
-/// reason says so in a `// Long:` comment above it instead.
-const STILL_LONG: &[(&str, usize)] = &[
-    ("actors/src/partition.rs", 861),
-    ("src/config.rs", 809),
-    ("loadgen/src/run.rs run", 179),
-    ("src/main.rs run", 117),
-    ("loadgen/src/inprocess.rs drive", 130),
-    ("loadgen/src/cli.rs report", 126),
-    ("src/api/metrics.rs render", 118),
-    ("src/config.rs validate", 116),
-    ("src/api/openapi.rs document", 83),
-    ("actors/src/partition.rs submit", 83),
-];
+/// What is longer than its bound, with its length, while it waits to be split (nothing
+/// today): an entry may shrink or go, never grow, and nothing new may join it. A
+/// function that is long for a reason says so in a `// Long:` comment above it instead.
+const STILL_LONG: &[(&str, usize)] = &[];
 
 /// The name of the function `line` opens, if it opens one with a body.
 fn opens_fn(line: &str) -> Option<(usize, String)> {

@@ -11,7 +11,6 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
@@ -20,11 +19,16 @@ use crate::entity::{Batch, Entity};
 use crate::journal::{Journal, JournalError, Lsn};
 use crate::router::ArbiterPool;
 use crate::segment::{
-    panic_message, recover_all, Ask, Deliver, Failure, FaultHook, Handoff, Origin, Outcomes, Permit, Segment,
-    SegmentDown, SegmentEnv, SegmentState, SegmentStats, TakeSnapshot, Visit,
+    panic_message, recover_all, Ask, Deliver, Failure, FaultHook, Outcomes, Permit, Segment, SegmentEnv,
+    SegmentStats, TakeSnapshot, Visit,
 };
 use crate::snapshot::{SnapshotStore, VisitEach, VisitOnce};
 use crate::supervision::{DeadLetters, RestartIntensity, SupervisionConfig};
+
+mod delivery;
+mod lifecycle;
+
+pub use lifecycle::PartitionSupervisor;
 
 /// How a partition's runtime is laid out.
 #[derive(Clone, Debug)]
@@ -265,16 +269,7 @@ impl<E: Entity> Partition<E> {
         batch: Batch<E>,
     ) -> Result<impl Future<Output = Result<Outcomes<E::Reply>, SubmitError>>, SubmitError> {
         let total = batch.len();
-        let mut group_of: Vec<Option<usize>> = vec![None; self.slots.len()];
-        let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
-        for (i, (key, _)) in batch.iter().enumerate() {
-            let segment = self.env.segment_of(key);
-            let g = *group_of[segment as usize].get_or_insert_with(|| {
-                groups.push((segment, Vec::new()));
-                groups.len() - 1
-            });
-            groups[g].1.push(i as u32);
-        }
+        let groups = self.groups(&batch);
         // The record keeps each segment's commands together, in their order: a segment
         // then reads its commands one after another (which the processor fetches ahead)
         // instead of every sixteenth of them. Commands of one key keep their order, and
@@ -296,7 +291,7 @@ impl<E: Entity> Partition<E> {
             waits.push((items, rx));
         }
         let batch = record;
-        let (journal_tx, mut journal_rx) = oneshot::channel::<JournalError>();
+        let (journal_tx, journal_rx) = oneshot::channel::<JournalError>();
         let partition = self.clone();
         self.env.journal.append(
             Arc::new(batch),
@@ -320,28 +315,23 @@ impl<E: Entity> Partition<E> {
                 }
             }),
         );
-        Ok(async move {
-            let mut outcomes: Vec<Option<Result<E::Reply, Failure>>> = (0..total).map(|_| None).collect();
-            for (items, rx) in waits {
-                match rx.await {
-                    Ok(results) => {
-                        for (i, r) in items.into_iter().zip(results) {
-                            outcomes[i as usize] = Some(r);
-                        }
-                    }
-                    Err(_) => {
-                        return Err(match journal_rx.try_recv() {
-                            Ok(e) => SubmitError::Journal(e),
-                            Err(_) => SubmitError::Interrupted,
-                        })
-                    }
-                }
-            }
-            Ok(outcomes
-                .into_iter()
-                .map(|o| o.expect("every command has an outcome"))
-                .collect())
-        })
+        Ok(gather(total, waits, journal_rx))
+    }
+
+    /// The commands of `batch` by segment: each segment it touches, in the order first
+    /// touched, with the positions of its commands in the batch.
+    fn groups(&self, batch: &Batch<E>) -> Vec<(u32, Vec<u32>)> {
+        let mut group_of: Vec<Option<usize>> = vec![None; self.slots.len()];
+        let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
+        for (i, (key, _)) in batch.iter().enumerate() {
+            let segment = self.env.segment_of(key);
+            let g = *group_of[segment as usize].get_or_insert_with(|| {
+                groups.push((segment, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(i as u32);
+        }
+        groups
     }
 
     /// Asks `key`'s entity `query`; `None` when it does not exist.
@@ -398,293 +388,6 @@ impl<E: Entity> Partition<E> {
             partition: self.env.partition.clone(),
             segment,
         })
-    }
-
-    fn deliver(&self, segment: u32, envelope: Envelope<E>) {
-        let slot = &self.slots[segment as usize];
-        let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
-        let envelope = match &mut *state {
-            SlotState::Active { addr, .. } => match send(addr, envelope) {
-                Ok(()) => return,
-                // The actor is gone and its supervisor not yet told: hold the traffic
-                // until the restart.
-                Err((back, true)) => back,
-                // Permits keep data messages below the mailbox's capacity, so this is a
-                // bug; refuse rather than stall.
-                Err((back, false)) => {
-                    tracing::error!(partition = %self.env.partition, segment, "segment mailbox overflow");
-                    refuse(&self.env.dead_letters, back, "the segment's mailbox overflowed");
-                    return;
-                }
-            },
-            SlotState::Buffering { queue, .. } => {
-                queue.push_back(envelope);
-                return;
-            }
-            SlotState::Failed { reason } => {
-                refuse(&self.env.dead_letters, envelope, reason);
-                return;
-            }
-        };
-        if let SlotState::Active {
-            arbiter, generation, ..
-        } = *state
-        {
-            let mut queue = VecDeque::new();
-            queue.push_back(envelope);
-            *state = SlotState::Buffering {
-                queue,
-                arbiter,
-                generation,
-            };
-        }
-    }
-
-    /// Starts a segment actor on the slot's arbiter with `state`, or recovered from
-    /// snapshot + journal, then releases the traffic buffered meanwhile.
-    async fn launch(self: Arc<Self>, segment: u32, state: Option<SegmentState<E>>) {
-        let slot = &self.slots[segment as usize];
-        let (arbiter, generation) = {
-            let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
-            let (arbiter, generation, queue) = match std::mem::replace(
-                &mut *state,
-                SlotState::Failed {
-                    reason: String::new(),
-                },
-            ) {
-                SlotState::Active {
-                    arbiter, generation, ..
-                } => (arbiter, generation + 1, VecDeque::new()),
-                SlotState::Buffering {
-                    arbiter,
-                    generation,
-                    queue,
-                } => (arbiter, generation + 1, queue),
-                SlotState::Failed { .. } => (segment as usize % self.pool.len(), 1, VecDeque::new()),
-            };
-            *state = SlotState::Buffering {
-                queue,
-                arbiter,
-                generation,
-            };
-            (arbiter, generation)
-        };
-        let origin = match state {
-            Some(state) => Origin::Handed(state),
-            None => {
-                let partition = self.clone();
-                Origin::Recover {
-                    stop_at: Box::new(move || partition.first_buffered(segment)),
-                }
-            }
-        };
-        match self.spawn_segment(segment, generation, arbiter, origin).await {
-            Some(addr) => self.activate(segment, addr, arbiter, generation),
-            None => self.report_down(segment, generation, "recovery failed"),
-        }
-    }
-
-    /// Tells the supervisor that the slot's actor of `generation` is gone, so that it is
-    /// restarted (within the restart intensity) rather than left buffering.
-    fn report_down(&self, segment: u32, generation: u64, reason: &str) {
-        tracing::error!(partition = %self.env.partition, segment, %reason, "segment actor did not start");
-        if let Some(supervisor) = self.supervisor.get() {
-            supervisor.do_send(SegmentDown {
-                segment,
-                generation,
-                reason: reason.into(),
-            });
-        }
-    }
-
-    /// Starts a segment actor on `arbiter` and waits until it holds its state; `None`
-    /// when it never came up (its recovery panicked, or its arbiter died first).
-    async fn spawn_segment(
-        &self,
-        segment: u32,
-        generation: u64,
-        arbiter: usize,
-        origin: Origin<E>,
-    ) -> Option<Addr<Segment<E>>> {
-        let env = self.env.clone();
-        let stats = self.slots[segment as usize].stats.clone();
-        let capacity = self.capacity;
-        let supervisor = self.supervisor.get().map(|s| s.clone().recipient());
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let handle = self.pool.handle(arbiter);
-        let addr = Segment::start_in_arbiter(&handle, move |ctx: &mut Context<Segment<E>>| {
-            ctx.set_mailbox_capacity(capacity + 64);
-            let segment = Segment::new(segment, generation, env, stats, capacity, supervisor, origin);
-            let _ = ready_tx.send(());
-            segment
-        });
-        ready_rx.await.ok().map(|()| addr)
-    }
-
-    /// Makes `addr` the slot's actor, sending it the buffered traffic first, in order.
-    fn activate(&self, segment: u32, addr: Addr<Segment<E>>, arbiter: usize, generation: u64) {
-        let slot = &self.slots[segment as usize];
-        let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut queue = match std::mem::replace(
-            &mut *state,
-            SlotState::Failed {
-                reason: String::new(),
-            },
-        ) {
-            SlotState::Buffering { queue, .. } => queue,
-            other => {
-                *state = other;
-                return;
-            }
-        };
-        while let Some(envelope) = queue.pop_front() {
-            if let Err((back, _)) = send(&addr, envelope) {
-                queue.push_front(back);
-                *state = SlotState::Buffering {
-                    queue,
-                    arbiter,
-                    generation,
-                };
-                return;
-            }
-        }
-        *state = SlotState::Active {
-            addr,
-            arbiter,
-            generation,
-        };
-    }
-
-    fn first_buffered(&self, segment: u32) -> Option<Lsn> {
-        let state = self.slots[segment as usize]
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match &*state {
-            SlotState::Buffering { queue, .. } => queue.iter().find_map(|e| match e {
-                Envelope::Deliver(d) => Some(d.lsn),
-                Envelope::Ask(_) => None,
-            }),
-            _ => None,
-        }
-    }
-
-    /// Restarts a segment whose actor went away, unless it restarted too often lately.
-    async fn restart(self: Arc<Self>, segment: u32, generation: u64, reason: String) {
-        if self.stopping.load(Ordering::Acquire) {
-            return;
-        }
-        let slot = &self.slots[segment as usize];
-        let _op = slot.operation.lock().await;
-        let current = match &*slot.state.lock().unwrap_or_else(|p| p.into_inner()) {
-            SlotState::Active { generation, .. } | SlotState::Buffering { generation, .. } => *generation,
-            SlotState::Failed { .. } => return,
-        };
-        if current != generation {
-            return; // An older actor; the slot has moved on.
-        }
-        let allowed = slot
-            .intensity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .allow(Instant::now());
-        if !allowed {
-            let s = &self.env.supervision;
-            let message = format!(
-                "segment {segment} restarted more than {} times in {:?} (last: {reason}); marked failed, its traffic is refused",
-                s.max_restarts, s.restart_window
-            );
-            tracing::error!(partition = %self.env.partition, segment, %message, "segment failed");
-            slot.failed.store(true, Ordering::Release);
-            let old = std::mem::replace(
-                &mut *slot.state.lock().unwrap_or_else(|p| p.into_inner()),
-                SlotState::Failed {
-                    reason: message.clone(),
-                },
-            );
-            if let SlotState::Buffering { queue, .. } = old {
-                queue
-                    .into_iter()
-                    .for_each(|e| refuse(&self.env.dead_letters, e, &message));
-            }
-            self.alerts.lock().unwrap_or_else(|p| p.into_inner()).push(Alert {
-                partition: self.env.partition.clone(),
-                segment,
-                message,
-            });
-            return;
-        }
-        self.restarts.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(partition = %self.env.partition, segment, %reason, "restarting segment from snapshot and journal");
-        // A dead arbiter is replaced by the pool when the segment is spawned on it.
-        self.clone().launch(segment, None).await;
-    }
-
-    /// Moves a segment to `to` (an arbiter index) without losing, duplicating or
-    /// reordering anything: buffer its traffic, let it finish its mailbox, hand its state
-    /// to a new actor on the target arbiter, swap the address, release the buffer.
-    pub async fn move_segment(self: Arc<Self>, segment: u32, to: usize) -> Result<(), String> {
-        if to >= self.pool.len() {
-            return Err(format!("no arbiter {to}; the pool has {}", self.pool.len()));
-        }
-        let slot = &self.slots[segment as usize];
-        let _op = slot.operation.lock().await;
-        let (old, from, generation) = {
-            let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
-            match &*state {
-                SlotState::Active {
-                    addr,
-                    arbiter,
-                    generation,
-                } if *arbiter != to => {
-                    let taken = (addr.clone(), *arbiter, *generation);
-                    *state = SlotState::Buffering {
-                        queue: VecDeque::new(),
-                        arbiter: *arbiter,
-                        generation: *generation,
-                    };
-                    taken
-                }
-                SlotState::Active { .. } => return Ok(()),
-                _ => return Err(format!("segment {segment} is not running")),
-            }
-        };
-        let started = Instant::now();
-        let (tx, rx) = oneshot::channel();
-        let handed = match old.send(Handoff(tx)).await {
-            Ok(()) => rx.await.ok(),
-            Err(_) => None,
-        };
-        let Some(state) = handed else {
-            // The actor died meanwhile: its SegmentDown triggers a restart, which
-            // recovers from snapshot and journal and releases the buffer.
-            return Err(format!(
-                "segment {segment} stopped during the move; it is being restarted"
-            ));
-        };
-        let generation = generation + 1;
-        let Some(addr) = self
-            .spawn_segment(segment, generation, to, Origin::Handed(state))
-            .await
-        else {
-            // The handed state is gone with the failed start: recover from the journal.
-            if let SlotState::Buffering { generation: g, .. } =
-                &mut *slot.state.lock().unwrap_or_else(|p| p.into_inner())
-            {
-                *g = generation;
-            }
-            self.report_down(segment, generation, "the moved segment did not start");
-            return Err(format!(
-                "segment {segment} did not start on arbiter {to}; it is being recovered"
-            ));
-        };
-        self.activate(segment, addr, to, generation);
-        self.moves.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            partition = %self.env.partition, segment, from, to,
-            elapsed_us = started.elapsed().as_micros() as u64, "segment moved"
-        );
-        Ok(())
     }
 
     /// Snapshots every running segment, then lets the journal forget what all of them
@@ -805,56 +508,32 @@ impl<E: Entity> Partition<E> {
     }
 }
 
-/// Sends without waiting; on failure gives the envelope back, and whether the actor is gone.
-fn send<E: Entity>(addr: &Addr<Segment<E>>, envelope: Envelope<E>) -> Result<(), (Envelope<E>, bool)> {
-    fn closed<M>(e: &SendError<M>) -> bool {
-        matches!(e, SendError::Closed(_))
-    }
-    match envelope {
-        Envelope::Deliver(d) => addr.try_send(d).map_err(|e| {
-            let gone = closed(&e);
-            (Envelope::Deliver(e.into_inner()), gone)
-        }),
-        Envelope::Ask(a) => addr.try_send(a).map_err(|e| {
-            let gone = closed(&e);
-            (Envelope::Ask(e.into_inner()), gone)
-        }),
-    }
-}
-
-/// Answers a message that will not be handled. A refused delivery was journaled already:
-/// its commands are marked skipped, so no rebuild applies what the client saw refused.
-fn refuse<E: Entity>(dead_letters: &DeadLetters<E>, envelope: Envelope<E>, reason: &str) {
-    let failure = Failure::Unavailable {
-        reason: reason.to_string(),
-    };
-    match envelope {
-        Envelope::Deliver(d) => {
-            dead_letters.skip(d.lsn, &d.items);
-            let _ = d
-                .reply
-                .send(d.items.iter().map(|_| Err(failure.clone())).collect());
-        }
-        Envelope::Ask(a) => {
-            let _ = a.reply.send(Err(failure));
+/// Waits for the segments' replies to a submitted batch (`waits`: the positions of a
+/// segment's commands in the batch, and its reply), and puts the outcomes back in the
+/// batch's order.
+async fn gather<R>(
+    total: usize,
+    waits: Vec<(Vec<u32>, oneshot::Receiver<Outcomes<R>>)>,
+    mut journal_rx: oneshot::Receiver<JournalError>,
+) -> Result<Outcomes<R>, SubmitError> {
+    let mut outcomes: Vec<Option<Result<R, Failure>>> = (0..total).map(|_| None).collect();
+    for (items, rx) in waits {
+        match rx.await {
+            Ok(results) => {
+                for (i, r) in items.into_iter().zip(results) {
+                    outcomes[i as usize] = Some(r);
+                }
+            }
+            Err(_) => {
+                return Err(match journal_rx.try_recv() {
+                    Ok(e) => SubmitError::Journal(e),
+                    Err(_) => SubmitError::Interrupted,
+                })
+            }
         }
     }
-}
-
-/// The partition's supervisor: restarts segments that go away.
-pub struct PartitionSupervisor<E: Entity> {
-    partition: Arc<Partition<E>>,
-}
-
-impl<E: Entity> Actor for PartitionSupervisor<E> {
-    type Context = Context<Self>;
-}
-
-impl<E: Entity> Handler<SegmentDown> for PartitionSupervisor<E> {
-    type Result = ();
-
-    fn handle(&mut self, msg: SegmentDown, _: &mut Context<Self>) {
-        let partition = self.partition.clone();
-        actix_rt::spawn(partition.restart(msg.segment, msg.generation, msg.reason));
-    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.expect("every command has an outcome"))
+        .collect())
 }

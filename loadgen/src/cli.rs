@@ -240,9 +240,46 @@ fn report(
     kills: Option<Vec<Kill>>,
     verdict: Option<crate::check::Verdict>,
 ) -> Result<bool, String> {
-    let secs = result.measured.as_secs_f64().max(1e-9);
+    let secs = measured_secs(&result);
     let latency = Percentiles::of(&result.latency);
     let service = Percentiles::of(&result.service);
+    print_tables(&result, &latency, &service, secs, kills.as_deref());
+    write_histograms(l, &result)?;
+    let summary = summary(l, target, &result, &kills, &verdict, latency, service);
+    std::fs::write(
+        l.out.join("summary.json"),
+        serde_json::to_vec_pretty(&summary).expect("plain data"),
+    )
+    .map_err(|e| e.to_string())?;
+    write_svg(
+        &[
+            ("latency (intended)", &result.latency),
+            ("service time", &result.service),
+        ],
+        &l.out.join("latency.svg"),
+    )?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "reports: {}/{{latency.hgrm, service.hgrm, latency.hlog, summary.json, latency.svg{}}}",
+        l.out.display(),
+        if verdict.is_some() { ", verify.json" } else { "" }
+    );
+    let verified = match &verdict {
+        Some(v) => print_verdict(&mut out, l, v),
+        None => true,
+    };
+    Ok(result.errors == 0 && verified)
+}
+
+/// The latency tables, the throughput line, what chaos did, and the first errors.
+fn print_tables(
+    result: &LoadResult,
+    latency: &Percentiles,
+    service: &Percentiles,
+    secs: f64,
+    kills: Option<&[Kill]>,
+) {
     let mut table = String::new();
     table.push_str(&latency.table("latency (from intended send)"));
     table.push_str(&service.table("service time (from send)"));
@@ -254,7 +291,7 @@ fn report(
         result.too_busy,
         result.errors
     );
-    if let Some(kills) = &kills {
+    if let Some(kills) = kills {
         println!(
             "chaos: tallyd killed {} times (down {} ms at most); {} sends after a failed connection, {} answered 503 (recovering), {} events acknowledged as duplicates",
             kills.len(),
@@ -267,6 +304,10 @@ fn report(
     for e in &result.error_samples {
         println!("  error: {e}");
     }
+}
+
+/// `latency.hgrm`, `service.hgrm` and `latency.hlog` (one histogram a second).
+fn write_histograms(l: &Load, result: &LoadResult) -> Result<(), String> {
     let path = |name: &str| l.out.join(name);
     let mut hgrm = Vec::new();
     write_hgrm(&result.latency, &mut hgrm).map_err(|e| e.to_string())?;
@@ -277,7 +318,26 @@ fn report(
     let mut hlog = Vec::new();
     write_hlog(&result.intervals, result.started, &mut hlog)?;
     std::fs::write(path("latency.hlog"), hlog).map_err(|e| e.to_string())?;
-    let summary = serde_json::json!({
+    Ok(())
+}
+
+/// The measured part of the run, in seconds (never 0).
+fn measured_secs(result: &LoadResult) -> f64 {
+    result.measured.as_secs_f64().max(1e-9)
+}
+
+/// `summary.json`: the run's settings and figures.
+fn summary(
+    l: &Load,
+    target: &str,
+    result: &LoadResult,
+    kills: &Option<Vec<Kill>>,
+    verdict: &Option<crate::check::Verdict>,
+    latency: Percentiles,
+    service: Percentiles,
+) -> serde_json::Value {
+    let secs = measured_secs(result);
+    serde_json::json!({
         "target": target,
         "partition": l.partition,
         "accounts": l.accounts,
@@ -304,60 +364,39 @@ fn report(
         })),
         "latency_ms": latency,
         "service_ms": service,
-    });
-    std::fs::write(
-        path("summary.json"),
-        serde_json::to_vec_pretty(&summary).expect("plain data"),
-    )
-    .map_err(|e| e.to_string())?;
-    write_svg(
-        &[
-            ("latency (intended)", &result.latency),
-            ("service time", &result.service),
-        ],
-        &path("latency.svg"),
-    )?;
-    let mut out = std::io::stdout().lock();
+    })
+}
+
+/// What `--verify` found, with the first mismatches; answers whether all matched.
+fn print_verdict(out: &mut impl Write, l: &Load, v: &crate::check::Verdict) -> bool {
+    if v.mismatches.is_empty() {
+        let _ = writeln!(
+            out,
+            "verify: all {} customers match ({} invoices, {} acknowledged events, {} {} billed)",
+            v.customers, v.invoices, v.acknowledged_events, v.invoiced_total, v.currency
+        );
+        return true;
+    }
+    let customers: std::collections::BTreeSet<&str> =
+        v.mismatches.iter().map(|m| m.customer.as_str()).collect();
     let _ = writeln!(
         out,
-        "reports: {}/{{latency.hgrm, service.hgrm, latency.hlog, summary.json, latency.svg{}}}",
-        l.out.display(),
-        if verdict.is_some() { ", verify.json" } else { "" }
+        "verify: {} MISMATCHES in {} of {} customers (expected {} in all, invoiced {}); all of them in {}",
+        v.mismatches.len(),
+        customers.len(),
+        v.customers,
+        v.expected_total,
+        v.invoiced_total,
+        l.out.join("verify.json").display()
     );
-    let verified = match &verdict {
-        Some(v) if v.mismatches.is_empty() => {
-            let _ = writeln!(
-                out,
-                "verify: all {} customers match ({} invoices, {} acknowledged events, {} {} billed)",
-                v.customers, v.invoices, v.acknowledged_events, v.invoiced_total, v.currency
-            );
-            true
-        }
-        Some(v) => {
-            let customers: std::collections::BTreeSet<&str> =
-                v.mismatches.iter().map(|m| m.customer.as_str()).collect();
-            let _ = writeln!(
-                out,
-                "verify: {} MISMATCHES in {} of {} customers (expected {} in all, invoiced {}); all of them in {}",
-                v.mismatches.len(),
-                customers.len(),
-                v.customers,
-                v.expected_total,
-                v.invoiced_total,
-                l.out.join("verify.json").display()
-            );
-            for m in v.mismatches.iter().take(20) {
-                let _ = writeln!(
-                    out,
-                    "  {} {}: expected {}, got {}",
-                    m.customer, m.figure, m.expected, m.got
-                );
-            }
-            false
-        }
-        None => true,
-    };
-    Ok(result.errors == 0 && verified)
+    for m in v.mismatches.iter().take(20) {
+        let _ = writeln!(
+            out,
+            "  {} {}: expected {}, got {}",
+            m.customer, m.figure, m.expected, m.got
+        );
+    }
+    false
 }
 
 /// Waits until tallyd answers `/ready` (it listens before it has recovered).

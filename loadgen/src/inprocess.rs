@@ -16,7 +16,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tallyman::config::{JournalKind, Settings};
+use tallyman::config::{JournalKind, Settings, Validated};
 use tallyman::domain::{Currency, Customer, CustomerSpec, UsageEvent};
 use tallyman::engine::{Engine, EngineError, EngineOptions, JournalMode, PartitionEngine};
 
@@ -24,7 +24,7 @@ use crate::check::{add_invoices, judge, Setup, Verdict};
 use crate::cli::{generator, ledger, schedule, Load};
 use crate::run::{run, Answer, LoadResult, Sink};
 use crate::verify::PriceList;
-use crate::workload::{EventRecord, Workload, WorkloadSpec};
+use crate::workload::{CustomerRecord, EventRecord, Workload, WorkloadSpec};
 
 /// The engine's ingest, as a [`Sink`]: a batch is a list of usage events.
 #[derive(Clone)]
@@ -99,25 +99,8 @@ pub async fn drive(
 ) -> Result<(LoadResult, Option<Verdict>), String> {
     let dir = TempDir(std::env::temp_dir().join(format!("loadgen-engine-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
-    let mut settings = Settings::load(l.config.as_deref()).map_err(|e| e.to_string())?;
-    let mut partition = settings
-        .partitions
-        .iter()
-        .find(|p| p.id == l.partition)
-        .cloned()
-        .ok_or_else(|| format!("no partition {:?} in the configuration", l.partition))?;
-    partition.customers = None;
-    partition.open_period = Some(l.period.to_string());
-    settings.partitions = vec![partition];
-    let settings = settings.validate().map_err(|e| e.to_string())?;
-    let journal = match settings.journal.mode {
-        JournalKind::File => JournalMode::File {
-            dir: dir.0.clone(),
-            fsync: settings.journal.fsync,
-            file_bytes: settings.journal.file_bytes,
-        },
-        JournalKind::Memory => JournalMode::Retained,
-    };
+    let settings = settings(l)?;
+    let journal = journal_mode(&settings, &dir);
     let durable = matches!(journal, JournalMode::File { fsync: true, .. });
     let engine = Engine::start(
         &settings,
@@ -141,29 +124,81 @@ pub async fn drive(
         }
     );
     let setup = if l.verify {
-        let catalog = |day| {
-            p.catalog_at(Some(day))
-                .map_err(|e| e.to_string())
-                .and_then(|c| serde_json::to_value(c).map_err(|e| e.to_string()))
-        };
-        let (first, last) = (catalog(l.period.first_day())?, catalog(l.period.last_day())?);
-        if first["effective_from"] != last["effective_from"] {
-            return Err(format!(
-                "--verify: the catalog changes inside {}; the check models one version per period",
-                l.period
-            ));
-        }
-        Some(Setup {
-            partition: l.partition.clone(),
-            period: l.period,
-            prices: PriceList::from_catalog_json(&first)?,
-            currency: currency.clone(),
-        })
+        Some(verify_setup(l, &p, &currency)?)
     } else {
         None
     };
-    let code = Currency::from_code(&currency).ok_or_else(|| format!("unknown currency {currency}"))?;
     let customers = workload.customers().to_vec();
+    create_customers(&p, &customers, &currency).await?;
+    let (rx, thread) = generator(workload, l.batch, usage_batch);
+    let result = run(schedule(l), EngineSink(p.clone()), rx).await;
+    let _ = thread.join();
+    let verdict = match setup {
+        Some(setup) => Some(bill_and_judge(l, spec, &result, &setup, &p, &customers).await?),
+        None => None,
+    };
+    Ok((result, verdict))
+}
+
+/// The configuration of `l`, checked: its partition alone, with no sample customers and
+/// `l`'s period open.
+fn settings(l: &Load) -> Result<Validated, String> {
+    let mut settings = Settings::load(l.config.as_deref()).map_err(|e| e.to_string())?;
+    let mut partition = settings
+        .partitions
+        .iter()
+        .find(|p| p.id == l.partition)
+        .cloned()
+        .ok_or_else(|| format!("no partition {:?} in the configuration", l.partition))?;
+    partition.customers = None;
+    partition.open_period = Some(l.period.to_string());
+    settings.partitions = vec![partition];
+    settings.validate().map_err(|e| e.to_string())
+}
+
+/// The configured journal, its files in `dir`.
+fn journal_mode(settings: &Validated, dir: &TempDir) -> JournalMode {
+    match settings.journal.mode {
+        JournalKind::File => JournalMode::File {
+            dir: dir.0.clone(),
+            fsync: settings.journal.fsync,
+            file_bytes: settings.journal.file_bytes,
+        },
+        JournalKind::Memory => JournalMode::Retained,
+    }
+}
+
+/// What `--verify` checks the invoices against: the partition's catalog of the period
+/// (one version for all of it) and its currency.
+fn verify_setup(l: &Load, p: &PartitionEngine, currency: &str) -> Result<Setup, String> {
+    let catalog = |day| {
+        p.catalog_at(Some(day))
+            .map_err(|e| e.to_string())
+            .and_then(|c| serde_json::to_value(c).map_err(|e| e.to_string()))
+    };
+    let (first, last) = (catalog(l.period.first_day())?, catalog(l.period.last_day())?);
+    if first["effective_from"] != last["effective_from"] {
+        return Err(format!(
+            "--verify: the catalog changes inside {}; the check models one version per period",
+            l.period
+        ));
+    }
+    Ok(Setup {
+        partition: l.partition.clone(),
+        period: l.period,
+        prices: PriceList::from_catalog_json(&first)?,
+        currency: currency.to_owned(),
+    })
+}
+
+/// Creates the workload's customers in the engine, 5,000 at a time, with a line saying
+/// how long it took.
+async fn create_customers(
+    p: &PartitionEngine,
+    customers: &[CustomerRecord],
+    currency: &str,
+) -> Result<(), String> {
+    let code = Currency::from_code(currency).ok_or_else(|| format!("unknown currency {currency}"))?;
     let started = Instant::now();
     for chunk in customers.chunks(5000) {
         let list = chunk
@@ -182,43 +217,47 @@ pub async fn drive(
         customers.len(),
         started.elapsed().as_secs_f64()
     );
-    let (rx, thread) = generator(workload, l.batch, usage_batch);
-    let result = run(schedule(l), EngineSink(p.clone()), rx).await;
-    let _ = thread.join();
-    let verdict = match setup {
-        Some(setup) => {
-            let ledger = ledger(l, spec, &result, &setup)?;
-            let run = p.start_bill_run(l.period).await.map_err(|e| e.to_string())?;
-            let started = Instant::now();
-            loop {
-                let view = p.bill_run(&run.id).ok_or("the bill run went missing")?;
-                match view.state {
-                    "done" => break,
-                    "running" if started.elapsed() < Duration::from_secs(1800) => {
-                        actix_rt::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    _ => return Err(format!("bill run {}: {:?}", run.id, view)),
-                }
+    Ok(())
+}
+
+/// `--verify` after the run: the oracle's ledger, the period's bill run, its invoices,
+/// and the verdict.
+async fn bill_and_judge(
+    l: &Load,
+    spec: WorkloadSpec,
+    result: &LoadResult,
+    setup: &Setup,
+    p: &Arc<PartitionEngine>,
+    customers: &[CustomerRecord],
+) -> Result<Verdict, String> {
+    let ledger = ledger(l, spec, result, setup)?;
+    let run = p.start_bill_run(l.period).await.map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    loop {
+        let view = p.bill_run(&run.id).ok_or("the bill run went missing")?;
+        match view.state {
+            "done" => break,
+            "running" if started.elapsed() < Duration::from_secs(1800) => {
+                actix_rt::time::sleep(Duration::from_millis(20)).await;
             }
-            let mut ndjson = Vec::new();
-            let mut from = Some(0);
-            while let Some(at) = from {
-                let (bytes, next) = p.invoices().read_ndjson(l.period, at, 1 << 20)?;
-                ndjson.extend_from_slice(&bytes);
-                from = next;
-            }
-            let mut invoices = BTreeMap::new();
-            add_invoices(&ndjson, l.period, &mut invoices)?;
-            Some(judge(
-                &ledger,
-                &customers,
-                &invoices,
-                &setup,
-                result.acknowledged.len(),
-                &l.out,
-            )?)
+            _ => return Err(format!("bill run {}: {:?}", run.id, view)),
         }
-        None => None,
-    };
-    Ok((result, verdict))
+    }
+    let mut ndjson = Vec::new();
+    let mut from = Some(0);
+    while let Some(at) = from {
+        let (bytes, next) = p.invoices().read_ndjson(l.period, at, 1 << 20)?;
+        ndjson.extend_from_slice(&bytes);
+        from = next;
+    }
+    let mut invoices = BTreeMap::new();
+    add_invoices(&ndjson, l.period, &mut invoices)?;
+    judge(
+        &ledger,
+        customers,
+        &invoices,
+        setup,
+        result.acknowledged.len(),
+        &l.out,
+    )
 }

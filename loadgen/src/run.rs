@@ -123,6 +123,84 @@ impl Shared {
             self.error_samples.push(sample);
         }
     }
+
+    /// Records what came of batch `seq`; `timing` (when it was intended, last sent and
+    /// answered) when it is measured.
+    fn record(
+        &mut self,
+        seq: u64,
+        outcome: Answer,
+        schedule: &Schedule,
+        timing: Option<(Instant, Instant, Instant)>,
+    ) {
+        let batch = schedule.batch;
+        let measured = timing.is_some();
+        match outcome {
+            Answer::Acknowledged { duplicates, refused } => {
+                self.acknowledged.push(seq);
+                self.acknowledged_events += batch - refused.len() as u64;
+                if !refused.is_empty() {
+                    self.refused.push((seq, refused));
+                }
+                self.duplicates += duplicates;
+                if let Some((intended, sent, done)) = timing {
+                    let from_intended = done.duration_since(intended).as_micros().max(1) as u64;
+                    let _ = self.latency.record(from_intended);
+                    let _ = self
+                        .service
+                        .record(done.duration_since(sent).as_micros().max(1) as u64);
+                    let second = done.duration_since(schedule.measure_from).as_secs() as usize;
+                    while self.intervals.len() <= second {
+                        let n = self.intervals.len();
+                        self.intervals.push(Interval {
+                            start_secs: n as f64,
+                            histogram: histogram(),
+                        });
+                    }
+                    let _ = self.intervals[second].histogram.record(from_intended);
+                    self.accepted += batch;
+                }
+            }
+            Answer::Refused(text) => {
+                if measured {
+                    self.error(text);
+                }
+            }
+            Answer::Unknown(text) | Answer::Lost(text) => {
+                self.unresolved.push(seq);
+                if measured {
+                    self.error(text);
+                }
+            }
+            Answer::TooBusy(_) | Answer::Unavailable(_) => unreachable!("sent again above"),
+        }
+    }
+
+    /// The result of a run that started at `started` and measured `measured`.
+    fn into_result(mut self, started: std::time::SystemTime, measured: Duration) -> LoadResult {
+        self.acknowledged.sort_unstable();
+        self.refused.sort_unstable();
+        self.unresolved.sort_unstable();
+        LoadResult {
+            latency: self.latency,
+            service: self.service,
+            intervals: self.intervals,
+            started,
+            offered_events: self.offered,
+            accepted_events: self.accepted,
+            measured,
+            too_busy: self.too_busy,
+            unavailable: self.unavailable,
+            resent: self.resent,
+            errors: self.errors,
+            error_samples: self.error_samples,
+            acknowledged: self.acknowledged,
+            refused: self.refused,
+            acknowledged_events: self.acknowledged_events,
+            duplicates: self.duplicates,
+            unresolved: self.unresolved,
+        }
+    }
 }
 
 /// What one send of a batch came to.
@@ -240,6 +318,24 @@ impl Sink for Http {
     }
 }
 
+/// When a run's batches are due, and until when they are sent.
+#[derive(Clone, Copy)]
+struct Schedule {
+    /// Between two batches; `None` in closed loop.
+    interval: Option<Duration>,
+    start: Instant,
+    /// Batches intended from here on are measured (the warm-up is over).
+    measure_from: Instant,
+    end: Instant,
+    /// Until when a batch whose answer never came is sent again (with [`LoadSpec::resend`]).
+    resend_until: Option<Instant>,
+    /// Events in a batch.
+    batch: u64,
+}
+
+/// The bodies channel and the number of the next batch it gives, under one lock.
+type Bodies<B> = Arc<tokio::sync::Mutex<(tokio::sync::mpsc::Receiver<B>, u64)>>;
+
 /// Sends batches from `bodies` (each of `spec.batch` events) to `sink` per `spec`, and
 /// reports progress once a second on stderr. Must run inside an actix system.
 pub async fn run<S: Sink>(
@@ -257,167 +353,143 @@ pub async fn run<S: Sink>(
     };
     let started_wall = std::time::SystemTime::now();
     let start = Instant::now();
-    let measure_from = start + spec.warmup;
     let end = start + total_time;
-    let resend_until = spec.resend.map(|grace| end + grace);
+    let schedule = Schedule {
+        interval,
+        start,
+        measure_from: start + spec.warmup,
+        end,
+        resend_until: spec.resend.map(|grace| end + grace),
+        batch: spec.batch as u64,
+    };
     let next = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(Mutex::new(Shared::new()));
     let mut senders = Vec::new();
     for _ in 0..spec.connections {
         let (sink, next, shared, bodies) = (sink.clone(), next.clone(), shared.clone(), bodies.clone());
-        let batch = spec.batch as u64;
-        senders.push(actix_rt::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let intended = match interval {
-                    Some(every) => start + every.mul_f64(i as f64),
-                    None => Instant::now(),
-                };
-                if intended >= end {
-                    return;
-                }
-                let (seq, body) = {
-                    let mut channel = bodies.lock().await;
-                    let Some(body) = channel.0.recv().await else {
-                        return;
-                    };
-                    channel.1 += 1;
-                    (channel.1 - 1, body)
-                };
-                actix_rt::time::sleep_until(intended.into()).await;
-                let measured = intended >= measure_from;
-                if measured {
-                    shared.lock().unwrap().offered += batch;
-                }
-                let mut sent = Instant::now();
-                let outcome = loop {
-                    match sink.send(&body).await {
-                        Answer::TooBusy(wait) => {
-                            if measured {
-                                shared.lock().unwrap().too_busy += 1;
-                            }
-                            actix_rt::time::sleep(wait).await;
-                            sent = Instant::now();
-                        }
-                        Answer::Unavailable(wait) => {
-                            if measured {
-                                shared.lock().unwrap().unavailable += 1;
-                            }
-                            actix_rt::time::sleep(wait).await;
-                            sent = Instant::now();
-                        }
-                        Answer::Lost(e) => match resend_until {
-                            Some(until) if Instant::now() < until => {
-                                // tallyd went away (or is restarting): send the same batch
-                                // again shortly; a copy it had applied counts as duplicates.
-                                shared.lock().unwrap().resent += 1;
-                                actix_rt::time::sleep(Duration::from_millis(20)).await;
-                                sent = Instant::now();
-                            }
-                            _ => break Answer::Unknown(e),
-                        },
-                        other => break other,
-                    }
-                };
-                let done = Instant::now();
-                let mut s = shared.lock().unwrap();
-                match outcome {
-                    Answer::Acknowledged { duplicates, refused } => {
-                        s.acknowledged.push(seq);
-                        s.acknowledged_events += batch - refused.len() as u64;
-                        if !refused.is_empty() {
-                            s.refused.push((seq, refused));
-                        }
-                        s.duplicates += duplicates;
-                        if measured {
-                            let from_intended = done.duration_since(intended).as_micros().max(1) as u64;
-                            let _ = s.latency.record(from_intended);
-                            let _ = s
-                                .service
-                                .record(done.duration_since(sent).as_micros().max(1) as u64);
-                            let second = done.duration_since(measure_from).as_secs() as usize;
-                            while s.intervals.len() <= second {
-                                let n = s.intervals.len();
-                                s.intervals.push(Interval {
-                                    start_secs: n as f64,
-                                    histogram: histogram(),
-                                });
-                            }
-                            let _ = s.intervals[second].histogram.record(from_intended);
-                            s.accepted += batch;
-                        }
-                    }
-                    Answer::Refused(text) => {
-                        if measured {
-                            s.error(text);
-                        }
-                    }
-                    Answer::Unknown(text) | Answer::Lost(text) => {
-                        s.unresolved.push(seq);
-                        if measured {
-                            s.error(text);
-                        }
-                    }
-                    Answer::TooBusy(_) | Answer::Unavailable(_) => unreachable!("sent again above"),
-                }
-            }
-        }));
+        senders.push(actix_rt::spawn(sender(schedule, sink, next, shared, bodies)));
     }
-    // The live line, once a second.
-    let live = {
-        let shared = shared.clone();
-        actix_rt::spawn(async move {
-            let mut last = 0u64;
-            let mut tick = actix_rt::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let s = shared.lock().unwrap();
-                let rate = s.accepted - last;
-                last = s.accepted;
-                let restarts = if resend_until.is_some() {
-                    format!("  503s {}  resent {}", s.unavailable, s.resent)
-                } else {
-                    String::new()
-                };
-                eprintln!(
-                    "[{:>4}s] {:>9} events/s  p50 {:>8.3} ms  p99 {:>8.3} ms  429s {}{restarts}  errors {}",
-                    start.elapsed().as_secs(),
-                    rate,
-                    s.latency.value_at_quantile(0.5) as f64 / 1000.0,
-                    s.latency.value_at_quantile(0.99) as f64 / 1000.0,
-                    s.too_busy,
-                    s.errors
-                );
-            }
-        })
-    };
+    let live = live_line(schedule, shared.clone());
     for s in senders {
         let _ = s.await;
     }
     live.abort();
     let measured = start.elapsed().saturating_sub(spec.warmup);
-    let mut s = std::mem::replace(&mut *shared.lock().unwrap(), Shared::new());
-    s.acknowledged.sort_unstable();
-    s.refused.sort_unstable();
-    s.unresolved.sort_unstable();
-    LoadResult {
-        latency: s.latency,
-        service: s.service,
-        intervals: s.intervals,
-        started: started_wall,
-        offered_events: s.offered,
-        accepted_events: s.accepted,
-        measured,
-        too_busy: s.too_busy,
-        unavailable: s.unavailable,
-        resent: s.resent,
-        errors: s.errors,
-        error_samples: s.error_samples,
-        acknowledged: s.acknowledged,
-        refused: s.refused,
-        acknowledged_events: s.acknowledged_events,
-        duplicates: s.duplicates,
-        unresolved: s.unresolved,
+    let s = std::mem::replace(&mut *shared.lock().unwrap(), Shared::new());
+    s.into_result(started_wall, measured)
+}
+
+/// One connection's sender: takes the next due batch, waits for its time, sends it
+/// until it is answered, and records what came of it; until the run's end.
+async fn sender<S: Sink>(
+    schedule: Schedule,
+    sink: S,
+    next: Arc<AtomicU64>,
+    shared: Arc<Mutex<Shared>>,
+    bodies: Bodies<S::Batch>,
+) {
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let intended = match schedule.interval {
+            Some(every) => schedule.start + every.mul_f64(i as f64),
+            None => Instant::now(),
+        };
+        if intended >= schedule.end {
+            return;
+        }
+        let (seq, body) = {
+            let mut channel = bodies.lock().await;
+            let Some(body) = channel.0.recv().await else {
+                return;
+            };
+            channel.1 += 1;
+            (channel.1 - 1, body)
+        };
+        actix_rt::time::sleep_until(intended.into()).await;
+        let measured = intended >= schedule.measure_from;
+        if measured {
+            shared.lock().unwrap().offered += schedule.batch;
+        }
+        let (outcome, sent) = send_until_answered(&sink, &body, &schedule, measured, &shared).await;
+        let done = Instant::now();
+        let mut s = shared.lock().unwrap();
+        s.record(
+            seq,
+            outcome,
+            &schedule,
+            measured.then_some((intended, sent, done)),
+        );
     }
+}
+
+/// Sends `body` until it is answered: again after the server's wait when it is too busy
+/// or recovering, and again shortly after a failed connection while resending is on.
+/// Answers the outcome and when its last send left.
+async fn send_until_answered<S: Sink>(
+    sink: &S,
+    body: &S::Batch,
+    schedule: &Schedule,
+    measured: bool,
+    shared: &Mutex<Shared>,
+) -> (Answer, Instant) {
+    let mut sent = Instant::now();
+    let outcome = loop {
+        match sink.send(body).await {
+            Answer::TooBusy(wait) => {
+                if measured {
+                    shared.lock().unwrap().too_busy += 1;
+                }
+                actix_rt::time::sleep(wait).await;
+                sent = Instant::now();
+            }
+            Answer::Unavailable(wait) => {
+                if measured {
+                    shared.lock().unwrap().unavailable += 1;
+                }
+                actix_rt::time::sleep(wait).await;
+                sent = Instant::now();
+            }
+            Answer::Lost(e) => match schedule.resend_until {
+                Some(until) if Instant::now() < until => {
+                    // tallyd went away (or is restarting): send the same batch
+                    // again shortly; a copy it had applied counts as duplicates.
+                    shared.lock().unwrap().resent += 1;
+                    actix_rt::time::sleep(Duration::from_millis(20)).await;
+                    sent = Instant::now();
+                }
+                _ => break Answer::Unknown(e),
+            },
+            other => break other,
+        }
+    };
+    (outcome, sent)
+}
+
+/// The live line, once a second, on stderr.
+fn live_line(schedule: Schedule, shared: Arc<Mutex<Shared>>) -> actix_rt::task::JoinHandle<()> {
+    actix_rt::spawn(async move {
+        let mut last = 0u64;
+        let mut tick = actix_rt::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let s = shared.lock().unwrap();
+            let rate = s.accepted - last;
+            last = s.accepted;
+            let restarts = if schedule.resend_until.is_some() {
+                format!("  503s {}  resent {}", s.unavailable, s.resent)
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "[{:>4}s] {:>9} events/s  p50 {:>8.3} ms  p99 {:>8.3} ms  429s {}{restarts}  errors {}",
+                schedule.start.elapsed().as_secs(),
+                rate,
+                s.latency.value_at_quantile(0.5) as f64 / 1000.0,
+                s.latency.value_at_quantile(0.99) as f64 / 1000.0,
+                s.too_busy,
+                s.errors
+            );
+        }
+    })
 }

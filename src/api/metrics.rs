@@ -12,6 +12,7 @@ use actix_web::{web, Error, HttpResponse};
 use dashmap::DashMap;
 
 use super::Ready;
+use crate::engine::Engine;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -90,6 +91,17 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: impl In
 /// `GET /metrics`.
 pub async fn render(engine: Ready, http: web::Data<HttpMetrics>) -> HttpResponse {
     let mut out = String::new();
+    ingest_counters(&mut out, &engine);
+    segment_load(&mut out, &engine);
+    supervision(&mut out, &engine);
+    request_latency(&mut out, &http);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(out)
+}
+
+/// Usage events applied, duplicate and rejected, by partition.
+fn ingest_counters(out: &mut String, engine: &Engine) {
     let partitions: Vec<(String, crate::engine::Counters)> = engine
         .partitions()
         .iter()
@@ -102,26 +114,30 @@ pub async fn render(engine: Ready, http: web::Data<HttpMetrics>) -> HttpResponse
             .collect::<Vec<_>>()
     };
     family(
-        &mut out,
+        out,
         "tallyman_events_accepted_total",
         "counter",
         "Usage events applied.",
         per_partition(|c| c.accepted),
     );
     family(
-        &mut out,
+        out,
         "tallyman_events_duplicate_total",
         "counter",
         "Usage events not applied again: their id was seen this period.",
         per_partition(|c| c.duplicates),
     );
     family(
-        &mut out,
+        out,
         "tallyman_events_rejected_total",
         "counter",
         "Usage events in batches refused as invalid.",
         per_partition(|c| c.rejected),
     );
+}
+
+/// Each segment's mailbox depth and busy time, labelled with its arbiter.
+fn segment_load(out: &mut String, engine: &Engine) {
     let segments = engine.segments();
     let labels = |s: &crate::engine::SegmentInfo| {
         format!(
@@ -132,7 +148,7 @@ pub async fn render(engine: Ready, http: web::Data<HttpMetrics>) -> HttpResponse
         )
     };
     family(
-        &mut out,
+        out,
         "tallyman_segment_mailbox_depth",
         "gauge",
         "Messages admitted to a segment and not yet handled.",
@@ -141,7 +157,7 @@ pub async fn render(engine: Ready, http: web::Data<HttpMetrics>) -> HttpResponse
             .map(|s| format!("{{{}}} {}", labels(s), s.inflight)),
     );
     family(
-        &mut out,
+        out,
         "tallyman_segment_busy_seconds_total",
         "counter",
         "Time a segment spent handling messages.",
@@ -149,28 +165,36 @@ pub async fn render(engine: Ready, http: web::Data<HttpMetrics>) -> HttpResponse
             .iter()
             .map(|s| format!("{{{}}} {}", labels(s), s.busy_ns as f64 / 1e9)),
     );
+}
+
+/// Segment moves and restarts, and the dead letters.
+fn supervision(out: &mut String, engine: &Engine) {
     let (moves, restarts) = engine.moves_and_restarts();
     family(
-        &mut out,
+        out,
         "tallyman_rebalance_moves_total",
         "counter",
         "Segments moved between arbiters.",
         [format!(" {moves}")],
     );
     family(
-        &mut out,
+        out,
         "tallyman_segment_restarts_total",
         "counter",
         "Segments restarted by supervision.",
         [format!(" {restarts}")],
     );
     family(
-        &mut out,
+        out,
         "tallyman_dead_letters",
         "gauge",
         "Commands in the dead-letter queues.",
         [format!(" {}", engine.dead_letters().len())],
     );
+}
+
+/// The latency histogram of every route.
+fn request_latency(out: &mut String, http: &HttpMetrics) {
     let mut samples = Vec::new();
     for entry in http.routes.iter() {
         let ((method, route, class), stats) = entry.pair();
@@ -196,13 +220,10 @@ pub async fn render(engine: Ready, http: web::Data<HttpMetrics>) -> HttpResponse
         ));
     }
     family(
-        &mut out,
+        out,
         "tallyman_http_request_duration_seconds",
         "histogram",
         "HTTP request latency by route.",
         samples,
     );
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(out)
 }

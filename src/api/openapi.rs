@@ -56,58 +56,7 @@ pub fn document(operations: &[Operation]) -> Value {
     let problem = g.subschema_for::<super::problem::Problem>();
     let mut paths: Map<String, Value> = Map::new();
     for op in operations {
-        let mut operation = Map::new();
-        operation.insert("summary".into(), json!(op.summary));
-        let parameters: Vec<Value> = op
-            .path
-            .split('/')
-            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| {
-                let schema = match op.params.iter().find(|(n, _)| *n == name) {
-                    Some((_, schema)) => serde_json::to_value(schema(&mut g)).expect("a schema is JSON"),
-                    None => json!({"type": "string"}),
-                };
-                let mut parameter = json!({"name": name, "in": "path", "required": true, "schema": schema});
-                if let Some(example) = path_example(name) {
-                    parameter["example"] = json!(example);
-                }
-                parameter
-            })
-            .collect();
-        if !parameters.is_empty() {
-            operation.insert("parameters".into(), json!(parameters));
-        }
-        match op.scope {
-            Some(scope) => {
-                operation.insert("security".into(), json!([{"bearer": []}]));
-                operation.insert("x-scope".into(), json!(scope));
-            }
-            None => {
-                operation.insert("security".into(), json!([]));
-            }
-        }
-        if let Some(request) = op.request {
-            operation.insert(
-                "requestBody".into(),
-                json!({"required": true, "content": {
-                    "application/json": {"schema": request(&mut g)},
-                    "application/x-ndjson": {"schema": {"type": "string", "description": "one JSON value per line"}}
-                }}),
-            );
-        }
-        let ok = match op.response {
-            Some(response) => {
-                json!({"description": "success", "content": {"application/json": {"schema": response(&mut g)}}})
-            }
-            None => json!({"description": "success"}),
-        };
-        operation.insert(
-            "responses".into(),
-            json!({
-                op.status.to_string(): ok,
-                "default": {"description": "an RFC 9457 problem", "content": {"application/problem+json": {"schema": problem.clone()}}}
-            }),
-        );
+        let operation = operation(op, &mut g, &problem);
         paths
             .entry(op.path.to_string())
             .or_insert_with(|| json!({}))
@@ -130,4 +79,67 @@ pub fn document(operations: &[Operation]) -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
         }
     })
+}
+
+/// The operation object of `op`: its summary, path parameters, security, request body
+/// and responses (`problem`: the schema of every error answer).
+fn operation(op: &Operation, g: &mut SchemaGenerator, problem: &Schema) -> Map<String, Value> {
+    let mut operation = Map::new();
+    operation.insert("summary".into(), json!(op.summary));
+    let parameters = parameters(op, g);
+    if !parameters.is_empty() {
+        operation.insert("parameters".into(), json!(parameters));
+    }
+    match op.scope {
+        Some(scope) => {
+            operation.insert("security".into(), json!([{"bearer": []}]));
+            operation.insert("x-scope".into(), json!(scope));
+        }
+        None => {
+            operation.insert("security".into(), json!([]));
+        }
+    }
+    if let Some(request) = op.request {
+        operation.insert(
+            "requestBody".into(),
+            json!({"required": true, "content": {
+                "application/json": {"schema": request(g)},
+                "application/x-ndjson": {"schema": {"type": "string", "description": "one JSON value per line"}}
+            }}),
+        );
+    }
+    let ok = match op.response {
+        Some(response) => {
+            json!({"description": "success", "content": {"application/json": {"schema": response(g)}}})
+        }
+        None => json!({"description": "success"}),
+    };
+    operation.insert(
+        "responses".into(),
+        json!({
+            op.status.to_string(): ok,
+            "default": {"description": "an RFC 9457 problem", "content": {"application/problem+json": {"schema": problem.clone()}}}
+        }),
+    );
+    operation
+}
+
+/// The path parameters of `op`, in the order of its path: plain strings unless
+/// `op.params` gives their schema, with an example when there is one.
+fn parameters(op: &Operation, g: &mut SchemaGenerator) -> Vec<Value> {
+    op.path
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| {
+            let schema = match op.params.iter().find(|(n, _)| *n == name) {
+                Some((_, schema)) => serde_json::to_value(schema(g)).expect("a schema is JSON"),
+                None => json!({"type": "string"}),
+            };
+            let mut parameter = json!({"name": name, "in": "path", "required": true, "schema": schema});
+            if let Some(example) = path_example(name) {
+                parameter["example"] = json!(example);
+            }
+            parameter
+        })
+        .collect()
 }
