@@ -31,6 +31,8 @@ pub trait DocumentBackend: Send + Sync {
     fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Writes the document `name` whole, replacing what it was.
     fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    /// The names of the documents there are, in no particular order.
+    fn names(&self) -> Result<Vec<String>, StoreError>;
     /// Whether documents outlive the process.
     fn is_durable(&self) -> bool;
     /// The document's name as an operator finds it (a path, for a folder).
@@ -56,6 +58,11 @@ impl Documents {
     /// Documents kept in memory, gone with the process.
     pub fn in_memory() -> Documents {
         Documents::on(Box::new(Memory::default()))
+    }
+
+    /// The names of the documents there are, in no particular order.
+    pub fn names(&self) -> Result<Vec<String>, StoreError> {
+        self.backend.names()
     }
 
     /// Whether they outlive the process.
@@ -132,6 +139,29 @@ impl DocumentBackend for Folder {
         })
     }
 
+    fn names(&self) -> Result<Vec<String>, StoreError> {
+        let io = |error| StoreError::Io {
+            doing: "list",
+            path: self.dir.display().to_string(),
+            error,
+        };
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name().into_string().unwrap_or_default();
+            // A temporary file is a write a crash cut short, not a document.
+            if entry.file_type().is_ok_and(|t| t.is_file()) && !name.ends_with(".tmp") {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
     fn is_durable(&self) -> bool {
         true
     }
@@ -157,6 +187,11 @@ impl DocumentBackend for Memory {
         let mut documents = self.documents.lock().unwrap_or_else(|p| p.into_inner());
         documents.insert(name.to_owned(), bytes.to_vec());
         Ok(())
+    }
+
+    fn names(&self) -> Result<Vec<String>, StoreError> {
+        let documents = self.documents.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(documents.keys().cloned().collect())
     }
 
     fn is_durable(&self) -> bool {
@@ -193,6 +228,9 @@ mod tests {
                 docs.read_text("time_zone").unwrap().as_deref(),
                 Some("Asia/Tokyo")
             );
+            let mut names = docs.names().unwrap();
+            names.sort();
+            assert_eq!(names, ["periods.json", "time_zone"]);
         }
         assert!(folder.is_durable() && !memory.is_durable());
         // Written atomically: no temporary file is left beside it.

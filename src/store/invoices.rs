@@ -13,8 +13,6 @@
 //! memory. Without a folder (an in-memory engine) the lines are kept in memory.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -25,6 +23,9 @@ use crate::domain::invoice::{
     AccountBill, AdjustmentLine, CommitmentLine, CreditLine, DiscountLine, MeterLine,
 };
 use crate::domain::{Bill, Currency, Period, ShortId as CustomerKey};
+
+use super::logs::{FolderLogs, LogBackend, MemoryLogs};
+use super::Documents;
 
 /// An invoice as stored and served: a customer's bill of a closed period, numbered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -88,10 +89,7 @@ struct PeriodInvoices {
     lines: Vec<(u64, u32)>,
     /// Customer → index in `lines`.
     customers: HashMap<CustomerKey, u32>,
-    /// The lines themselves, when there is no folder.
-    memory: Vec<u8>,
-    /// Appends go here, when there is a folder.
-    file: Option<File>,
+    /// Bytes of whole lines in the period's log.
     size: u64,
     /// The summary written when the bill run finished.
     done: Option<serde_json::Value>,
@@ -100,8 +98,21 @@ struct PeriodInvoices {
 /// The invoices of one partition.
 pub struct InvoiceStore {
     partition: String,
-    dir: Option<PathBuf>,
+    /// A log a period, `<period>.ndjson`.
+    logs: Box<dyn LogBackend>,
+    /// A finished period's summary, `<period>.done.json`.
+    documents: Documents,
     periods: Mutex<BTreeMap<Period, PeriodInvoices>>,
+}
+
+/// The name of a period's log of invoices.
+fn log_name(period: Period) -> String {
+    format!("{period}.ndjson")
+}
+
+/// The name of a finished period's summary.
+fn summary_name(period: Period) -> String {
+    format!("{period}.done.json")
 }
 
 fn number(partition: &str, period: Period, seq: usize) -> String {
@@ -112,65 +123,58 @@ impl InvoiceStore {
     /// Opens the invoices in `dir` (created if need be), checking every line; `None`
     /// keeps them in memory.
     pub fn open(partition: &str, dir: Option<PathBuf>) -> Result<InvoiceStore, String> {
+        match dir {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let logs = Box::new(FolderLogs::new(dir.clone()));
+                InvoiceStore::on(partition, logs, Documents::in_folder(dir))
+            }
+            None => InvoiceStore::on(partition, Box::new(MemoryLogs::default()), Documents::in_memory()),
+        }
+    }
+
+    /// Opens the invoices kept in `logs` and `documents`, checking every line.
+    pub fn on(
+        partition: &str,
+        logs: Box<dyn LogBackend>,
+        documents: Documents,
+    ) -> Result<InvoiceStore, String> {
         let mut periods = BTreeMap::new();
-        if let Some(dir) = &dir {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let mut names: Vec<(Period, PathBuf)> = Vec::new();
-            for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
-                let path = entry.map_err(|e| e.to_string())?.path();
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if let Some(p) = name
-                    .strip_suffix(".ndjson")
-                    .and_then(|p| p.parse::<Period>().ok())
-                {
-                    names.push((p, path));
-                }
+        let period_of =
+            |name: &str, suffix: &str| name.strip_suffix(suffix).and_then(|p| p.parse::<Period>().ok());
+        for name in logs.names().map_err(|e| e.to_string())? {
+            if let Some(period) = period_of(&name, ".ndjson") {
+                periods.insert(period, Self::load(partition, period, logs.as_ref())?);
             }
-            for (period, path) in names {
-                let invoices = Self::load(partition, period, &path)?;
-                periods.insert(period, invoices);
-            }
+        }
+        for name in documents.names().map_err(|e| e.to_string())? {
+            let Some(period) = period_of(&name, ".done.json") else {
+                continue;
+            };
             // A period closed without a single invoice has only its summary.
-            for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
-                let path = entry.map_err(|e| e.to_string())?.path();
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if let Some(p) = name
-                    .strip_suffix(".done.json")
-                    .and_then(|p| p.parse::<Period>().ok())
-                {
-                    if let std::collections::btree_map::Entry::Vacant(v) = periods.entry(p) {
-                        let summary = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                        v.insert(PeriodInvoices {
-                            done: Some(
-                                serde_json::from_slice(&summary)
-                                    .map_err(|e| format!("{}: {e}", path.display()))?,
-                            ),
-                            ..PeriodInvoices::default()
-                        });
-                    }
-                }
-            }
+            let summary = documents.read_json(&name).map_err(|e| e.to_string())?;
+            periods.entry(period).or_insert_with(PeriodInvoices::default).done = summary;
         }
         Ok(InvoiceStore {
             partition: partition.to_owned(),
-            dir,
+            logs,
+            documents,
             periods: Mutex::new(periods),
         })
     }
 
-    fn load(partition: &str, period: Period, path: &std::path::Path) -> Result<PeriodInvoices, String> {
-        let at = |offset: u64, what: &str| format!("{} at offset {offset}: {what}", path.display());
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    /// Reads a period's log back, checking every line: a torn last one is cut off.
+    fn load(partition: &str, period: Period, logs: &dyn LogBackend) -> Result<PeriodInvoices, String> {
+        let name = log_name(period);
+        let at = |offset: u64, what: &str| format!("{} at offset {offset}: {what}", logs.where_(&name));
+        let bytes = logs.read_all(&name).map_err(|e| e.to_string())?;
         let mut invoices = PeriodInvoices::default();
         let mut offset = 0usize;
         while offset < bytes.len() {
             let Some(len) = bytes[offset..].iter().position(|&b| b == b'\n') else {
                 // A line cut short by a crash: its batch was never acknowledged.
-                tracing::warn!(file = %path.display(), offset, "torn last invoice line truncated");
-                OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .and_then(|f| f.set_len(offset as u64).and_then(|()| f.sync_all()))
+                tracing::warn!(file = %logs.where_(&name), offset, "torn last invoice line truncated");
+                logs.truncate(&name, offset as u64)
                     .map_err(|e| at(offset as u64, &e.to_string()))?;
                 break;
             };
@@ -196,16 +200,7 @@ impl InvoiceStore {
             offset += len + 1;
         }
         invoices.size = offset as u64;
-        let done = path.with_extension("done.json");
-        if let Ok(summary) = std::fs::read(&done) {
-            invoices.done =
-                Some(serde_json::from_slice(&summary).map_err(|e| format!("{}: {e}", done.display()))?);
-        }
         Ok(invoices)
-    }
-
-    fn path(&self, period: Period) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join(format!("{period}.ndjson")))
     }
 
     /// An invoice document without its number, for [`InvoiceStore::append`], which
@@ -249,26 +244,9 @@ impl InvoiceStore {
             buf.push(b'\n');
             added.push(number);
         }
-        if let Some(path) = self.path(period) {
-            if invoices.file.is_none() {
-                let file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                if let Some(dir) = &self.dir {
-                    let _ = File::open(dir).and_then(|d| d.sync_all());
-                }
-                invoices.file = Some(file);
-            }
-            let file = invoices.file.as_mut().expect("opened");
-            if let Err(e) = file.write_all(&buf).and_then(|()| file.sync_data()) {
-                let _ = file.set_len(invoices.size);
-                return Err(format!("writing {}: {e}", path.display()));
-            }
-        } else {
-            invoices.memory.extend_from_slice(&buf);
-        }
+        self.logs
+            .append(&log_name(period), invoices.size, &buf)
+            .map_err(|e| e.to_string())?;
         for (customer, offset, len) in index {
             invoices.customers.insert(customer, invoices.lines.len() as u32);
             invoices.lines.push((offset, len));
@@ -279,11 +257,9 @@ impl InvoiceStore {
 
     /// Marks the period's invoices final, with the bill run's summary.
     pub fn finish(&self, period: Period, summary: serde_json::Value) -> Result<(), String> {
-        if let Some(path) = self.path(period) {
-            let done = path.with_extension("done.json");
-            super::files::write_atomically(&done, summary.to_string().as_bytes())
-                .map_err(|e| format!("{}: {e}", done.display()))?;
-        }
+        self.documents
+            .write(&summary_name(period), summary.to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
         let mut periods = self.periods.lock().unwrap_or_else(|p| p.into_inner());
         periods.entry(period).or_default().done = Some(summary);
         Ok(())
@@ -312,19 +288,9 @@ impl InvoiceStore {
 
     fn read_line(&self, invoices: &PeriodInvoices, period: Period, i: usize) -> Result<Vec<u8>, String> {
         let (offset, len) = invoices.lines[i];
-        match self.path(period) {
-            None => Ok(invoices.memory[offset as usize..offset as usize + len as usize].to_vec()),
-            Some(path) => {
-                let mut buf = vec![0; len as usize];
-                File::open(&path)
-                    .and_then(|mut f| {
-                        f.seek(SeekFrom::Start(offset))?;
-                        f.read_exact(&mut buf)
-                    })
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                Ok(buf)
-            }
-        }
+        self.logs
+            .read_at(&log_name(period), offset, len as usize)
+            .map_err(|e| e.to_string())
     }
 
     /// One invoice by number; `None` if there is no such invoice.
@@ -384,16 +350,10 @@ impl InvoiceStore {
             return Ok((Vec::new(), None));
         }
         let len = (end - from).min(chunk as u64) as usize;
-        let mut buf = vec![0; len];
-        match self.path(period) {
-            None => buf.copy_from_slice(&invoices.memory[from as usize..from as usize + len]),
-            Some(path) => File::open(&path)
-                .and_then(|mut f| {
-                    f.seek(SeekFrom::Start(from))?;
-                    f.read_exact(&mut buf)
-                })
-                .map_err(|e| format!("{}: {e}", path.display()))?,
-        }
+        let buf = self
+            .logs
+            .read_at(&log_name(period), from, len)
+            .map_err(|e| e.to_string())?;
         let next = from + len as u64;
         Ok((buf, (next < end).then_some(next)))
     }

@@ -1,44 +1,48 @@
-//! An append-only log of lines (NDJSON): each append synced before it is answered, a
-//! last line cut short by a crash truncated when the log is opened again, the lines
-//! before it handed back whole. Without a folder it keeps nothing (an in-memory engine
-//! holds what it needs itself).
+//! An append-only log of lines (NDJSON) on a [`LogBackend`]: each append durable before
+//! it is answered, a last line cut short by a crash truncated when the log is opened
+//! again, the lines before it handed back whole.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// One log file, open for appending.
+use super::logs::{FolderLogs, LogBackend, MemoryLogs};
+
+/// One log of lines, open for appending.
 pub struct LineLog {
-    file: Option<(File, PathBuf)>,
-    /// Bytes of whole lines in the file.
+    logs: Box<dyn LogBackend>,
+    name: String,
+    /// Bytes of whole lines in the log.
     size: u64,
 }
 
-/// A line read back, with where it starts in its file.
+/// A line read back, with where it starts in its log.
 pub struct Line {
     pub offset: u64,
     pub bytes: Vec<u8>,
 }
 
 impl LineLog {
-    /// A log that keeps nothing.
-    pub fn in_memory() -> LineLog {
-        LineLog { file: None, size: 0 }
+    /// A log kept in memory, gone with the process.
+    pub fn in_memory(name: &str) -> LineLog {
+        LineLog::on(Box::new(MemoryLogs::default()), name)
+            .expect("a new log in memory has nothing to read")
+            .0
     }
 
-    /// Opens `dir/name` (made if missing) and reads back its whole lines; a torn last
-    /// line is cut off, and said so in the log.
+    /// Opens `dir/name` (made at the first append) and reads back its whole lines.
     pub fn open(dir: &Path, name: &str) -> Result<(LineLog, Vec<Line>), String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let path = dir.join(name);
-        let bytes = super::files::read_if_exists(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?
-            .unwrap_or_default();
+        LineLog::on(Box::new(FolderLogs::new(dir.to_path_buf())), name)
+    }
+
+    /// Opens the log `name` of `logs` and reads back its whole lines; a torn last line
+    /// is cut off, and said so in the log.
+    pub fn on(logs: Box<dyn LogBackend>, name: &str) -> Result<(LineLog, Vec<Line>), String> {
+        let bytes = logs.read_all(name).map_err(|e| e.to_string())?;
         let mut lines = Vec::new();
         let mut good = 0u64;
         for line in bytes.split_inclusive(|&b| b == b'\n') {
             if !line.ends_with(b"\n") {
-                tracing::warn!(file = %path.display(), offset = good, "torn last line truncated");
+                tracing::warn!(file = %logs.where_(name), offset = good, "torn last line truncated");
+                logs.truncate(name, good).map_err(|e| e.to_string())?;
                 break;
             }
             lines.push(Line {
@@ -47,36 +51,24 @@ impl LineLog {
             });
             good += line.len() as u64;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        file.set_len(good)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok((
-            LineLog {
-                file: Some((file, path)),
-                size: good,
-            },
-            lines,
-        ))
+        let log = LineLog {
+            logs,
+            name: name.to_owned(),
+            size: good,
+        };
+        Ok((log, lines))
     }
 
-    /// Appends `line` (a newline is added) and syncs it. On failure the partial line is
+    /// Appends `line` (a newline is added), durably. On failure the partial line is
     /// cut back, so the log stays whole and the append may be tried again.
     pub fn append(&mut self, line: &[u8]) -> Result<(), String> {
         debug_assert!(!line.contains(&b'\n'), "one line at a time");
-        let Some((file, path)) = self.file.as_mut() else {
-            return Ok(());
-        };
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line);
         bytes.push(b'\n');
-        if let Err(e) = file.write_all(&bytes).and_then(|()| file.sync_data()) {
-            let _ = file.set_len(self.size);
-            return Err(format!("writing {}: {e}", path.display()));
-        }
+        self.logs
+            .append(&self.name, self.size, &bytes)
+            .map_err(|e| e.to_string())?;
         self.size += bytes.len() as u64;
         Ok(())
     }
@@ -84,6 +76,9 @@ impl LineLog {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+    use std::io::Write;
+
     use super::*;
 
     #[test]

@@ -1,6 +1,7 @@
 //! Persistence the engine calls, and the formats it writes: a partition's small
 //! documents (its period state, published catalog versions, time zone, webhook position;
-//! the engine's created partitions), and its invoices. The journal and snapshots are
+//! the engine's created partitions), its invoices and its alert log, each behind a
+//! backend trait (a folder or memory here; a replicated store for cluster mode). The journal and snapshots are
 //! the actor runtime's (`tallyman-actors`).
 //!
 //! Everything here works in a folder, or in memory for an engine without one. It knows
@@ -13,5 +14,6 @@ pub mod documents;
 pub mod files;
 pub mod invoices;
 pub mod line_log;
+pub mod logs;
 
 pub use documents::{DocumentBackend, Documents, StoreError};

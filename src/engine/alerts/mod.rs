@@ -97,7 +97,7 @@ impl AlertBook {
                 }
                 (file, Documents::in_folder(dir.clone()))
             }
-            None => (LineLog::in_memory(), Documents::in_memory()),
+            None => (LineLog::in_memory("alerts.ndjson"), Documents::in_memory()),
         };
         let ids = alerts.iter().map(|a| a.id.clone()).collect();
         let (count, _) = tokio::sync::watch::channel(alerts.len() as u64);
