@@ -1,7 +1,8 @@
 //! Persistence the engine calls, and the formats it writes: a partition's small
 //! documents (its period state, published catalog versions, time zone, webhook position;
-//! the engine's created partitions), and its invoices. The journal and snapshots are
-//! the actor runtime's (`tallyman-actors`).
+//! the engine's created partitions), its invoices, and how the domain's packed values
+//! are written in snapshots and journaled commands (`formats`). The journal and
+//! snapshots themselves are the actor runtime's (`tallyman-actors`).
 //!
 //! Everything here works in a folder, or in memory for an engine without one. It knows
 //! nothing of the engine or the HTTP face (tests/tidy.rs checks it): the engine hands
@@ -11,6 +12,7 @@
 
 pub mod documents;
 pub mod files;
+pub mod formats;
 pub mod invoices;
 pub mod line_log;
 
