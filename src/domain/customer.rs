@@ -143,7 +143,7 @@ pub struct Credit {
 /// Every customer has one, boxed in its entity, so it takes 96 bytes (an allocator size
 /// class): what few customers have — a commitment, budgets, discounts, credits — is in
 /// its [`Terms`], behind one pointer. It is written as the struct it was, those fields
-/// in place.
+/// in place (taken from [`Customer::terms`], given back to [`Customer::restored`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Customer {
     /// Inline up to 15 bytes, as account ids (no allocation of its own).
@@ -201,80 +201,6 @@ impl RareTerms {
 
     fn get(&self) -> &Terms {
         self.0.as_deref().unwrap_or(&NO_TERMS)
-    }
-}
-
-/// [`Customer`] as it is written: the struct it was, its terms' fields in place.
-#[derive(Serialize)]
-#[serde(rename = "Customer")]
-struct CustomerWritten<'a> {
-    id: &'a super::ShortId,
-    payer: &'a AccountId,
-    accounts: &'a thin_vec::ThinVec<AccountId>,
-    profile: &'a super::ShortId,
-    tax_rate: &'a Decimal,
-    commitment: &'a Option<Decimal>,
-    budget: &'a Option<Budget>,
-    #[serde(serialize_with = "budgets_by_account::serialize_ref")]
-    account_budgets: &'a thin_vec::ThinVec<(AccountId, Budget)>,
-    discounts: &'a thin_vec::ThinVec<Discount>,
-    credits: &'a thin_vec::ThinVec<Credit>,
-}
-
-/// [`Customer`] as it is read.
-#[derive(Deserialize)]
-#[serde(rename = "Customer")]
-struct CustomerRead {
-    id: super::ShortId,
-    payer: AccountId,
-    accounts: thin_vec::ThinVec<AccountId>,
-    profile: super::ShortId,
-    tax_rate: Decimal,
-    commitment: Option<Decimal>,
-    budget: Option<Budget>,
-    #[serde(default, with = "budgets_by_account")]
-    account_budgets: thin_vec::ThinVec<(AccountId, Budget)>,
-    discounts: thin_vec::ThinVec<Discount>,
-    credits: thin_vec::ThinVec<Credit>,
-}
-
-impl Serialize for Customer {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let terms = self.terms();
-        CustomerWritten {
-            id: &self.id,
-            payer: &self.payer,
-            accounts: &self.accounts,
-            profile: &self.profile,
-            tax_rate: &self.tax_rate,
-            commitment: &terms.commitment,
-            budget: &terms.budget,
-            account_budgets: &terms.account_budgets,
-            discounts: &terms.discounts,
-            credits: &terms.credits,
-        }
-        .serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for Customer {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let c = CustomerRead::deserialize(deserializer)?;
-        Ok(Customer {
-            id: c.id,
-            payer: c.payer,
-            accounts: c.accounts,
-            profile: c.profile,
-            tax_rate: c.tax_rate,
-            terms: RareTerms::new(Terms {
-                commitment: c.commitment,
-                budget: c.budget,
-                account_budgets: c.account_budgets,
-                discounts: c.discounts,
-                credits: c.credits,
-            }),
-            index: AccountIndex::default(),
-        })
     }
 }
 
@@ -476,32 +402,31 @@ fn check_scope(meters: &Option<Vec<String>>) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// A customer's account budgets, sorted by account, written as a map from account to
-/// budget (as the `BTreeMap` they were kept in before: snapshots stay readable).
-mod budgets_by_account {
-    use super::{AccountId, Budget};
-    use serde::{Deserialize, Deserializer, Serializer};
-    use thin_vec::ThinVec;
-
-    pub fn serialize<S: Serializer>(budgets: &ThinVec<(AccountId, Budget)>, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(budgets.iter().map(|(a, b)| (a, b)))
-    }
-
-    pub fn serialize_ref<S: Serializer>(
-        budgets: &&ThinVec<(AccountId, Budget)>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        serialize(budgets, s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ThinVec<(AccountId, Budget)>, D::Error> {
-        Ok(std::collections::BTreeMap::<AccountId, Budget>::deserialize(d)?
-            .into_iter()
-            .collect())
-    }
-}
-
 impl Customer {
+    /// A customer as it was kept (read back from a snapshot or the journal): its fields
+    /// as they were checked when it was made, its accounts sorted and unique, the payer
+    /// among them. Its terms take memory only if they hold something. Its index is not
+    /// built (it is not written): [`Customer::ensure_indexed`] builds it, and lookups
+    /// take the binary search until then.
+    pub fn restored(
+        id: super::ShortId,
+        payer: AccountId,
+        accounts: thin_vec::ThinVec<AccountId>,
+        profile: super::ShortId,
+        tax_rate: Decimal,
+        terms: Terms,
+    ) -> Customer {
+        Customer {
+            id,
+            payer,
+            accounts,
+            profile,
+            tax_rate,
+            terms: RareTerms::new(terms),
+            index: AccountIndex::default(),
+        }
+    }
+
     /// Its commitment, budgets, discounts and credits (empty ones when it has none).
     pub fn terms(&self) -> &Terms {
         self.terms.get()
@@ -751,6 +676,18 @@ mod tests {
         assert!(size <= 96, "{size}");
     }
 
+    /// `c` as it is read back: its fields, and no index.
+    fn restored(c: &Customer) -> Customer {
+        Customer::restored(
+            c.id.clone(),
+            c.payer.clone(),
+            c.accounts.clone(),
+            c.profile.clone(),
+            c.tax_rate,
+            c.terms().clone(),
+        )
+    }
+
     #[test]
     fn terms_take_memory_only_when_there_are_some() {
         let mut c = Customer::from_spec(
@@ -761,83 +698,17 @@ mod tests {
         assert!(c.terms.0.is_none());
         c.terms_mut().commitment = Some(Decimal::TEN);
         assert_eq!(c.terms().commitment, Some(Decimal::TEN));
-        let back: Customer = rmp_serde::from_slice(&rmp_serde::to_vec(&c).unwrap()).unwrap();
+        let back = restored(&c);
         assert_eq!(back, c);
+        assert!(back.terms.0.is_some());
         c.terms_mut().commitment = None;
         c.tidy_terms();
         assert!(c.terms.0.is_none());
-        // Equal by content: empty terms allocated or not.
+        // Equal by content: empty terms allocated or not. Restored, empty terms take none.
         let mut d = c.clone();
         d.terms_mut();
         assert_eq!(c, d);
-    }
-
-    /// The struct a customer was written as, before its terms moved behind a pointer.
-    #[test]
-    fn a_customer_is_written_as_the_struct_it_was() {
-        #[derive(Serialize, Deserialize, Debug, PartialEq)]
-        struct Before {
-            id: crate::domain::ShortId,
-            payer: AccountId,
-            accounts: thin_vec::ThinVec<AccountId>,
-            profile: crate::domain::ShortId,
-            tax_rate: Decimal,
-            commitment: Option<Box<Decimal>>,
-            budget: Option<Box<Budget>>,
-            #[serde(default, with = "budgets_by_account")]
-            account_budgets: thin_vec::ThinVec<(AccountId, Budget)>,
-            discounts: thin_vec::ThinVec<Discount>,
-            credits: thin_vec::ThinVec<Credit>,
-        }
-        let c = Customer::from_spec(
-            serde_json::from_str(
-                r#"{"id": "acme", "payer": "1", "accounts": ["2", "1"], "commitment": "10.00", "tax_rate": "0.2",
-                    "budget": {"amount": "50.00", "thresholds": [80]},
-                    "account_budgets": {"2": {"amount": "5.00", "thresholds": [80]}},
-                    "credits": [{"id": "c1", "amount": "3.00"}]}"#,
-            )
-            .unwrap(),
-            usd(),
-        )
-        .unwrap();
-        let before: Before = rmp_serde::from_slice(&rmp_serde::to_vec(&c).unwrap()).unwrap();
-        assert_eq!(before.commitment.as_deref(), Some(&Decimal::new(1000, 2)));
-        assert_eq!(before.credits.len(), 1);
-        assert_eq!(before.account_budgets.len(), 1);
-        let back: Customer = rmp_serde::from_slice(&rmp_serde::to_vec(&before).unwrap()).unwrap();
-        assert_eq!(back, c);
-        let json: Customer = serde_json::from_value(serde_json::to_value(&before).unwrap()).unwrap();
-        assert_eq!(json, c);
-    }
-
-    #[test]
-    fn account_budgets_are_written_as_the_map_they_were() {
-        let c = Customer::from_spec(
-            serde_json::from_str(
-                r#"{"id": "acme", "payer": "1", "accounts": ["2", "1"], "commitment": "10.00",
-                    "account_budgets": {"2": {"amount": "5.00", "thresholds": [80]},
-                                        "1": {"amount": "7.00", "thresholds": [100]}}}"#,
-            )
-            .unwrap(),
-            usd(),
-        )
-        .unwrap();
-        let accounts: Vec<&str> = c
-            .terms()
-            .account_budgets
-            .iter()
-            .map(|(a, _)| a.as_str())
-            .collect();
-        assert_eq!(accounts, ["1", "2"], "sorted by account");
-        let json = serde_json::to_value(&c).unwrap();
-        assert_eq!(json["account_budgets"]["2"]["amount"], "5.00");
-        assert_eq!(json["commitment"], "10.00");
-        // As a snapshot holds it (MessagePack), and as the map it was.
-        let back: Customer = rmp_serde::from_slice(&rmp_serde::to_vec(&c).unwrap()).unwrap();
-        assert_eq!(back, c);
-        type Before = std::collections::BTreeMap<AccountId, Budget>;
-        let before: Before = serde_json::from_value(json["account_budgets"].clone()).unwrap();
-        assert_eq!(before.len(), 2);
+        assert!(restored(&d).terms.0.is_none());
     }
 
     #[test]
@@ -905,7 +776,7 @@ mod tests {
             let built = Customer::from_spec(s, usd()).unwrap();
             // Read back, the index is not built: no guess, where there would be one, and
             // lookups still answer (by binary search).
-            let mut c: Customer = serde_json::from_str(&serde_json::to_string(&built).unwrap()).unwrap();
+            let mut c = restored(&built);
             if n > AccountIndex::FROM {
                 assert_eq!(c.prefetch_position(&c.accounts[0], 1), None);
             }

@@ -99,8 +99,8 @@ pub struct Reading {
 /// One is kept per account and meter in use, millions of them, so it takes 16 bytes
 /// with its meter id: the common case, a sum or count in one catalog version whose
 /// quantity is a 64-bit number of units of its scale, is in place (a `Decimal` alone
-/// takes 16), and the other forms are one pointer away. It is written as the pair
-/// `(meter, aggregate)` it was, the aggregate as the enum [`Written`].
+/// takes 16), and the other forms are one pointer away. It is taken apart into its
+/// meter and its [`AggregateParts`] to be written, and built back from them.
 #[derive(Clone, Debug)]
 pub struct MeterAggregate(Repr);
 
@@ -317,7 +317,7 @@ impl Seen {
 /// Most accounts see a few values a period, so a small set is a vector sorted by value
 /// (16 bytes a value; a hash map's smallest table takes 128); past
 /// [`DistinctValues::SORTED_MAX`] values, where inserting would move too much, it is a
-/// hash map. Either form is the same set: equal, and written the same way (a map).
+/// hash map. Either form is the same set: equal, and written the same way.
 /// Sightings are kept to the second (see [`Seen`]).
 #[derive(Clone, Debug)]
 pub enum DistinctValues {
@@ -397,6 +397,37 @@ impl DistinctValues {
             DistinctValues::Hashed(map) => Box::new(map.iter().map(|(&v, &seen)| (v, seen.first_seen()))),
         }
     }
+
+    /// The set of `values` with when each was first seen (values read back), in the
+    /// form their number calls for: sorted up to [`Self::SORTED_MAX`], else hashed.
+    ///
+    /// The values are distinct, as a map's keys are; one listed twice keeps its last
+    /// sighting, as reading a map keeps its last entry.
+    pub fn from_unique(values: Vec<(u64, FirstSeen)>) -> DistinctValues {
+        let many = values.len() > Self::SORTED_MAX;
+        let kept = values.into_iter().map(|(value, first)| (value, Seen::of(first)));
+        if many {
+            let map: HashMap<u64, Seen, Prehashed> = kept.collect();
+            if map.len() > Self::SORTED_MAX {
+                return DistinctValues::Hashed(Box::new(map));
+            }
+            // Values listed twice: few enough for the sorted form.
+            let mut values: ThinVec<(u64, Seen)> = map.into_iter().collect();
+            values.sort_unstable_by_key(|v| v.0);
+            return DistinctValues::Sorted(values);
+        }
+        let mut values: ThinVec<(u64, Seen)> = kept.collect();
+        // Stable, so that of a value listed twice the last sighting stays.
+        values.sort_by_key(|v| v.0);
+        values.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                *kept = *later;
+            }
+            same
+        });
+        DistinctValues::Sorted(values)
+    }
 }
 
 impl FromIterator<(u64, FirstSeen)> for DistinctValues {
@@ -421,67 +452,29 @@ impl PartialEq for DistinctValues {
 
 impl Eq for DistinctValues {}
 
-/// A map from value to first sighting, as the hash map it replaced was written
-/// (snapshots and journaled hand-overs stay readable).
-impl Serialize for DistinctValues {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        // With its length first, as for event ids.
-        let mut map = serializer.serialize_map(Some(self.len()))?;
-        for (value, first) in self.iter() {
-            map.serialize_entry(&value, &first)?;
-        }
-        map.end()
-    }
-}
-
-impl<'de> Deserialize<'de> for DistinctValues {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let map = HashMap::<u64, FirstSeen, Prehashed>::deserialize(deserializer)?;
-        let kept = map.into_iter().map(|(value, first)| (value, Seen::of(first)));
-        Ok(if kept.len() > Self::SORTED_MAX {
-            DistinctValues::Hashed(Box::new(kept.collect()))
-        } else {
-            let mut values: ThinVec<(u64, Seen)> = kept.collect();
-            values.sort_unstable_by_key(|v| v.0);
-            DistinctValues::Sorted(values)
-        })
-    }
-}
-
-/// Quantities per catalog version, ascending by version, as an aggregate of a sum or
-/// count is written: one span, or more.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Spans {
-    One((VersionIdx, Decimal)),
-    Many(ThinVec<(VersionIdx, Decimal)>),
-}
-
-/// An aggregate as it is written (snapshots, journaled hand-overs): the enum it was
-/// before its meter id moved into it. A boxed extreme is written as the struct variant
-/// it was before it was boxed (the same bytes).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename = "MeterAggregate")]
-pub enum Written {
-    Additive(Spans),
-    Extreme(Box<Extreme>),
+/// What an aggregate holds, without its meter: a sum's or count's quantities per catalog
+/// version, the event of a `max` or `latest`, or the distinct values of a `unique_count`.
+/// An aggregate is built back from them with [`MeterAggregate::from_parts`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AggregateParts {
+    /// A sum or count with usage in one catalog version: `(version, quantity)`.
+    OneSpan((VersionIdx, Decimal)),
+    /// A sum or count: `(version, quantity)` per version, versions ascending.
+    Spans(ThinVec<(VersionIdx, Decimal)>),
+    Extreme(Extreme),
     Distinct(DistinctValues),
 }
 
-/// [`Written`], borrowed from an aggregate: writing a snapshot copies nothing.
-#[derive(Serialize)]
-#[serde(rename = "MeterAggregate")]
-enum WrittenRef<'a> {
-    Additive(SpansRef<'a>),
+/// [`AggregateParts`] borrowed from an aggregate ([`MeterAggregate::parts`]): nothing is
+/// copied but a single span and the extreme, which is rebuilt from how it is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AggregatePartsRef<'a> {
+    /// A sum or count with usage in one catalog version, whichever form holds it.
+    OneSpan((VersionIdx, Decimal)),
+    /// A sum or count over two or more versions, ascending.
+    Spans(&'a [(VersionIdx, Decimal)]),
     Extreme(Extreme),
     Distinct(&'a DistinctValues),
-}
-
-#[derive(Serialize)]
-#[serde(rename = "Spans")]
-enum SpansRef<'a> {
-    One((VersionIdx, Decimal)),
-    Many(&'a [(VersionIdx, Decimal)]),
 }
 
 /// Applying a reading would overflow the aggregate's 28 significant digits.
@@ -543,48 +536,37 @@ impl MeterAggregate {
         }
     }
 
-    /// The aggregate of `meter` as it was written.
-    pub fn from_written(meter: MeterId, written: Written) -> MeterAggregate {
-        MeterAggregate(match written {
-            Written::Additive(Spans::One((version, quantity))) => Self::one_span(meter, version, quantity),
-            Written::Additive(Spans::Many(spans)) => Self::additive(meter, spans),
-            Written::Extreme(extreme) => Repr::Extreme {
+    /// The aggregate of `meter` holding `parts` (an aggregate read back: see
+    /// [`Self::parts`]), in the form they call for: one span in place if it fits.
+    pub fn from_parts(meter: MeterId, parts: AggregateParts) -> MeterAggregate {
+        MeterAggregate(match parts {
+            AggregateParts::OneSpan((version, quantity)) => Self::one_span(meter, version, quantity),
+            AggregateParts::Spans(spans) => Self::additive(meter, spans),
+            AggregateParts::Extreme(extreme) => Repr::Extreme {
                 meter,
                 extreme: Box::new(KeptExtreme::from_extreme(&extreme)),
             },
-            Written::Distinct(values) => Repr::Distinct {
+            AggregateParts::Distinct(values) => Repr::Distinct {
                 meter,
                 values: Box::new(values),
             },
         })
     }
 
-    /// The aggregate without its meter id, as it is written (for tests of the format).
-    #[cfg(test)]
-    pub(crate) fn written(&self) -> Written {
-        match self.written_ref() {
-            WrittenRef::Additive(SpansRef::One(span)) => Written::Additive(Spans::One(span)),
-            WrittenRef::Additive(SpansRef::Many(spans)) => {
-                Written::Additive(Spans::Many(spans.iter().copied().collect()))
-            }
-            WrittenRef::Extreme(extreme) => Written::Extreme(Box::new(extreme)),
-            WrittenRef::Distinct(values) => Written::Distinct(values.clone()),
-        }
-    }
-
-    fn written_ref(&self) -> WrittenRef<'_> {
-        // A single span is written as one, whichever form holds it.
+    /// What the aggregate holds, without its meter id, borrowed (to write it, copying
+    /// nothing). A single span is one span, whichever form holds it.
+    pub fn parts(&self) -> AggregatePartsRef<'_> {
         match &self.0 {
             Repr::Small {
                 version,
                 scale,
                 mantissa,
                 ..
-            } => WrittenRef::Additive(SpansRef::One((*version, decimal(*scale, *mantissa)))),
-            Repr::Spans { spans, .. } if spans.len() == 1 => WrittenRef::Additive(SpansRef::One(spans[0])),
-            Repr::Spans { spans, .. } => WrittenRef::Additive(SpansRef::Many(spans)),
-            Repr::Extreme { extreme, .. } => WrittenRef::Extreme(extreme.extreme()),
-            Repr::Distinct { values, .. } => WrittenRef::Distinct(values),
+            } => AggregatePartsRef::OneSpan((*version, decimal(*scale, *mantissa))),
+            Repr::Spans { spans, .. } if spans.len() == 1 => AggregatePartsRef::OneSpan(spans[0]),
+            Repr::Spans { spans, .. } => AggregatePartsRef::Spans(spans),
+            Repr::Extreme { extreme, .. } => AggregatePartsRef::Extreme(extreme.extreme()),
+            Repr::Distinct { values, .. } => AggregatePartsRef::Distinct(values),
         }
     }
 
@@ -745,20 +727,6 @@ impl MeterAggregate {
     }
 }
 
-/// Written as the pair `(meter, aggregate)` it was.
-impl Serialize for MeterAggregate {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (self.meter(), self.written_ref()).serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for MeterAggregate {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (meter, written) = <(MeterId, Written)>::deserialize(deserializer)?;
-        Ok(MeterAggregate::from_written(meter, written))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -773,99 +741,6 @@ mod tests {
         // benchmark. The pair of meter id and aggregate it replaced took 32; with its
         // quantity a `Decimal` in place, it took 24.
         assert_eq!(std::mem::size_of::<MeterAggregate>(), 16);
-    }
-
-    #[test]
-    fn an_aggregate_is_written_as_the_pair_and_the_enum_it_was() {
-        // The form before the meter id moved in, and before the extreme was boxed, as
-        // snapshots and journaled hand-overs hold it: a pair of the meter id and an enum
-        // whose extreme is a struct variant.
-        #[derive(Serialize, Deserialize, Debug, PartialEq)]
-        enum Before {
-            Additive(Spans),
-            Extreme {
-                fold: Fold,
-                quantity: Decimal,
-                time: DateTime<Utc>,
-                tiebreak: u64,
-                version: VersionIdx,
-            },
-            Distinct(HashMap<u64, FirstSeen, Prehashed>),
-        }
-        // The fingerprint that breaks ties is kept to its high 32 bits.
-        let extreme = Extreme {
-            fold: Fold::Latest,
-            quantity: Decimal::new(12_345, 2),
-            time: at(7),
-            tiebreak: 99 << 32,
-            version: 2,
-        };
-        let distinct: DistinctValues = [(5, (at(3), 1)), (1, (at(4), 0))].into_iter().collect();
-        let cases = [
-            (
-                MeterAggregate::from_written(MeterId(3), Written::Extreme(Box::new(extreme.clone()))),
-                Before::Extreme {
-                    fold: Fold::Latest,
-                    quantity: Decimal::new(12_345, 2),
-                    time: at(7),
-                    tiebreak: 99 << 32,
-                    version: 2,
-                },
-            ),
-            (
-                MeterAggregate::from_written(MeterId(1), Written::Additive(Spans::One((4, Decimal::TEN)))),
-                Before::Additive(Spans::One((4, Decimal::TEN))),
-            ),
-            (
-                MeterAggregate::from_written(
-                    MeterId(0),
-                    Written::Additive(Spans::Many(thin_vec::thin_vec![
-                        (0, Decimal::ONE),
-                        (3, Decimal::TWO)
-                    ])),
-                ),
-                Before::Additive(Spans::Many(thin_vec::thin_vec![
-                    (0, Decimal::ONE),
-                    (3, Decimal::TWO)
-                ])),
-            ),
-            (
-                MeterAggregate::from_written(MeterId(7), Written::Distinct(distinct.clone())),
-                Before::Distinct(distinct.iter().collect()),
-            ),
-        ];
-        for (now, before) in cases {
-            let before = (now.meter(), before);
-            assert_eq!(
-                rmp_serde::to_vec(&now).unwrap(),
-                rmp_serde::to_vec(&before).unwrap()
-            );
-            assert_eq!(
-                serde_json::to_string(&now).unwrap(),
-                serde_json::to_string(&before).unwrap()
-            );
-            let read: MeterAggregate = rmp_serde::from_slice(&rmp_serde::to_vec(&before).unwrap()).unwrap();
-            assert_eq!(read, now);
-            let read: MeterAggregate =
-                serde_json::from_str(&serde_json::to_string(&before).unwrap()).unwrap();
-            assert_eq!(read, now);
-            assert_eq!(MeterAggregate::from_written(now.meter(), now.written()), now);
-        }
-        let json = serde_json::to_string(&MeterAggregate::from_written(
-            MeterId(2),
-            Written::Additive(Spans::Many(thin_vec::thin_vec![
-                (0, Decimal::ONE),
-                (3, Decimal::TWO)
-            ])),
-        ))
-        .unwrap();
-        assert_eq!(json, r#"[2,{"Additive":{"Many":[[0,"1"],[3,"2"]]}}]"#);
-        // Several spans written with one (never written so, but readable) are one span.
-        let one: MeterAggregate = serde_json::from_str(r#"[2,{"Additive":{"Many":[[5,"3"]]}}]"#).unwrap();
-        assert_eq!(
-            one,
-            MeterAggregate::from_written(MeterId(2), Written::Additive(Spans::One((5, Decimal::from(3)))))
-        );
     }
 
     #[test]
@@ -933,34 +808,29 @@ mod tests {
     }
 
     #[test]
-    fn distinct_values_are_equal_and_written_alike_whatever_their_form() {
+    fn distinct_values_read_back_take_the_form_their_number_calls_for() {
+        // 5 values, listed unsorted: sorted. 40: hashed. 40 entries of which 10 list a
+        // value again, later sightings last: 30 values, sorted, each with its last
+        // sighting (as a map read keeps its last entry).
         let pairs: Vec<(u64, FirstSeen)> = (0..40u64).map(|v| (v * 7919 % 97, (at(v as i64), 0))).collect();
-        let small: DistinctValues = pairs[..5].iter().copied().collect();
-        let large: DistinctValues = pairs.iter().copied().collect();
+        let small = DistinctValues::from_unique(pairs[..5].to_vec());
         assert!(matches!(small, DistinctValues::Sorted(_)));
+        assert_eq!(small, pairs[..5].iter().copied().collect());
+        let large = DistinctValues::from_unique(pairs.clone());
         assert!(matches!(large, DistinctValues::Hashed(_)));
-        let same_large = DistinctValues::Sorted(ThinVec::new());
-        let same_large = pairs.iter().rev().fold(same_large, |mut d, &(v, f)| {
-            d.see(v, f);
-            d
-        });
-        assert_eq!(large, same_large);
-        assert_ne!(small, large);
-        // The hash map this replaced wrote a map: both forms read back from one, and
-        // write one that the map reads, in snapshots (MessagePack) and in journaled
-        // hand-overs (JSON).
-        type Old = HashMap<u64, FirstSeen, Prehashed>;
-        for values in [small, large] {
-            let map: Old = values.iter().collect();
-            let read: DistinctValues = rmp_serde::from_slice(&rmp_serde::to_vec(&map).unwrap()).unwrap();
-            assert_eq!(read, values);
-            let back: Old = rmp_serde::from_slice(&rmp_serde::to_vec(&values).unwrap()).unwrap();
-            assert_eq!(back, map);
-            let read: DistinctValues = serde_json::from_str(&serde_json::to_string(&map).unwrap()).unwrap();
-            assert_eq!(read, values);
-            let back: Old = serde_json::from_str(&serde_json::to_string(&values).unwrap()).unwrap();
-            assert_eq!(back, map);
-        }
+        assert_eq!(large, pairs.iter().copied().collect());
+        let mut twice = pairs[..30].to_vec();
+        twice.extend(pairs[..10].iter().map(|&(v, _)| (v, (at(100), 1))));
+        let read = DistinctValues::from_unique(twice);
+        assert!(matches!(read, DistinctValues::Sorted(_)));
+        assert_eq!(read.len(), 30);
+        assert_eq!(read.get(pairs[0].0), Some((at(100), 1)));
+        assert_eq!(read.get(pairs[10].0), Some(pairs[10].1));
+        let mut twice = pairs.clone();
+        twice.push((pairs[3].0, (at(100), 1)));
+        let read = DistinctValues::from_unique(twice);
+        assert!(matches!(read, DistinctValues::Hashed(_)));
+        assert_eq!(read.get(pairs[3].0), Some((at(100), 1)));
     }
 
     #[test]
@@ -1065,7 +935,7 @@ mod tests {
     #[test]
     fn a_sum_past_18_digits_becomes_a_decimal_and_stays_equal_to_one() {
         // 9·10¹⁸ fits in 64 bits; 9·10¹⁸ + 10¹⁸ = 10¹⁹ does not: the span is kept as a
-        // Decimal, still one span, written as one, equal to the same sum built at once.
+        // Decimal, still one span, taken apart as one, equal to the same sum built at once.
         let big = Decimal::from(9_000_000_000_000_000_000u64);
         let mut a = MeterAggregate::new(MeterId(2), &sum_of(3, big));
         assert!(matches!(a.0, Repr::Small { .. }));
@@ -1074,14 +944,11 @@ mod tests {
         assert!(matches!(&a.0, Repr::Spans { spans, .. } if spans.len() == 1));
         let ten = Decimal::from(10_000_000_000_000_000_000u128);
         assert_eq!(a.quantity(), ten);
-        assert_eq!(a.written(), Written::Additive(Spans::One((3, ten))));
-        let b = MeterAggregate::from_written(MeterId(2), Written::Additive(Spans::One((3, ten))));
+        assert_eq!(a.parts(), AggregatePartsRef::OneSpan((3, ten)));
+        let b = MeterAggregate::from_parts(MeterId(2), AggregateParts::OneSpan((3, ten)));
         assert_eq!(a, b);
         // A small value read back is small again.
-        let c = MeterAggregate::from_written(
-            MeterId(2),
-            Written::Additive(Spans::Many(thin_vec::thin_vec![(3, big)])),
-        );
+        let c = MeterAggregate::from_parts(MeterId(2), AggregateParts::Spans(thin_vec::thin_vec![(3, big)]));
         assert!(matches!(c.0, Repr::Small { .. }));
     }
 

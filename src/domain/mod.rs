@@ -5,7 +5,9 @@
 //! bill model. It must never see actix, tokio, I/O, a clock or randomness: every
 //! function here is a plain function of its arguments, so every rule can be tested as
 //! one, and the engine that calls it can be replayed. How its state is packed in memory
-//! (and every `unsafe`) is [`crate::compact`]'s, below it.
+//! (and every `unsafe`) is [`crate::compact`]'s, below it; how its packed values are
+//! written in snapshots and the journal is `store::formats`'s, above it, through the
+//! constructors and views the types here give (`restored`, `from_parts`, `parts`, …).
 
 #![forbid(unsafe_code)]
 

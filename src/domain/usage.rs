@@ -362,66 +362,10 @@ fn find_sorted(ids: &[Fp96], id: Fp96) -> Result<usize, usize> {
     }
 }
 
-/// How [`AccountUsage`] is written: as the struct of a vector and a set it was before
-/// its block (snapshots and journaled hand-overs stay readable both ways).
-#[derive(Serialize, Deserialize)]
-#[serde(rename = "AccountUsage")]
-struct UsageWritten<M, S> {
-    meters: M,
-    seen: S,
-}
-
-/// The ids of an account, written as the sequence of numbers the hash set before them was.
-struct SeenWritten<'a>(&'a AccountUsage);
-
-impl Serialize for SeenWritten<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        // With its length first (the iterator does not know it, and the encoder would
-        // otherwise gather the whole sequence before writing it).
-        let mut seq = serializer.serialize_seq(Some(self.0.ids_len()))?;
-        for id in self.0.ids() {
-            seq.serialize_element(&id)?;
-        }
-        seq.end()
-    }
-}
-
-impl Serialize for AccountUsage {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        UsageWritten {
-            meters: self.meters(),
-            seen: SeenWritten(self),
-        }
-        .serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for AccountUsage {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let written = UsageWritten::<Vec<MeterAggregate>, Vec<u128>>::deserialize(deserializer)?;
-        let mut meters = written.meters;
-        meters.sort_by_key(MeterAggregate::meter);
-        if let Some(twice) = meters.windows(2).find(|w| w[0].meter() == w[1].meter()) {
-            return Err(serde::de::Error::custom(format_args!(
-                "the aggregate of meter {} appears twice in one account's usage",
-                twice[0].meter().0
-            )));
-        }
-        // One allocation of the right size (a cold start reads millions of these).
-        let ids = Self::kept_ids(written.seen);
-        Ok(AccountUsage {
-            block: match ids {
-                Ok(sorted) => ThinBlock::from_parts(meters, &sorted),
-                Err(large) => {
-                    let mut block = ThinBlock::from_parts(meters, &[]);
-                    block.set_large(large);
-                    block
-                }
-            },
-        })
-    }
-}
+/// Two aggregates of one meter, given as one account's usage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the aggregate of meter {} appears twice in one account's usage", .0.0)]
+pub struct MeterTwice(pub MeterId);
 
 /// The same aggregates and the same set of ids, however the ids are kept.
 impl PartialEq for AccountUsage {
@@ -448,6 +392,28 @@ impl std::fmt::Debug for AccountUsage {
 impl AccountUsage {
     /// The most ids kept sorted in the account's block.
     pub const SORTED_MAX: usize = 64;
+
+    /// The usage of an account as it was kept (read back from a snapshot or a journaled
+    /// hand-over): the aggregates `meters`, in any order, one a meter, and the events of
+    /// fingerprints `ids` applied (only their low 96 bits count; an id listed twice is
+    /// one). One allocation of the right size, the ids in the form their number calls
+    /// for (a cold start reads millions of these).
+    pub fn restored(mut meters: Vec<MeterAggregate>, ids: Vec<u128>) -> Result<AccountUsage, MeterTwice> {
+        meters.sort_by_key(MeterAggregate::meter);
+        if let Some(twice) = meters.windows(2).find(|w| w[0].meter() == w[1].meter()) {
+            return Err(MeterTwice(twice[0].meter()));
+        }
+        Ok(AccountUsage {
+            block: match Self::kept_ids(ids) {
+                Ok(sorted) => ThinBlock::from_parts(meters, &sorted),
+                Err(large) => {
+                    let mut block = ThinBlock::from_parts(meters, &[]);
+                    block.set_large(large);
+                    block
+                }
+            },
+        })
+    }
 
     /// Applies `reading` of `meter` for the event with fingerprint `event`, unless that
     /// event was applied before. The id is marked seen only if the aggregate changed,
@@ -768,7 +734,7 @@ mod tests {
         (0..n + 10).for_each(|i| ids.prefetch_ids(id(i)));
         assert!((0..n).all(|i| ids.has_seen(id(i)) && !ids.insert_id(id(i))));
         assert!(!ids.has_seen(id(n)));
-        let back: AccountUsage = rmp_serde::from_slice(&rmp_serde::to_vec(&ids).unwrap()).unwrap();
+        let back = AccountUsage::restored(ids.meters().to_vec(), ids.ids().collect()).unwrap();
         assert_eq!(form(&back), 2);
         assert_eq!(back, ids);
     }
@@ -791,41 +757,26 @@ mod tests {
                 .into_iter()
                 .for_each(|id| set.prefetch_ids(id));
         }
-        let bytes = rmp_serde::to_vec(&big).unwrap();
-        let back: AccountUsage = rmp_serde::from_slice(&bytes).unwrap();
+        let back = AccountUsage::restored(big.meters().to_vec(), big.ids().collect()).unwrap();
         assert_eq!(back, big);
     }
 
     #[test]
-    fn usage_is_written_as_the_vector_and_hash_set_it_was() {
-        // The struct before the block: a vector of aggregates and a hash set of ids.
-        #[derive(Serialize, Deserialize)]
-        struct AccountUsage0 {
-            meters: Vec<(MeterId, crate::domain::meter::Written)>,
-            seen: std::collections::HashSet<u128, crate::compact::prehashed::Prehashed>,
-        }
-        let mut usage = AccountUsage::default();
-        usage.apply(9, MeterId(2), &sum_reading(Decimal::TWO)).unwrap();
-        usage.apply(4, MeterId(1), &sum_reading(Decimal::ONE)).unwrap();
-        let old = AccountUsage0 {
-            meters: usage.meters().iter().map(|m| (m.meter(), m.written())).collect(),
-            seen: [9u128, 4].into_iter().collect(),
-        };
-        let back: AccountUsage = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
-        assert_eq!(back, usage);
-        let back: AccountUsage = serde_json::from_str(&serde_json::to_string(&old).unwrap()).unwrap();
-        assert_eq!(back, usage);
-        // And what it writes now reads as that struct (ids in sorted order: one set).
-        let read: AccountUsage0 = rmp_serde::from_slice(&rmp_serde::to_vec(&usage).unwrap()).unwrap();
-        assert_eq!(read.meters, old.meters);
-        assert_eq!(read.seen, old.seen);
-        // Two aggregates of one meter are not one account's usage.
-        let twice = AccountUsage0 {
-            meters: vec![old.meters[0].clone(), old.meters[0].clone()],
-            seen: Default::default(),
-        };
-        let err = serde_json::from_str::<AccountUsage>(&serde_json::to_string(&twice).unwrap()).unwrap_err();
-        assert!(err.to_string().contains("meter 1 appears twice"), "{err}");
+    fn usage_restored_has_one_aggregate_a_meter_in_order() {
+        // Aggregates of meters 2 and 1 (in that order) and ids 9, 4, 4: meters 1 and 2,
+        // ids 4 and 9. Two of meter 1: refused, naming it.
+        let one = MeterAggregate::new(MeterId(1), &sum_reading(Decimal::ONE));
+        let two = MeterAggregate::new(MeterId(2), &sum_reading(Decimal::TWO));
+        let usage = AccountUsage::restored(vec![two.clone(), one.clone()], vec![9, 4, 4]).unwrap();
+        assert_eq!(usage.meters(), [one.clone(), two]);
+        assert_eq!(usage.ids_len(), 2);
+        assert!(usage.has_seen(4) && usage.has_seen(9));
+        let err = AccountUsage::restored(vec![one.clone(), one], vec![]).unwrap_err();
+        assert_eq!(err, MeterTwice(MeterId(1)));
+        assert_eq!(
+            err.to_string(),
+            "the aggregate of meter 1 appears twice in one account's usage"
+        );
     }
 
     #[test]

@@ -217,8 +217,6 @@ impl Codec<Batch<CustomerEntity>> for BatchCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::customer::{Credit, CustomerSpec};
-    use crate::domain::{AccountUsage, Currency, Customer};
 
     #[test]
     fn usage_written_by_the_previous_layout_still_reads() {
@@ -270,98 +268,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn every_command_survives_the_round_trip() {
-        let usd = Currency::from_code("USD").unwrap();
-        let customer = Customer::from_spec(
-            serde_json::from_str::<CustomerSpec>(
-                r#"{"id": "acme", "payer": "111", "accounts": ["222"], "tax_rate": "0.2",
-                    "credits": [{"id": "p", "amount": "10.00", "expires": "2026-12-31"}]}"#,
-            )
-            .unwrap(),
-            usd,
-        )
-        .unwrap();
-        let reading = |fold, dimension| Reading {
-            fold,
-            quantity: Decimal::new(123_456_789_012, 9),
-            time: "2026-11-03T10:00:00.123456789Z".parse().unwrap(),
-            version: 3,
-            tiebreak: u64::MAX - 7,
-            dimension,
-        };
-        let event = |fold, dimension| MeteredEvent {
-            // The local date can differ from the UTC one (here: a zone ahead of UTC).
-            day: "2026-11-04".parse().unwrap(),
-            account: "222".into(),
-            meter: MeterId(5),
-            reading: reading(fold, dimension),
-            id: u128::MAX - 3,
-            limit: 1_000_000,
-        };
-        let mut usage = AccountUsage::default();
-        usage.apply(1, MeterId(0), &reading(Fold::Sum, None)).unwrap();
-        let batch: Batch<CustomerEntity> = vec![
-            ("acme".into(), CustomerCommand::Upsert(Box::new(customer))),
-            ("acme".into(), CustomerCommand::Usage(event(Fold::Sum, None))),
-            (
-                "acme".into(),
-                CustomerCommand::Usage(event(Fold::Distinct, Some(42))),
-            ),
-            ("acme".into(), CustomerCommand::Late(event(Fold::Sum, None))),
-            (
-                "acme".into(),
-                CustomerCommand::AddCredit(Credit {
-                    id: "q".into(),
-                    amount: Decimal::new(500, 2),
-                    expires: None,
-                    meters: Some(vec!["m".into()]),
-                    granted: 4,
-                }),
-            ),
-            (
-                "acme".into(),
-                CustomerCommand::Release {
-                    account: "222".into(),
-                    period: "2026-11".parse().unwrap(),
-                },
-            ),
-            (
-                "other".into(),
-                CustomerCommand::Adopt {
-                    account: "222".into(),
-                    usage: Some(Box::new(usage)),
-                    period: "2026-11".parse().unwrap(),
-                },
-            ),
-            (
-                "other".into(),
-                CustomerCommand::Close(Box::new(super::super::account::PeriodClose {
-                    period: "2026-11".parse().unwrap(),
-                    late_until: "2026-12-04".parse().unwrap(),
-                    credits: vec![("q".into(), Decimal::new(250, 2))],
-                })),
-            ),
-        ];
-        let mut bytes = Vec::new();
-        BatchCodec.encode(&batch, &mut bytes);
-        assert_eq!(BatchCodec.decode(&bytes).unwrap(), batch);
-        // A cut record is an error, never a shorter batch.
-        assert!(BatchCodec.decode(&bytes[..bytes.len() - 1]).is_err());
-
-        // The state those commands build survives a snapshot's round trip, every kind of
-        // aggregate and the departed account's usage included.
-        use tallyman_actors::Entity;
-        let key: CustomerKey = "acme".into();
-        let mut entity = CustomerEntity::create(&key);
-        for (_, command) in batch.iter().take(5) {
-            entity.apply(command);
-        }
-        entity.apply(&CustomerCommand::Usage(event(Fold::Max, None)));
-        assert!(entity.last_usage().is_some());
-        let mut bytes = Vec::new();
-        EntityCodec.encode(&key, &entity, &mut bytes);
-        assert_eq!(EntityCodec.decode(&bytes).unwrap(), (key, entity));
-        assert!(EntityCodec.decode(&bytes[..bytes.len() - 1]).is_err());
-    }
+    // Every kind of command written and read back, and a snapshot of every kind of
+    // state: tests/golden.rs, against the bytes kept in tests/golden/.
 }
