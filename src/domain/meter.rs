@@ -94,6 +94,22 @@ pub struct Reading {
     pub dimension: Option<u64>,
 }
 
+#[cfg(test)]
+impl Reading {
+    /// A reading of `quantity` for a `sum` meter, at 2026-11-03T10:00:00Z in version 0:
+    /// a fixture of the tests that need any reading.
+    pub(crate) fn sum_for_tests(quantity: Decimal) -> Reading {
+        Reading {
+            fold: Fold::Sum,
+            quantity,
+            time: "2026-11-03T10:00:00Z".parse().unwrap(),
+            version: 0,
+            tiebreak: 0,
+            dimension: None,
+        }
+    }
+}
+
 /// The aggregate of one meter for one account over the open period, with its meter.
 ///
 /// One is kept per account and meter in use, millions of them, so it takes 16 bytes

@@ -765,8 +765,8 @@ mod tests {
     fn usage_restored_has_one_aggregate_a_meter_in_order() {
         // Aggregates of meters 2 and 1 (in that order) and ids 9, 4, 4: meters 1 and 2,
         // ids 4 and 9. Two of meter 1: refused, naming it.
-        let one = MeterAggregate::new(MeterId(1), &sum_reading(Decimal::ONE));
-        let two = MeterAggregate::new(MeterId(2), &sum_reading(Decimal::TWO));
+        let one = MeterAggregate::new(MeterId(1), &Reading::sum_for_tests(Decimal::ONE));
+        let two = MeterAggregate::new(MeterId(2), &Reading::sum_for_tests(Decimal::TWO));
         let usage = AccountUsage::restored(vec![two.clone(), one.clone()], vec![9, 4, 4]).unwrap();
         assert_eq!(usage.meters(), [one.clone(), two]);
         assert_eq!(usage.ids_len(), 2);
@@ -836,26 +836,18 @@ mod tests {
         // included) and 12 an id (here 8 + 16 + 2 × 12 = 48 bytes, asked of the
         // allocator as one).
         let mut usage = AccountUsage::default();
-        usage.apply(1, MeterId(0), &sum_reading(Decimal::ONE)).unwrap();
-        usage.apply(2, MeterId(0), &sum_reading(Decimal::ONE)).unwrap();
+        usage
+            .apply(1, MeterId(0), &Reading::sum_for_tests(Decimal::ONE))
+            .unwrap();
+        usage
+            .apply(2, MeterId(0), &Reading::sum_for_tests(Decimal::ONE))
+            .unwrap();
         assert_eq!(usage.meters().len(), 1);
         let Tail::Items(ids) = usage.block.tail() else {
             unreachable!()
         };
         let end = ids.as_ptr_range().end as usize;
         assert_eq!(end - usage.block.as_ptr() as usize, 8 + 16 + 2 * 12);
-    }
-
-    /// A reading of `quantity` for a `sum` meter.
-    fn sum_reading(quantity: Decimal) -> Reading {
-        Reading {
-            fold: crate::domain::meter::Fold::Sum,
-            quantity,
-            time: "2026-11-03T10:00:00Z".parse().unwrap(),
-            version: 0,
-            tiebreak: 0,
-            dimension: None,
-        }
     }
 
     #[test]
@@ -870,11 +862,14 @@ mod tests {
         for (a, b, c) in [(3, 2, 10), (40, 30, 70), (5, 0, 20_000), (20_000, 10_000, 50_000)] {
             let mut mine = AccountUsage::default();
             (0..a).for_each(|n| {
-                mine.apply(id(n), meter, &sum_reading(Decimal::ONE)).unwrap();
+                mine.apply(id(n), meter, &Reading::sum_for_tests(Decimal::ONE))
+                    .unwrap();
             });
             let mut theirs = AccountUsage::default();
             (b..c).for_each(|n| {
-                theirs.apply(id(n), meter, &sum_reading(Decimal::ONE)).unwrap();
+                theirs
+                    .apply(id(n), meter, &Reading::sum_for_tests(Decimal::ONE))
+                    .unwrap();
             });
             mine.merge(&theirs).unwrap();
             // b ≤ a ≤ c: the union is 0..c.
@@ -887,7 +882,7 @@ mod tests {
 
     #[test]
     fn an_account_applies_at_most_its_limit_of_distinct_events() {
-        let reading = |q: i64| sum_reading(Decimal::from(q));
+        let reading = |q: i64| Reading::sum_for_tests(Decimal::from(q));
         let meter = MeterId(0);
         let mut usage = AccountUsage::default();
         // A limit of 2: events 1 and 2 apply (1 + 2 = 3 units), event 3 is refused and
@@ -907,7 +902,7 @@ mod tests {
 
     #[test]
     fn an_event_that_would_overflow_leaves_no_trace() {
-        let reading = sum_reading;
+        let reading = Reading::sum_for_tests;
         let meter = MeterId(0);
         let mut usage = AccountUsage::default();
         assert_eq!(usage.apply(1, meter, &reading(Decimal::MAX)), Ok(Applied::New));

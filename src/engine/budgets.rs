@@ -8,6 +8,16 @@ use crate::engine::{
 };
 
 impl PartitionEngine {
+    /// Watches `key`'s budgets: checked after its usage, and once now (a new or raised
+    /// budget may be crossed already, and a restart checks every one).
+    pub(in crate::engine) fn watch_budgets(&self, key: &CustomerKey) {
+        self.budgeted.insert(key.clone(), ());
+        self.to_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+    }
+
     /// Checks one customer's budgets, journals each threshold newly reached, and
     /// records its alert.
     pub(in crate::engine) async fn check_budget(&self, key: &CustomerKey) -> Result<(), EngineError> {

@@ -95,11 +95,7 @@ impl PartitionEngine {
                 self.alerts.record(&key, mark).map_err(EngineError::Unavailable)?;
             }
             if budgeted {
-                self.budgeted.insert(key.clone(), ());
-                self.to_check
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key.clone());
+                self.watch_budgets(&key);
             }
             if let Some(day) = last {
                 latest = latest.max(days(day));

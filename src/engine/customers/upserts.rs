@@ -175,12 +175,7 @@ impl PartitionEngine {
         }
         self.customers.mark_created(key);
         if budgeted {
-            self.budgeted.insert(key.clone(), ());
-            // A new or raised budget may be crossed already.
-            self.to_check
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key.clone());
+            self.watch_budgets(key);
         } else {
             self.budgeted.remove(key);
         }

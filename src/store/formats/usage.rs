@@ -54,28 +54,16 @@ impl<'de> Deserialize<'de> for AccountUsage {
 mod tests {
     use super::super::aggregate::{written, Written};
     use super::*;
-    use crate::domain::meter::{Fold, Reading};
+    use crate::domain::meter::Reading;
     use crate::domain::usage::LargeIds;
     use crate::domain::MeterId;
     use rust_decimal::Decimal;
-
-    /// A reading of `quantity` for a `sum` meter.
-    fn sum_reading(quantity: Decimal) -> Reading {
-        Reading {
-            fold: Fold::Sum,
-            quantity,
-            time: "2026-11-03T10:00:00Z".parse().unwrap(),
-            version: 0,
-            tiebreak: 0,
-            dimension: None,
-        }
-    }
 
     #[test]
     fn usage_reads_back_as_it_was_written_whatever_the_form_of_its_ids() {
         // 3 ids: sorted in the block; 100: one hash set; 17,384: shards.
         let id = |i: u128| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
-        let one = sum_reading(Decimal::ONE);
+        let one = Reading::sum_for_tests(Decimal::ONE);
         for n in [3u128, 100, LargeIds::HASHED_MAX as u128 + 1000] {
             let mut usage = AccountUsage::default();
             for i in 0..n {
@@ -96,8 +84,12 @@ mod tests {
             seen: std::collections::HashSet<u128, crate::compact::prehashed::Prehashed>,
         }
         let mut usage = AccountUsage::default();
-        usage.apply(9, MeterId(2), &sum_reading(Decimal::TWO)).unwrap();
-        usage.apply(4, MeterId(1), &sum_reading(Decimal::ONE)).unwrap();
+        usage
+            .apply(9, MeterId(2), &Reading::sum_for_tests(Decimal::TWO))
+            .unwrap();
+        usage
+            .apply(4, MeterId(1), &Reading::sum_for_tests(Decimal::ONE))
+            .unwrap();
         let old = AccountUsage0 {
             meters: usage.meters().iter().map(|m| (m.meter(), written(m))).collect(),
             seen: [9u128, 4].into_iter().collect(),
