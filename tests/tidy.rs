@@ -3,6 +3,8 @@
 //! file, the line and the rule it breaks. (That each `unsafe` says why it is sound, in a
 //! `// SAFETY:` comment, is clippy's `undocumented_unsafe_blocks`, denied workspace-wide.)
 //!
+//! No module names one that names it back (a cycle of `crate::`/`super::` paths).
+//!
 //! The layers, arrows pointing one way: `api → engine → {domain, actors}`, `domain →
 //! compact`.
 //! - `src/domain` is the billing rules, pure: it names nothing above it (engine, api,
@@ -328,6 +330,105 @@ fn files_and_functions_stay_small() {
                 "{what}: {len} lines, over {MAX_FN_LINES} a function, {MAX_FILE_LINES} a file; \
                  split it along what it owns, or say why in a `// Long:` comment above it"
             )),
+        }
+    }
+    assert_none(found);
+}
+
+/// The module path of `file` in the crate whose root folder is `root` (`src/engine/
+/// customers/upserts.rs` is `engine::customers::upserts`; a `mod.rs` is its folder's).
+fn module_of(root: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(root).unwrap().with_extension("");
+    let mut parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    if parts.last().is_some_and(|l| l == "mod" || l == "lib") {
+        parts.pop();
+    }
+    parts.join("::")
+}
+
+/// The modules `file` (module `me`) names by path, `crate::…` or `super::…`, each the
+/// longest prefix of the path that is a module of `modules`.
+fn named_modules(file: &Path, me: &str, modules: &[String]) -> Vec<String> {
+    let mut named = Vec::new();
+    for (_, line) in production_lines(file) {
+        let code = line.split("//").next().unwrap_or_default();
+        for (at, _) in code.match_indices("crate::").chain(code.match_indices("super::")) {
+            let path: String = code[at..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            let mut words: Vec<&str> = path.split("::").filter(|w| !w.is_empty()).collect();
+            let mut base: Vec<&str> = Vec::new();
+            if words.first() == Some(&"super") {
+                base = me.split("::").collect();
+                while words.first() == Some(&"super") {
+                    words.remove(0);
+                    base.pop();
+                }
+            } else {
+                words.remove(0);
+            }
+            base.extend(words);
+            let target = (1..=base.len())
+                .rev()
+                .map(|n| base[..n].join("::"))
+                .find(|m| modules.contains(m));
+            named.extend(target.filter(|t| t != me));
+        }
+    }
+    named.sort();
+    named.dedup();
+    named
+}
+
+/// A cycle through `from`, if any: the modules from `from` back to it.
+fn cycle_through(from: &str, edges: &std::collections::BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
+    let mut stack = vec![vec![from.to_string()]];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(path) = stack.pop() {
+        let last = path.last().unwrap();
+        for next in edges.get(last).into_iter().flatten() {
+            if next == from {
+                let mut cycle = path.clone();
+                cycle.push(from.to_string());
+                return Some(cycle);
+            }
+            if seen.insert(next.clone()) {
+                let mut longer = path.clone();
+                longer.push(next.clone());
+                stack.push(longer);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn no_module_names_one_that_names_it_back() {
+    // A module a parent re-exports from may name the parent (`crate::engine::X`); the
+    // parent's own `pub use child::X` is not a path and does not count, and a group
+    // (`crate::domain::{customer::X, …}`) counts as naming the module before it.
+    let mut found = Vec::new();
+    for root in ["src", "actors/src", "loadgen/src"] {
+        let root = Path::new(ROOT).join(root);
+        let files: Vec<PathBuf> = rust_files(&relative(&root))
+            .into_iter()
+            .filter(|f| !f.ends_with("main.rs") && !f.to_string_lossy().ends_with("_tests.rs"))
+            .collect();
+        let modules: Vec<String> = files.iter().map(|f| module_of(&root, f)).collect();
+        let mut edges = std::collections::BTreeMap::new();
+        for (file, me) in files.iter().zip(&modules) {
+            edges.insert(me.clone(), named_modules(file, me, &modules));
+        }
+        let mut cycles: Vec<std::collections::BTreeSet<String>> = Vec::new();
+        for me in &modules {
+            if let Some(cycle) = cycle_through(me, &edges) {
+                let members = cycle.iter().cloned().collect();
+                if !cycles.contains(&members) {
+                    cycles.push(members);
+                    found.push(format!("{}: {}", relative(&root), cycle.join(" → ")));
+                }
+            }
         }
     }
     assert_none(found);

@@ -4,7 +4,7 @@
 //!
 //! - A [`partition::Partition`] owns a fixed number of segments; a key belongs to one
 //!   segment for ever (by hash). Its supervisor actor starts segments on the arbiters of
-//!   an [`router::ArbiterPool`], restarts them from snapshot + journal when they die, and
+//!   an [`arbiters::ArbiterPool`], restarts them from snapshot + journal when they die, and
 //!   moves them between arbiters without losing, duplicating or reordering anything.
 //! - A [`segment::Segment`] actor hosts many entities as plain records (one actix actor
 //!   per entity would cost kilobytes each), applies commands in journal order, and
@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod arbiters;
 pub mod crc;
 pub mod entity;
 pub mod file_journal;
@@ -27,11 +28,12 @@ pub mod segment;
 pub mod snapshot;
 pub mod supervision;
 
+pub use arbiters::ArbiterPool;
 pub use entity::{Batch, Entity};
 pub use file_snapshots::{FileSnapshots, FileSnapshotsConfig, SnapshotCodec};
 pub use journal::{Journal, JournalError, Lsn, MemoryJournal};
 pub use partition::{Partition, PartitionConfig, SubmitError};
-pub use router::{ArbiterPool, RebalanceConfig, Router};
+pub use router::{RebalanceConfig, Router};
 pub use segment::{Failure, FaultHook};
 pub use snapshot::{MemorySnapshots, SnapshotStore};
 pub use supervision::SupervisionConfig;

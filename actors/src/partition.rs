@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::arbiters::ArbiterPool;
 use crate::entity::{Batch, Entity};
 use crate::journal::{Journal, JournalError, Lsn};
-use crate::router::ArbiterPool;
 use crate::segment::{
     panic_message, recover_all, Ask, Deliver, Failure, FaultHook, Outcomes, Permit, Segment, SegmentEnv,
     SegmentStats, TakeSnapshot, Visit,

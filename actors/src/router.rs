@@ -1,7 +1,6 @@
-//! The arbiter pool and the router actor that rebalances segments across it.
+//! The router actor that rebalances segments across the arbiter pool.
 //!
-//! Segment actors run on a pool of arbiters (threads; one per core by default). The
-//! router samples every segment's load (messages handled and time busy per second,
+//! Segment actors run on a pool of arbiters ([`ArbiterPool`]). The router samples every segment's load (messages handled and time busy per second,
 //! mailbox depth) and, when the busiest arbiter's load exceeds the least busy one's by a
 //! configured factor, moves at most a configured number of segments per round from the
 //! one to the other. Moves are logged and counted.
@@ -9,59 +8,13 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
-use actix_rt::{Arbiter, ArbiterHandle};
-
+use crate::arbiters::ArbiterPool;
 use crate::entity::Entity;
 use crate::partition::{Partition, SegmentInfo};
-
-/// The threads segment actors run on. A dead arbiter (its thread panicked outside the
-/// runtime's guards) is replaced the next time it is asked for.
-pub struct ArbiterPool {
-    arbiters: Mutex<Vec<Arbiter>>,
-}
-
-impl ArbiterPool {
-    /// `size` arbiters; 0 means one per core.
-    pub fn new(size: usize) -> ArbiterPool {
-        let size = if size == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            size
-        };
-        ArbiterPool {
-            arbiters: Mutex::new((0..size).map(|_| Arbiter::new()).collect()),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.arbiters.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// A live handle to arbiter `i`, replacing it first if its thread is gone.
-    pub fn handle(&self, i: usize) -> ArbiterHandle {
-        let mut arbiters = self.arbiters.lock().unwrap_or_else(|p| p.into_inner());
-        if !arbiters[i].spawn(async {}) {
-            tracing::warn!(arbiter = i, "arbiter thread is gone; starting a new one");
-            arbiters[i] = Arbiter::new();
-        }
-        arbiters[i].handle()
-    }
-
-    /// Stops every arbiter (at shutdown).
-    pub fn stop(&self) {
-        for a in self.arbiters.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            a.stop();
-        }
-    }
-}
+use actix::prelude::*;
 
 /// A future the router can wait on.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;

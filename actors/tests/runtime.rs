@@ -10,10 +10,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tallyman_actors::journal::{Journal, MemoryJournal};
 use tallyman_actors::partition::{Partition, PartitionConfig, SubmitError};
-use tallyman_actors::router::ArbiterPool;
 use tallyman_actors::segment::Failure;
 use tallyman_actors::snapshot::MemorySnapshots;
 use tallyman_actors::supervision::SupervisionConfig;
+use tallyman_actors::ArbiterPool;
 use tallyman_actors::{Batch, Entity};
 
 /// A gate a command can wait on, to hold a segment busy until the test opens it.

@@ -21,7 +21,7 @@ use tallyman::domain::{Currency, Customer, CustomerSpec, UsageEvent};
 use tallyman::engine::{Engine, EngineError, EngineOptions, JournalMode, PartitionEngine};
 
 use crate::check::{add_invoices, judge, Setup, Verdict};
-use crate::cli::{generator, ledger, schedule, Load};
+use crate::plan::{generator, ledger, schedule, Load};
 use crate::run::{run, Answer, LoadResult, Sink};
 use crate::verify::PriceList;
 use crate::workload::{CustomerRecord, EventRecord, Workload, WorkloadSpec};

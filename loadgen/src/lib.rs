@@ -11,6 +11,7 @@ pub mod check;
 pub mod cli;
 pub mod daemon;
 pub mod inprocess;
+pub mod plan;
 pub mod report;
 pub mod run;
 pub mod verify;
