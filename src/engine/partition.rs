@@ -87,17 +87,18 @@ pub(in crate::engine) const CATALOG: &str = "catalog.json";
 impl PartitionEngine {
     pub fn summary(&self) -> PartitionSummary {
         let catalog = self.catalog();
+        let described = PartitionSummary::described(
+            &self.id,
+            self.rounding,
+            self.time_zone,
+            &self.catalog_name,
+            &catalog,
+        );
         PartitionSummary {
-            id: self.id.clone(),
-            currency: self.rounding.currency.code().to_owned(),
-            rounding: self.rounding.mode.name().to_owned(),
-            time_zone: self.time_zone.name().to_owned(),
-            catalog: self.catalog_name.clone(),
-            catalog_versions: catalog.version_count(),
-            meters: catalog.meters().map(|(_, m)| m.name.to_string()).collect(),
             segments: self.runtime.segment_count(),
             customers: self.customers.len(),
             accounts: self.directory.len(),
+            ..described
         }
     }
 

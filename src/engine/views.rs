@@ -5,7 +5,8 @@ use serde::Serialize;
 
 use crate::config::PartitionConfig;
 use crate::domain::invoice::AccountBill;
-use crate::domain::Period;
+use crate::domain::money::Rounding;
+use crate::domain::{Catalog, Period};
 
 /// A segment as the admin API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
@@ -83,16 +84,42 @@ pub struct PartitionSummary {
 
 /// The summary of a partition's configuration, before anything runs.
 pub fn summarize(config: &PartitionConfig, segments: u32) -> PartitionSummary {
+    let described = PartitionSummary::described(
+        &config.id,
+        config.rounding,
+        config.time_zone,
+        &config.catalog_name,
+        &config.catalog,
+    );
     PartitionSummary {
-        id: config.id.clone(),
-        currency: config.rounding.currency.code().to_owned(),
-        rounding: config.rounding.mode.name().to_owned(),
-        time_zone: config.time_zone.name().to_owned(),
-        catalog: config.catalog_name.clone(),
-        catalog_versions: config.catalog.version_count(),
-        meters: config.catalog.meters().map(|(_, m)| m.name.to_string()).collect(),
         segments,
         customers: config.customers.len(),
         accounts: config.customers.iter().map(|c| c.accounts.len()).sum(),
+        ..described
+    }
+}
+
+impl PartitionSummary {
+    /// What a partition is set up as (its money, calendar and catalog), holding nothing
+    /// yet: its segments, customers and accounts are the caller's to fill in.
+    pub(in crate::engine) fn described(
+        id: &str,
+        rounding: Rounding,
+        time_zone: chrono_tz::Tz,
+        catalog_name: &str,
+        catalog: &Catalog,
+    ) -> PartitionSummary {
+        PartitionSummary {
+            id: id.to_owned(),
+            currency: rounding.currency.code().to_owned(),
+            rounding: rounding.mode.name().to_owned(),
+            time_zone: time_zone.name().to_owned(),
+            catalog: catalog_name.to_owned(),
+            catalog_versions: catalog.version_count(),
+            meters: catalog.meters().map(|(_, m)| m.name.to_string()).collect(),
+            segments: 0,
+            customers: 0,
+            accounts: 0,
+        }
     }
 }
